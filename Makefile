@@ -1,0 +1,24 @@
+# Every target the README names. `make install` sets up .venv on a fresh machine (CPU only).
+PY ?= .venv/bin/python
+
+.PHONY: install test lint demo bench clean
+
+install:
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# Exactly this pin: pip takes the CPU wheel; a looser one pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+lint:
+	$(PY) -m ruff check .
+
+bench:
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf .venv runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from nmrl.cli import main
+
+sys.exit(main())

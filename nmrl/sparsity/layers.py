@@ -1,0 +1,184 @@
+"""NMLinear: a Linear layer trained under an N:M mask with SR-STE, and ``sparsify`` to convert nets.
+
+The layer keeps a dense *shadow* weight. The forward pass uses ``shadow * mask`` where the mask
+holds the magnitude top-N of each group of M along the input dim. Gradients reach every shadow
+weight unchanged (straight-through estimator); SR-STE adds ``srste_decay * shadow`` to the
+gradient of the pruned weights so that they shrink unless the loss keeps pulling them back
+(Zhou et al., 2021). The mask is recomputed every ``mask_interval`` optimizer steps: the owner
+calls :func:`refresh_masks` after each ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmrl.sparsity.mask import nm_mask
+from nmrl.sparsity.pattern import NMPattern
+
+
+class _SparseRefinedSTE(torch.autograd.Function):
+    """Forward ``weight * mask``; backward passes the gradient straight through to the dense
+    weight and adds the SR-STE decay on the pruned entries."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, mask)
+        ctx.decay = decay
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        weight, mask = ctx.saved_tensors
+        grad_weight = grad_output
+        if ctx.decay:
+            grad_weight = torch.addcmul(grad_output, weight, 1.0 - mask, value=ctx.decay)
+        return grad_weight, None, None
+
+
+class NMLinear(nn.Linear):
+    """``nn.Linear`` whose effective weight is N:M sparse at all times.
+
+    Args:
+        in_features, out_features, bias: as for ``nn.Linear``.
+        pattern: the N:M pattern; groups run along ``in_features``.
+        mask_interval: recompute the mask every this many optimizer steps (see :meth:`step_mask`).
+        srste_decay: SR-STE ``lambda_w``; 0 gives plain STE.
+    """
+
+    mask: torch.Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        pattern: NMPattern,
+        bias: bool = True,
+        mask_interval: int = 1,
+        srste_decay: float = 2e-4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if mask_interval < 1:
+            raise ValueError(f"mask_interval must be >= 1, got {mask_interval}")
+        if srste_decay < 0:
+            raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
+        self.pattern = pattern
+        self.mask_interval = mask_interval
+        self.srste_decay = srste_decay
+        self.register_buffer("mask", nm_mask(self.weight, pattern))
+        # Optimizer steps since the mask was last recomputed; saved with the state so that a
+        # resumed run refreshes on the same schedule.
+        self.register_buffer("steps_since_refresh", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update_mask(self) -> None:
+        """Recompute the mask from the current shadow weight, now."""
+        self.mask.copy_(nm_mask(self.weight, self.pattern))
+        self.steps_since_refresh.zero_()
+
+    @torch.no_grad()
+    def step_mask(self) -> None:
+        """Count one optimizer step; recompute the mask when ``mask_interval`` steps have passed."""
+        self.steps_since_refresh += 1
+        if int(self.steps_since_refresh) >= self.mask_interval:
+            self.update_mask()
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: ``shadow * mask`` (exact zeros where pruned)."""
+        return self.weight.detach() * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _SparseRefinedSTE.apply(self.weight, self.mask, self.srste_decay)
+        return nn.functional.linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, pattern={self.pattern}, mask_interval={self.mask_interval}, "
+            f"srste_decay={self.srste_decay}"
+        )
+
+
+def nm_layers(module: nn.Module) -> list[tuple[str, NMLinear]]:
+    """Every NMLinear inside ``module`` with its qualified name, in registration order."""
+    return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, NMLinear)]
+
+
+def refresh_masks(module: nn.Module, now: bool = False) -> None:
+    """Call after each ``optimizer.step()``: counts the step in every NMLinear of ``module``,
+    recomputing masks that are due; ``now=True`` recomputes them all regardless (for target
+    networks right after a Polyak update)."""
+    for _, layer in nm_layers(module):
+        if now:
+            layer.update_mask()
+        else:
+            layer.step_mask()
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What ``sparsify`` did to one layer."""
+
+    name: str
+    shape: tuple[int, int]
+    pattern: str
+    density: float
+
+    def __str__(self) -> str:
+        return f"{self.name:<24} {self.shape!s:<14} {self.pattern:<6} density {self.density:.3f}"
+
+
+def layer_report(module: nn.Module) -> list[LayerReport]:
+    """Shape, pattern and achieved density of every Linear layer in ``module``."""
+    reports = []
+    for name, layer in module.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        if isinstance(layer, NMLinear):
+            weight, pattern = layer.effective_weight(), str(layer.pattern)
+        else:
+            weight, pattern = layer.weight.detach(), "dense"
+        density = float((weight != 0).float().mean())
+        reports.append(LayerReport(name, (layer.out_features, layer.in_features), pattern, density))
+    return reports
+
+
+def sparsify(
+    module: nn.Module,
+    pattern: NMPattern,
+    mask_interval: int = 1,
+    srste_decay: float = 2e-4,
+    skip: tuple[str, ...] = (),
+) -> list[LayerReport]:
+    """Replace, in place, every ``nn.Linear`` of ``module`` (except names in ``skip``) by an
+    NMLinear with the same weights; returns the per-layer report. A dense pattern leaves the
+    module unchanged."""
+    if not pattern.is_dense:
+        targets = [
+            (name, layer)
+            for name, layer in module.named_modules()
+            if type(layer) is nn.Linear and name not in skip
+        ]
+        for name, linear in targets:
+            sparse = NMLinear(
+                linear.in_features,
+                linear.out_features,
+                pattern,
+                bias=linear.bias is not None,
+                mask_interval=mask_interval,
+                srste_decay=srste_decay,
+                device=linear.weight.device,
+                dtype=linear.weight.dtype,
+            )
+            with torch.no_grad():
+                sparse.weight.copy_(linear.weight)
+                if linear.bias is not None:
+                    sparse.bias.copy_(linear.bias)
+            sparse.update_mask()
+            parent_name, _, child_name = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, child_name, sparse)
+    return layer_report(module)

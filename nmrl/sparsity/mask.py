@@ -1,0 +1,91 @@
+"""Magnitude N:M masks and pattern checks for 2-D weights ``W[out, in]``.
+
+Groups run along the input dimension (the GEMM reduction dim K, the one sparse tensor cores
+group). When ``in % M != 0`` the last group is shorter and keeps min(N, its length) entries,
+which is the same as padding the row with zero columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nmrl.errors import NmrlError
+from nmrl.sparsity.pattern import NMPattern
+
+
+def _grouped(weight: torch.Tensor, m: int, fill: float) -> torch.Tensor:
+    """View ``weight[out, in]`` as ``[out, groups, m]``, padding the tail group with ``fill``."""
+    if weight.dim() != 2:
+        raise NmrlError(f"N:M masks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+    pad = (-weight.shape[1]) % m
+    if pad:
+        weight = torch.nn.functional.pad(weight, (0, pad), value=fill)
+    return weight.reshape(weight.shape[0], -1, m)
+
+
+@torch.no_grad()
+def nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Keep the N largest-magnitude weights of every group of M along the input dim.
+
+    Returns a 0/1 tensor of ``weight``'s shape, dtype and device. Ties go to the lower
+    column index, so the mask is the same on every device and every call.
+    """
+    if pattern.is_dense:
+        if weight.dim() != 2:
+            raise NmrlError(f"N:M masks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+        return torch.ones_like(weight)
+    # Padding with -1 (below any magnitude) means padded slots are only "kept" when the tail
+    # group is shorter than N, and they are cropped away below.
+    magnitude = _grouped(weight.detach().abs(), pattern.m, fill=-1.0)
+    # rank[i] = number of entries that beat entry i: larger magnitude, or equal and earlier.
+    # Pairwise comparison is exact, deterministic and cheap for the small M used here.
+    left = magnitude.unsqueeze(-1)  # [out, groups, m, 1]: entry i
+    right = magnitude.unsqueeze(-2)  # [out, groups, 1, m]: entry j
+    idx = torch.arange(pattern.m, device=weight.device)
+    earlier = idx.unsqueeze(0) < idx.unsqueeze(1)  # [i, j]: j comes before i
+    beaten_by = (right > left) | ((right == left) & earlier)
+    rank = beaten_by.sum(dim=-1)
+    keep = (rank < pattern.n).reshape(weight.shape[0], -1)[:, : weight.shape[1]]
+    return keep.to(weight.dtype)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One group that holds more than N nonzeros."""
+
+    row: int
+    group: int
+    nonzeros: int
+
+
+@torch.no_grad()
+def check_nm(weight: torch.Tensor, pattern: NMPattern) -> list[Violation]:
+    """Every (row, group) of ``weight`` holding more than N nonzeros; empty when compliant."""
+    if pattern.is_dense:
+        return []
+    nonzeros = (_grouped(weight.detach(), pattern.m, fill=0.0) != 0).sum(dim=-1)
+    rows, groups = torch.nonzero(nonzeros > pattern.n, as_tuple=True)
+    counts = nonzeros[rows, groups]
+    return [
+        Violation(int(r), int(g), int(c))
+        for r, g, c in zip(rows.tolist(), groups.tolist(), counts.tolist(), strict=True)
+    ]
+
+
+def finest_nm(weight: torch.Tensor, ms: tuple[int, ...] = (4, 8, 16)) -> NMPattern | None:
+    """The sparsest N:M pattern (lowest N/M over ``ms``, smaller M on ties) that ``weight``
+    satisfies; None when none but dense does. Group sizes wider than the row are not tried: a
+    single short group says nothing about structure."""
+    best: NMPattern | None = None
+    for m in sorted(ms):
+        if m > weight.shape[-1]:
+            continue
+        nonzeros = (_grouped(weight.detach(), m, fill=0.0) != 0).sum(dim=-1)
+        n = max(int(nonzeros.max().item()) if nonzeros.numel() else 0, 1)
+        if n < m:
+            candidate = NMPattern(n, m)
+            if best is None or candidate.density < best.density:
+                best = candidate
+    return best
