@@ -1,15 +1,46 @@
-"""The N:M core: patterns, masks and masked layers. Knows nothing about RL."""
+"""The N:M core: patterns, masks and masked layers. Knows nothing about RL.
 
-from nmrl.sparsity.layers import (
-    LayerReport,
-    NMLinear,
-    layer_report,
-    nm_layers,
-    refresh_masks,
-    sparsify,
-)
-from nmrl.sparsity.mask import check_nm, finest_nm, nm_mask
+``pattern`` needs only the standard library; ``mask`` and ``layers`` need PyTorch. Their names are
+loaded on first use (PEP 562) so that torch-free code (``nmrl inspect``, the ONNX Runtime policy)
+can import ``nmrl.sparsity.pattern`` without pulling in PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
+
+if TYPE_CHECKING:
+    from nmrl.sparsity.layers import (
+        LayerReport,
+        NMLinear,
+        layer_report,
+        nm_layers,
+        refresh_masks,
+        sparsify,
+    )
+    from nmrl.sparsity.mask import check_nm, finest_nm, nm_mask
+
+_LAZY = {
+    "LayerReport": "nmrl.sparsity.layers",
+    "NMLinear": "nmrl.sparsity.layers",
+    "layer_report": "nmrl.sparsity.layers",
+    "nm_layers": "nmrl.sparsity.layers",
+    "refresh_masks": "nmrl.sparsity.layers",
+    "sparsify": "nmrl.sparsity.layers",
+    "check_nm": "nmrl.sparsity.mask",
+    "finest_nm": "nmrl.sparsity.mask",
+    "nm_mask": "nmrl.sparsity.mask",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nmrl.sparsity' has no attribute {name!r}")
+
 
 __all__ = [
     "DENSE",

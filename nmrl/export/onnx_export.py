@@ -1,0 +1,260 @@
+"""A trained policy -> a verified, self-describing ONNX file.
+
+The graph computes with each layer's *effective* weight (shadow * mask, exact zeros) stored as a
+dense initializer: TensorRT and ONNX Runtime do not consume ONNX sparse initializers, and TensorRT
+finds 2:4 structure in dense constants itself. ``nn.Linear`` exports as ``Gemm(x, W, b, transB=1)``
+with ``W[out, in]``, so N:M groups lie along K, where sparse tensor cores need them.
+
+The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; the TorchScript
+exporter is deprecated since torch 2.9). The batch dimension is dynamic; action scaling is part of
+the policy module, hence of the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import nmrl
+from nmrl.errors import NmrlError
+from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model
+from nmrl.sparsity.pattern import NMPattern
+
+DType = Literal["fp32", "fp16"]
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "obs", "action"
+
+
+def materialize(policy: nn.Module) -> nn.Module:
+    """A CPU, eval-mode copy of ``policy`` in which every masked layer (anything exposing
+    ``effective_weight()``, e.g. NMLinear) is a plain ``nn.Linear`` holding that effective weight.
+
+    The copy computes exactly what the policy computes, without the training-time masking op, so
+    the exported graph has one Gemm per layer with the zeros baked into its initializer.
+    """
+    plain = copy.deepcopy(policy).cpu().eval()
+    replacements = []
+    for name, module in plain.named_modules():
+        effective = getattr(module, "effective_weight", None)
+        if not callable(effective):
+            continue
+        if not isinstance(module, nn.Linear):
+            raise NmrlError(
+                f"cannot export layer {name!r} ({type(module).__name__}): only Linear-like masked "
+                "layers are supported"
+            )
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(effective())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        replacements.append((name, linear))
+    for name, linear in replacements:
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, linear)
+    if not any(isinstance(m, nn.Linear) for m in plain.modules()):
+        raise NmrlError(f"cannot export {type(policy).__name__}: it has no Linear layers")
+    return plain.requires_grad_(False)
+
+
+class _CastIO(nn.Module):
+    """Runs a reduced-precision policy behind float32 input/output (casts inside the graph)."""
+
+    def __init__(self, policy: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.policy, self.dtype = policy, dtype
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs.to(self.dtype)).to(torch.float32)
+
+
+def to_onnx_model(
+    policy: nn.Module, obs_dim: int, dtype: DType = "fp32", io_dtype: DType | None = None,
+    opset: int = OPSET,
+) -> onnx.ModelProto:
+    """Trace ``policy`` (obs [batch, obs_dim] -> action [batch, act_dim]) into an ONNX model.
+
+    ``dtype`` sets the weights and arithmetic; ``io_dtype`` (default: ``dtype``) the input and
+    output tensors. fp16 weights with fp32 I/O put one Cast at each end of the graph.
+    """
+    if dtype not in TORCH_DTYPES or (io_dtype is not None and io_dtype not in TORCH_DTYPES):
+        raise NmrlError(f"unsupported dtype {dtype!r}/{io_dtype!r}: choose fp32 or fp16")
+    io_dtype = io_dtype or dtype
+    if opset < 17:
+        raise NmrlError(f"opset {opset} is too old: nmrl exports opset 17 or newer")
+    module = materialize(policy).to(TORCH_DTYPES[dtype])
+    if io_dtype != dtype:
+        module = _CastIO(module, TORCH_DTYPES[dtype])
+    example = torch.zeros(2, obs_dim, dtype=TORCH_DTYPES[io_dtype])
+    batch = torch.export.Dim("batch")
+    # The exporter reports progress on stdout and warns about optional packages (torchvision);
+    # neither concerns the user, who gets nmrl's own report.
+    exporter_log = logging.getLogger("torch.onnx")
+    log_level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+            )
+        except Exception as error:  # torch.export raises many types for untraceable modules
+            raise NmrlError(
+                f"cannot export {type(policy).__name__} to ONNX: {str(error).splitlines()[0][:200]}"
+            ) from None
+        finally:
+            exporter_log.setLevel(log_level)
+    model = program.model_proto
+    if isinstance(module, _CastIO):
+        _strip_initializer_prefix(model, "policy.")
+    # Input metadata the exporter leaves on graph inputs (torch.export bookkeeping) is noise for
+    # deployment tools; the model-level nmrl.* metadata describes the file.
+    for value in model.graph.input:
+        del value.metadata_props[:]
+    return model
+
+
+def _strip_initializer_prefix(model: onnx.ModelProto, prefix: str) -> None:
+    """Rename initializers ``prefix + name`` -> ``name`` so that the fp16 graph's weights carry the
+    same names as the fp32 graph's (the I/O-cast wrapper adds a module prefix)."""
+    renames = {init.name: init.name[len(prefix):] for init in model.graph.initializer
+               if init.name.startswith(prefix)}
+    for init in model.graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name in renames:
+                node.input[index] = renames[name]
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Add ``nmrl.<key>`` metadata_props (``verify.METADATA_PREFIX``); non-string values are
+    stored as JSON."""
+    existing = {prop.key: prop for prop in model.metadata_props}
+    for key, value in metadata.items():
+        full_key = f"nmrl.{key}"
+        text = value if isinstance(value, str) else json.dumps(value)
+        if full_key in existing:
+            existing[full_key].value = text
+        else:
+            model.metadata_props.add(key=full_key, value=text)
+
+
+def layers_metadata(check: ModelCheck) -> list[dict[str, Any]]:
+    """Per-layer sparsity summary stored in the file (``nmrl.layers``)."""
+    return [
+        {
+            "weight": layer.weight_name, "op": layer.op, "shape": list(layer.shape), "k_axis": layer.k_axis,
+            "pattern": str(layer.finest) if layer.finest else "dense", "density": round(layer.density, 6),
+            "sparse_tensor_core_2of4": layer.eligible_2of4,
+        }
+        for layer in check.layers
+    ]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    check: ModelCheck
+    model: onnx.ModelProto
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    # A half-written .onnx under the real name would be picked up by deployment; write beside it
+    # and rename.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp_file:
+            tmp_file.write(model.SerializeToString())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def build_policy_onnx(
+    policy: nn.Module,
+    obs_dim: int,
+    act_dim: int,
+    claimed: NMPattern | None,
+    metadata: dict[str, Any] | None = None,
+    dtype: DType = "fp32",
+    io_dtype: DType | None = None,
+    opset: int = OPSET,
+) -> tuple[onnx.ModelProto, ModelCheck]:
+    """Export, verify and describe a policy in memory.
+
+    Raises :class:`NmrlError` when a GEMM weight breaks ``claimed`` (the pattern the run says it
+    trained with) along K, or when the graph fails ``onnx.checker``.
+    """
+    model = to_onnx_model(policy, obs_dim, dtype, io_dtype, opset)
+    check = inspect_model(model)
+    if not check.layers:
+        raise NmrlError("the exported graph has no Gemm/MatMul with a constant weight")
+    if claimed is not None and not claimed.is_dense:
+        broken = check.violations(claimed)
+        if broken:
+            detail = ", ".join(f"{name}: {count} groups" for name, count in broken.items())
+            raise NmrlError(f"refusing to export: weights break the claimed {claimed} pattern along K ({detail})")
+    set_metadata(model, {
+        "format": METADATA_FORMAT,
+        "version": nmrl.__version__,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "dtype": dtype,
+        "io_dtype": io_dtype or dtype,
+        "sparsity": str(claimed) if claimed is not None else "none",
+        "layers": layers_metadata(check),
+        **(metadata or {}),
+    })
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise NmrlError(f"exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
+    return model, inspect_model(model)
+
+
+def export_policy(path: Path, policy: nn.Module, obs_dim: int, act_dim: int, claimed: NMPattern | None,
+                  metadata: dict[str, Any] | None = None, dtype: DType = "fp32",
+                  io_dtype: DType | None = None, opset: int = OPSET) -> ExportResult:
+    """Export, verify and write ``policy`` to ``path`` (nothing is written when verification fails)."""
+    model, check = build_policy_onnx(policy, obs_dim, act_dim, claimed, metadata, dtype, io_dtype, opset)
+    path = Path(path)
+    _atomic_save(model, path)
+    check.path = path
+    return ExportResult(path, check, model)
+
+
+def run_metadata(loaded: Any) -> dict[str, Any]:
+    """Metadata describing a run's policy (``loaded``: nmrl.train.run.LoadedPolicy)."""
+    return {
+        "env_id": loaded.env_id,
+        "action_low": [float(x) for x in loaded.action_low],
+        "action_high": [float(x) for x in loaded.action_high],
+        "algo": loaded.config.algo,
+        "step": loaded.step,
+        "checkpoint": loaded.checkpoint.name,
+        "config": loaded.config.to_dict(),
+    }
+
+
+def random_observations(obs_dim: int, count: int, seed: int = 0, scale: float = 3.0) -> np.ndarray:
+    """Gaussian observations, wider than typical normalised inputs, to exercise every layer."""
+    return (np.random.default_rng(seed).standard_normal((count, obs_dim)) * scale).astype(np.float32)

@@ -1,0 +1,300 @@
+"""Read an ONNX file and say, per GEMM layer, which N:M pattern its weights obey along K.
+
+This module imports only ``onnx`` and ``numpy`` (never PyTorch): it is what ``nmrl inspect`` runs,
+and it judges the file a deployment tool will read, not the checkpoint it came from.
+
+A layer is a ``Gemm`` or ``MatMul`` node with one constant operand (an initializer or a ``Constant``
+node, possibly behind ``Identity``/``Cast``/``Transpose``/``DequantizeLinear``). Its reduction
+axis K is where N:M groups must lie for sparse tensor cores:
+
+- ``Gemm(A, B)`` computes ``op(A) @ op(B)``; for a constant B, K is axis 0, or axis 1 with
+  ``transB=1`` (torch's Linear: ``W[out, in]``); for a constant A, K is axis 1, or 0 with ``transA=1``.
+- ``MatMul(X, B)`` with constant B ``[..., K, N]``: K is axis -2; a constant A ``[..., M, K]``: axis -1.
+
+The N:M checks below mirror ``nmrl.sparsity.mask`` (which works on torch tensors along dim 1) in
+numpy, along any axis: same groups, same short-tail rule, same ``finest`` choice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from nmrl.errors import NmrlError
+from nmrl.sparsity.pattern import NMPattern
+
+# Metadata keys written by nmrl.export; a file that has METADATA_FORMAT_KEY is "ours".
+METADATA_PREFIX = "nmrl."
+METADATA_FORMAT_KEY = "nmrl.format"
+METADATA_FORMAT = "nmrl-policy-onnx-v1"
+
+# Weight dtypes sparse tensor cores run (TensorRT sparse tactics exist for these, not for fp32).
+REDUCED_PRECISION = {"float16", "bfloat16", "int8", "float8e4m3fn", "float8e5m2"}
+# Below this many rows or columns TensorRT times sparse tactics but usually keeps dense ones
+# (NVIDIA's guidance: sparsity pays on large, compute-bound GEMMs).
+SMALL_GEMM = 256
+# Ops between a constant and the GEMM that keep the weight's values in place (axis-preserving).
+_PASS_THROUGH = {"Identity", "Cast", "DequantizeLinear"}
+
+
+# ------------------------------------------------------------------------------------------
+# N:M along an axis (numpy)
+
+
+def _groups_nonzeros(weight: np.ndarray, k_axis: int, m: int) -> np.ndarray:
+    """Nonzero count of every group of ``m`` consecutive entries along ``k_axis``: shape
+    [rows, groups], where rows are all other axes flattened and the tail group is zero-padded."""
+    rows = np.moveaxis(weight != 0, k_axis, -1)
+    rows = rows.reshape(-1, rows.shape[-1])
+    pad = (-rows.shape[1]) % m
+    if pad:
+        rows = np.pad(rows, ((0, 0), (0, pad)))
+    return rows.reshape(rows.shape[0], -1, m).sum(axis=-1)
+
+
+def nm_violations(weight: np.ndarray, k_axis: int, pattern: NMPattern) -> int:
+    """How many groups of M along ``k_axis`` hold more than N nonzeros (0 = the pattern holds)."""
+    if pattern.is_dense:
+        return 0
+    return int((_groups_nonzeros(weight, k_axis, pattern.m) > pattern.n).sum())
+
+
+def finest_nm(weight: np.ndarray, k_axis: int, ms: tuple[int, ...] = (4, 8, 16)) -> NMPattern | None:
+    """The sparsest N:M (lowest N/M, smaller M on ties) ``weight`` obeys along ``k_axis``; None when
+    only dense fits. Group sizes longer than K are not tried (one short group shows no structure)."""
+    best: NMPattern | None = None
+    k = weight.shape[k_axis]
+    for m in sorted(ms):
+        if m > k:
+            continue
+        nonzeros = _groups_nonzeros(weight, k_axis, m)
+        n = max(int(nonzeros.max()) if nonzeros.size else 0, 1)
+        if n < m:
+            candidate = NMPattern(n, m)
+            if best is None or candidate.density < best.density:
+                best = candidate
+    return best
+
+
+# ------------------------------------------------------------------------------------------
+# Finding the GEMM layers of a graph
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One GEMM with a constant weight, as a sparse-tensor-core deployment sees it."""
+
+    node: str
+    op: str
+    weight_name: str
+    shape: tuple[int, ...]
+    k_axis: int
+    dtype: str
+    density: float
+    finest: NMPattern | None
+    pattern_2of4: bool
+    """The stored weights hold at most 2 nonzeros in every group of 4 along K."""
+    eligible_2of4: bool
+    """Everything TensorRT needs for sparse tactics holds: 2:4 along K, K % 4 == 0, reduced
+    precision. TensorRT still times sparse against dense and keeps the faster."""
+    reasons: tuple[str, ...] = ()
+    """Why not eligible (empty when eligible)."""
+    notes: tuple[str, ...] = ()
+    """Hints that do not block eligibility (e.g. small GEMMs where dense usually wins)."""
+
+    @property
+    def k(self) -> int:
+        return self.shape[self.k_axis]
+
+    def violations(self, pattern: NMPattern, weight: np.ndarray) -> int:
+        return nm_violations(weight, self.k_axis, pattern)
+
+
+@dataclass
+class ModelCheck:
+    """What ``inspect_model`` found in one ONNX graph."""
+
+    layers: list[LayerCheck]
+    weights: dict[str, np.ndarray] = field(repr=False)
+    """Weight arrays by ``LayerCheck.weight_name`` (as the GEMM reads them, before op transposes)."""
+    metadata: dict[str, str]
+    opset: int
+    path: Path | None = None
+
+    @property
+    def is_nmrl(self) -> bool:
+        return self.metadata.get(METADATA_FORMAT_KEY) == METADATA_FORMAT
+
+    @property
+    def claimed(self) -> NMPattern | None:
+        """The N:M pattern the exporting run claims (None: no N:M claim, or not an nmrl file)."""
+        return claimed_pattern(self.metadata.get("nmrl.sparsity", ""))
+
+    def violations(self, pattern: NMPattern) -> dict[str, int]:
+        """Layer weight name -> groups breaking ``pattern`` along K, for layers that break it."""
+        counts = {
+            layer.weight_name: nm_violations(self.weights[layer.weight_name], layer.k_axis, pattern)
+            for layer in self.layers
+        }
+        return {name: count for name, count in counts.items() if count}
+
+
+def claimed_pattern(sparsity: str) -> NMPattern | None:
+    """The N:M pattern a run's ``sparsity`` setting promises; None for dense, for unstructured
+    settings (e.g. ``"0.9"``) and for empty text: those make no N:M claim to verify."""
+    text = sparsity.strip().lower()
+    if ":" not in text:
+        return None
+    pattern = NMPattern.parse(text)
+    return None if pattern.is_dense else pattern
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    # onnx's bfloat16/float8 arrive from numpy_helper as ml_dtypes types whose names match ours.
+    return str(array.dtype)
+
+
+def _resolve_constant(
+    name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, np.ndarray]
+) -> tuple[np.ndarray, str] | None:
+    """Follow ``name`` back through value-preserving ops to a constant.
+
+    Returns (the array as the consumer sees it, Transposes applied; the dtype the consumer computes
+    in) or None when ``name`` is not a constant.
+    """
+    dtype: str | None = None
+    perm_chain: list[list[int]] = []
+    current = name
+    for _ in range(32):  # a bounded walk: graphs with longer chains are not ours to judge
+        if current in constants:
+            stored = constants[current]
+            array = stored
+            for perm in reversed(perm_chain):
+                array = np.transpose(array, perm or None)  # no perm: reverse the axes
+            return array, dtype or _dtype_name(stored)
+        node = producers.get(current)
+        if node is None:
+            return None
+        if node.op_type == "Cast" and dtype is None:
+            to = next(a.i for a in node.attribute if a.name == "to")
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to)).name
+        elif node.op_type == "DequantizeLinear" and dtype is None:
+            # A Q/DQ weight: the kernel runs in the quantized type of the stored constant.
+            source = constants.get(node.input[0])
+            if source is not None:
+                dtype = _dtype_name(source)
+        elif node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            perm_chain.append(perm if perm is not None else [])
+        elif node.op_type not in _PASS_THROUGH:
+            return None
+        current = node.input[0]
+    return None
+
+
+def _gemm_weight_operands(node: onnx.NodeProto) -> list[tuple[int, int]]:
+    """(input index, K axis of that operand as the op reads it) candidates for a GEMM node."""
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if node.op_type == "Gemm":
+        trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
+        # op(A) is [M, K]: K is A's axis 1, or axis 0 when A is transposed; op(B) is [K, N].
+        return [(1, 1 if trans_b else 0), (0, 0 if trans_a else 1)]
+    # MatMul: A [..., M, K] @ B [..., K, N]
+    return [(1, -2), (0, -1)]
+
+
+def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
+    """Find every Gemm/MatMul with a constant weight and check its weights along K."""
+    path: Path | None = None
+    if not isinstance(model, onnx.ModelProto):
+        path = Path(model)
+        model = load_onnx(path)
+    graph = model.graph
+    constants = _constants(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    layers: list[LayerCheck] = []
+    weights: dict[str, np.ndarray] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("Gemm", "MatMul"):
+            continue
+        for input_index, k_axis in _gemm_weight_operands(node):
+            if input_index >= len(node.input):
+                continue
+            resolved = _resolve_constant(node.input[input_index], producers, constants)
+            if resolved is None:
+                continue
+            array, dtype = resolved
+            if array.ndim < 2:
+                continue
+            k_axis = k_axis % array.ndim
+            weight_name = node.input[input_index]
+            weights[weight_name] = array
+            layers.append(_check_layer(node.name or f"{node.op_type}_{index}", node.op_type,
+                                       weight_name, array, k_axis, dtype))
+            break  # one constant operand per GEMM is the weight
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ModelCheck(layers, weights, metadata, opset, path)
+
+
+def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int,
+                 dtype: str) -> LayerCheck:
+    k = weight.shape[k_axis]
+    rows = weight.size // k if k else 0
+    density = float(np.count_nonzero(weight) / weight.size) if weight.size else 0.0
+    pattern_2of4 = nm_violations(weight, k_axis, NMPattern(2, 4)) == 0
+    reasons: list[str] = []
+    if not pattern_2of4:
+        reasons.append("not 2:4 along K")
+    if k % 4:
+        reasons.append(f"K={k} is not a multiple of 4")
+    if dtype not in REDUCED_PRECISION:
+        reasons.append(f"{dtype} weights: sparse tensor cores need fp16/bf16/int8/fp8 "
+                       "(export --dtype fp16)")
+    notes: list[str] = []
+    if min(k, rows) < SMALL_GEMM:
+        notes.append(f"small GEMM (K={k}, N={rows}): TensorRT usually keeps dense tactics below ~{SMALL_GEMM}")
+    return LayerCheck(
+        node=node, op=op, weight_name=weight_name, shape=tuple(int(d) for d in weight.shape),
+        k_axis=k_axis, dtype=dtype, density=density, finest=finest_nm(weight, k_axis),
+        pattern_2of4=pattern_2of4, eligible_2of4=not reasons, reasons=tuple(reasons), notes=tuple(notes),
+    )
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file; :class:`NmrlError` when it is missing or not ONNX."""
+    path = Path(path)
+    if not path.is_file():
+        raise NmrlError(f"{path}: no such file")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and friends for foreign files
+        raise NmrlError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+
+
+def nmrl_metadata(check: ModelCheck) -> dict[str, object]:
+    """The ``nmrl.*`` metadata of a model, JSON values decoded."""
+    decoded: dict[str, object] = {}
+    for key, value in check.metadata.items():
+        if not key.startswith(METADATA_PREFIX):
+            continue
+        try:
+            decoded[key[len(METADATA_PREFIX):]] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key[len(METADATA_PREFIX):]] = value
+    return decoded
