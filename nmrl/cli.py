@@ -16,6 +16,10 @@ from nmrl.errors import NmrlError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("nmrl.train.commands", "train", "train an agent (new run or --resume)"),
     "eval": ("nmrl.train.commands", "evaluate", "deterministic evaluation of a run's checkpoint"),
+    "export": ("nmrl.export.commands", "export", "export a run's actor to verified N:M ONNX (or nm-packed)"),
+    "inspect": ("nmrl.export.commands", "inspect", "per-layer N:M / 2:4 report of an ONNX file (no torch)"),
+    "deploy eval": ("nmrl.deploy.commands", "deploy_eval", "closed-loop return of a deployed policy file"),
+    "bench": ("nmrl.deploy.commands", "bench", "latency of the sparse actor vs its dense twin per backend"),
 }
 
 

@@ -258,3 +258,61 @@ def run_metadata(loaded: Any) -> dict[str, Any]:
 def random_observations(obs_dim: int, count: int, seed: int = 0, scale: float = 3.0) -> np.ndarray:
     """Gaussian observations, wider than typical normalised inputs, to exercise every layer."""
     return (np.random.default_rng(seed).standard_normal((count, obs_dim)) * scale).astype(np.float32)
+
+
+@dataclass
+class RunExport:
+    """What :func:`export_run` wrote and checked."""
+
+    path: Path
+    check: ModelCheck
+    parity: list[Any]
+    """nmrl.export.parity.ParityResult per observation source."""
+    packed: Any = None
+    """nmrl.export.packed.PackedReport for --format nm-packed."""
+
+
+def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
+    stem = "actor" if dtype == "fp32" else f"actor.{dtype}"
+    return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.nm.npz")
+
+
+def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = None, which: str = "last",
+               output: Path | None = None, fmt: Literal["onnx", "nm-packed"] = "onnx",
+               parity_samples: int = 256) -> RunExport:
+    """Export a run's policy: verify the claimed N:M pattern, check parity with the torch policy
+    on env and random observations, then write ``actor[.fp16].onnx`` (or the nm-packed file).
+
+    Nothing is written when verification or parity fails (:class:`NmrlError`).
+    """
+    from nmrl.export.parity import check_parity
+    from nmrl.export.verify import claimed_pattern
+    from nmrl.train.run import load_policy
+
+    loaded = load_policy(Path(run_dir), which)
+    claimed = claimed_pattern(loaded.config.sparsity)
+    model, check = build_policy_onnx(loaded.policy, loaded.obs_dim, loaded.act_dim, claimed,
+                                     run_metadata(loaded), dtype, io_dtype)
+    parity = check_parity(loaded.policy, model, loaded.obs_dim, dtype, loaded.env_id, parity_samples)
+    failed = [result for result in parity if not result.passed]
+    if failed:
+        raise NmrlError("refusing to export: ONNX Runtime and torch disagree: " + "; ".join(map(str, failed)))
+    path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
+    packed = None
+    if fmt == "onnx":
+        _atomic_save(model, path)
+    else:
+        from nmrl.export.packed import load_packed, write_packed
+
+        if claimed is None:
+            raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is "
+                            f"{loaded.config.sparsity!r}")
+        packed = write_packed(model, path, claimed)
+        # The file is only useful if it gives the weights back exactly: check before reporting.
+        rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}
+        for name, weight in check.weights.items():
+            if not np.array_equal(rebuilt.get(name), weight):
+                path.unlink(missing_ok=True)
+                raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
+    check.path = path
+    return RunExport(path, check, parity, packed)

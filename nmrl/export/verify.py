@@ -262,13 +262,12 @@ def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axi
     if not pattern_2of4:
         reasons.append("not 2:4 along K")
     if k % 4:
-        reasons.append(f"K={k} is not a multiple of 4")
+        reasons.append(f"K={k} not a multiple of 4")
     if dtype not in REDUCED_PRECISION:
-        reasons.append(f"{dtype} weights: sparse tensor cores need fp16/bf16/int8/fp8 "
-                       "(export --dtype fp16)")
+        reasons.append(f"{dtype}: needs fp16/bf16/int8/fp8")
     notes: list[str] = []
     if min(k, rows) < SMALL_GEMM:
-        notes.append(f"small GEMM (K={k}, N={rows}): TensorRT usually keeps dense tactics below ~{SMALL_GEMM}")
+        notes.append(f"small (<{SMALL_GEMM}): dense usually wins")
     return LayerCheck(
         node=node, op=op, weight_name=weight_name, shape=tuple(int(d) for d in weight.shape),
         k_axis=k_axis, dtype=dtype, density=density, finest=finest_nm(weight, k_axis),

@@ -1,0 +1,105 @@
+"""The deployed-policy interface and the backend registry.
+
+A backend is a loader (file -> :class:`Policy`) plus a probe (can this machine run it?), as in
+Polygraphy's loader/runner split. Backends are named by import path and loaded lazily, so the
+ONNX Runtime policy never imports PyTorch. To add one (e.g. TensorRT), implement a ``Policy``
+subclass and a loader, then add one entry to :data:`BACKENDS` (or call :func:`register_backend`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmrl.errors import NmrlError
+
+
+class Policy:
+    """A deterministic policy ready to act: ``act(obs)`` maps observations to actions.
+
+    ``obs`` is ``[batch, obs_dim]`` or ``[obs_dim]`` (float32, or anything numpy converts); the
+    result has the same leading shape with ``act_dim`` actions, float32, on the host. Subclasses
+    implement :meth:`_act_batch` for a 2-D float32 batch; ``act`` handles shapes and dtypes.
+    """
+
+    backend: str = "?"
+    obs_dim: int
+    act_dim: int
+    env_id: str | None = None
+    """The environment the policy was trained on, when the file says so."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"expected observations [batch, {self.obs_dim}] or [{self.obs_dim}], "
+                             f"got shape {obs.shape}")
+        single = obs.ndim == 1
+        actions = self._act_batch(np.ascontiguousarray(obs[None] if single else obs))
+        actions = np.asarray(actions, dtype=np.float32)
+        return actions[0] if single else actions
+
+    def _act_batch(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line: what runs this policy (backend, device, threads)."""
+        return self.backend
+
+    def close(self) -> None:
+        """Release runtime resources (sessions, engines, GPU memory)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registry entry: ``loader``/``probe`` are ``"module:function"`` paths, imported on use.
+
+    ``loader(path, **options) -> Policy``; ``probe() -> str | None`` returns why the backend
+    cannot run here (None when it can).
+    """
+
+    loader: str
+    probe: str | None
+    help: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend("nmrl.deploy.torch_backend:load_torch_policy", None,
+                     "PyTorch eager on a run directory's checkpoint (the reference)"),
+    "ort": Backend("nmrl.deploy.ort_backend:load_ort_policy", None,
+                   "ONNX Runtime, CPU execution provider (the embedded default)"),
+    "ort-cuda": Backend("nmrl.deploy.ort_backend:load_ort_cuda_policy",
+                        "nmrl.deploy.ort_backend:cuda_unavailable_reason",
+                        "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)"),
+}
+
+
+def register_backend(name: str, loader: str, probe: str | None = None, help: str = "") -> None:
+    """Add or replace a backend (``loader``/``probe`` as ``"module:function"``)."""
+    BACKENDS[name] = Backend(loader, probe, help)
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, or None when it can."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}"
+    entry = BACKENDS[backend]
+    return None if entry.probe is None else _resolve(entry.probe)()
+
+
+def load_policy(path: Path | str, backend: str = "ort", **options: Any) -> Policy:
+    """Load a deployed policy: ``path`` is an ONNX file (ort, ort-cuda, ...) or a run directory
+    (torch); ``options`` go to the backend's loader (e.g. ``threads=1``)."""
+    reason = unavailable_reason(backend)
+    if reason is not None:
+        raise NmrlError(f"backend {backend!r} cannot run here: {reason}")
+    return _resolve(BACKENDS[backend].loader)(Path(path), **options)

@@ -1,0 +1,56 @@
+"""The ``nmrl export`` and ``nmrl inspect`` verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+
+def export(
+    run_dir: Annotated[Path, tyro.conf.Positional],
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    io_dtype: Literal["same", "fp32", "fp16"] = "same",
+    format: Literal["onnx", "nm-packed"] = "onnx",
+    checkpoint: Literal["last", "best"] = "last",
+    output: Path | None = None,
+) -> None:
+    """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
+
+    The graph holds each layer's effective weights (exact zeros, N:M groups along K), action
+    scaling and metadata (env, sizes, bounds, per-layer pattern, training config). Export refuses
+    when the weights break the run's N:M pattern or ONNX Runtime disagrees with torch.
+    --dtype fp16 writes actor.fp16.onnx: fp16 weights and math, the input TensorRT 11's strongly
+    typed builder needs; --io-dtype picks the input/output type (default: same as --dtype).
+    --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
+    cores store them, with a loader that rebuilds the exact model.
+    """
+    from nmrl.export.onnx_export import export_run
+    from nmrl.export.report import console as report_console
+    from nmrl.export.report import print_report
+
+    console = report_console()
+    result = export_run(run_dir, dtype, None if io_dtype == "same" else io_dtype, checkpoint, output, format)
+    print_report(result.check, console)
+    console.print("parity (ONNX Runtime CPU vs torch):")
+    for parity in result.parity:
+        console.print(f"  {parity}")
+    if result.packed is not None:
+        packed = result.packed
+        console.print(f"nm-packed {packed.pattern} {packed.dtype}: GEMM weights {packed.packed_bytes:,} B vs "
+                      f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}); file {packed.file_bytes:,} B")
+    console.print(f"wrote {result.path}")
+
+
+def inspect(model: Annotated[Path, tyro.conf.Positional]) -> int:
+    """Which GEMM layers of an ONNX file are N:M, which are 2:4-eligible for sparse tensor cores, and
+    why not. Reads the file only (onnx + numpy, no PyTorch). Exits 1 when the file's weights break
+    the N:M pattern its nmrl metadata claims."""
+    from nmrl.export.report import print_report
+    from nmrl.export.verify import inspect_model
+
+    check = inspect_model(model)
+    print_report(check)
+    claimed = check.claimed
+    return 1 if claimed is not None and check.violations(claimed) else 0

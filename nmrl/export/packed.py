@@ -1,0 +1,170 @@
+"""nm-packed: an N:M policy stored as sparse tensor cores store it, values plus in-group indices.
+
+For every GEMM weight of an N:M ONNX graph, each group of M consecutive entries along K keeps N
+values and, for each value, its position inside the group in ceil(log2 M) bits (2 bits for 2:4,
+as the hardware's metadata). Everything else of the model (graph, biases, action scaling) is kept
+as the ONNX model with those weights removed, so :func:`load_packed` gives back a runnable ONNX
+model whose weights equal the original bit for bit.
+
+File: a numpy ``.npz`` (no pickle) holding ``model`` (the stripped ONNX bytes), ``meta`` (JSON) and,
+per weight ``i``, ``values_i`` [rows, groups, N] and ``indices_i`` (bit-packed uint8).
+Imports onnx and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from nmrl.errors import NmrlError
+from nmrl.export.verify import inspect_model
+from nmrl.sparsity.pattern import NMPattern
+
+PACKED_FORMAT = "nmrl-nm-packed-v1"
+
+
+def index_bits(m: int) -> int:
+    """Bits per in-group index: ceil(log2 M) (2 for M=4, 3 for M=8)."""
+    return max(1, math.ceil(math.log2(m)))
+
+
+@dataclass
+class PackedWeight:
+    """One weight in N:M form along K: ``values`` [rows, groups, N] and ``indices`` (same shape,
+    position 0..M-1 inside the group). ``shape``/``k_axis`` restore the dense layout."""
+
+    values: np.ndarray
+    indices: np.ndarray
+    shape: tuple[int, ...]
+    k_axis: int
+    pattern: NMPattern
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes as stored: values plus bit-packed indices."""
+        return self.values.nbytes + math.ceil(self.indices.size * index_bits(self.pattern.m) / 8)
+
+
+def pack_weight(weight: np.ndarray, k_axis: int, pattern: NMPattern) -> PackedWeight:
+    """Split ``weight`` into N values and N in-group indices per group of M along ``k_axis``.
+
+    Groups with fewer than N nonzeros also store zeros (at the lowest free positions), so every
+    group has exactly N slots, as in the hardware format. Raises :class:`NmrlError` when a group
+    holds more than N nonzeros.
+    """
+    if pattern.is_dense:
+        raise NmrlError("nm-packed needs an N:M pattern, not dense")
+    rows = np.moveaxis(weight, k_axis, -1)
+    moved_shape = rows.shape
+    rows = rows.reshape(-1, moved_shape[-1])
+    pad = (-rows.shape[1]) % pattern.m
+    if pad:
+        rows = np.pad(rows, ((0, 0), (0, pad)))
+    groups = rows.reshape(rows.shape[0], -1, pattern.m)
+    nonzeros = (groups != 0).sum(axis=-1)
+    if (nonzeros > pattern.n).any():
+        raise NmrlError(f"weight of shape {weight.shape} is not {pattern} along axis {k_axis}: "
+                        f"{int((nonzeros > pattern.n).sum())} groups hold more than {pattern.n} nonzeros")
+    # Nonzeros first (stable, so lowest positions first), then zeros; keep N, in position order.
+    order = np.argsort(groups == 0, axis=-1, kind="stable")[..., : pattern.n]
+    indices = np.sort(order, axis=-1).astype(np.uint8)
+    values = np.take_along_axis(groups, indices.astype(np.intp), axis=-1)
+    return PackedWeight(values, indices, tuple(int(d) for d in weight.shape), k_axis, pattern)
+
+
+def unpack_weight(packed: PackedWeight) -> np.ndarray:
+    """The dense weight back, exactly."""
+    rows, groups, _ = packed.values.shape
+    dense = np.zeros((rows, groups, packed.pattern.m), dtype=packed.values.dtype)
+    np.put_along_axis(dense, packed.indices.astype(np.intp), packed.values, axis=-1)
+    moved_shape = list(packed.shape)
+    k = moved_shape.pop(packed.k_axis)
+    dense = dense.reshape(rows, -1)[:, :k].reshape(*moved_shape, k)
+    return np.moveaxis(dense, -1, packed.k_axis)
+
+
+def _pack_bits(indices: np.ndarray, bits: int) -> np.ndarray:
+    as_bits = np.unpackbits(indices.reshape(-1, 1).astype(np.uint8), axis=1)[:, 8 - bits:]
+    return np.packbits(as_bits.reshape(-1))
+
+
+def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    as_bits = np.unpackbits(packed)[: count * bits].reshape(count, bits)
+    return np.packbits(np.pad(as_bits, ((0, 0), (8 - bits, 0))), axis=1).reshape(-1)
+
+
+@dataclass(frozen=True)
+class PackedReport:
+    """Sizes of the GEMM weights, dense vs packed (bytes)."""
+
+    pattern: NMPattern
+    dtype: str
+    dense_bytes: int
+    packed_bytes: int
+    file_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.packed_bytes / self.dense_bytes
+
+
+def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> PackedReport:
+    """Write ``model`` in nm-packed form: every GEMM weight initializer packed as ``pattern``."""
+    check = inspect_model(model)
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    initializers = {init.name: init for init in stripped.graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    dense_bytes = packed_bytes = 0
+    for index, layer in enumerate(check.layers):
+        init = initializers.get(layer.weight_name)
+        if init is None:  # weight behind a Cast/Transpose or a Constant node: left in the graph
+            continue
+        weight = numpy_helper.to_array(init)
+        packed = pack_weight(weight, layer.k_axis, pattern)
+        arrays[f"values_{index}"] = packed.values
+        arrays[f"indices_{index}"] = _pack_bits(packed.indices, index_bits(pattern.m))
+        entries.append({"name": layer.weight_name, "key": index, "shape": list(packed.shape),
+                        "k_axis": packed.k_axis, "count": int(packed.indices.size)})
+        dense_bytes += weight.nbytes
+        packed_bytes += packed.nbytes
+        stripped.graph.initializer.remove(init)
+    if not entries:
+        raise NmrlError("no GEMM weight initializers to pack")
+    meta = {"format": PACKED_FORMAT, "pattern": str(pattern), "weights": entries}
+    arrays["model"] = np.frombuffer(stripped.SerializeToString(), dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:  # np.savez on a path would append .npz to other suffixes
+        np.savez(file, **arrays)
+    dtype = str(next(iter(arrays[k] for k in arrays if k.startswith("values_"))).dtype)
+    return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size)
+
+
+def load_packed(path: Path) -> onnx.ModelProto:
+    """Rebuild the ONNX model of an nm-packed file, with its exact weights."""
+    try:
+        archive = np.load(Path(path), allow_pickle=False)
+        meta = json.loads(archive["meta"].tobytes())
+    except (OSError, ValueError, KeyError) as error:
+        raise NmrlError(f"{path}: not an nm-packed file ({type(error).__name__})") from None
+    if meta.get("format") != PACKED_FORMAT:
+        raise NmrlError(f"{path}: not an nm-packed file (format {meta.get('format')!r})")
+    pattern = NMPattern.parse(meta["pattern"])
+    model = onnx.ModelProto()
+    model.ParseFromString(archive["model"].tobytes())
+    for entry in meta["weights"]:
+        values = archive[f"values_{entry['key']}"]
+        indices = _unpack_bits(archive[f"indices_{entry['key']}"], index_bits(pattern.m), entry["count"])
+        packed = PackedWeight(values, indices.reshape(values.shape), tuple(entry["shape"]), entry["k_axis"],
+                              pattern)
+        model.graph.initializer.append(numpy_helper.from_array(unpack_weight(packed), entry["name"]))
+    return model

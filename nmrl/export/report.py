@@ -1,0 +1,70 @@
+"""Human-readable sparsity reports of an ONNX model (rich tables). Torch-free."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from nmrl.export.verify import ModelCheck, nmrl_metadata
+
+_SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+# Piped output (CI logs, files) gets this width instead of rich's 80 columns, so rows stay whole.
+REPORT_WIDTH = 130
+
+
+def console() -> Console:
+    """A console for reports: the terminal's width, or REPORT_WIDTH when not a terminal."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=REPORT_WIDTH)
+
+
+def layer_table(check: ModelCheck) -> Table:
+    """One row per GEMM: shape, K, dtype, density, finest N:M, 2:4 sparse-tensor-core verdict."""
+    table = Table(title="GEMM layers (N:M groups along K)", title_justify="left")
+    for column in ("layer", "op", "shape", "K", "dtype", "density", "N:M", "2:4 TC", "why not / notes"):
+        table.add_column(column, justify="right" if column in ("K", "density") else "left")
+    for layer in check.layers:
+        verdict = "[green]yes[/]" if layer.eligible_2of4 else "[red]no[/]"
+        detail = "; ".join(layer.reasons) if layer.reasons else "; ".join(layer.notes)
+        table.add_row(
+            layer.weight_name, layer.op, "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
+            str(layer.k), _SHORT_DTYPES.get(layer.dtype, layer.dtype), f"{layer.density:.3f}",
+            str(layer.finest) if layer.finest else "dense",
+            verdict, detail,
+        )
+    return table
+
+
+def summary_lines(check: ModelCheck) -> list[str]:
+    """What the file is, what it claims and whether its weights keep the claim."""
+    lines = []
+    meta = nmrl_metadata(check)
+    if check.is_nmrl:
+        lines.append(
+            f"nmrl policy: env {meta.get('env_id', '?')}, obs {meta.get('obs_dim')} -> act {meta.get('act_dim')}, "
+            f"{meta.get('algo', '?')} trained with sparsity {meta.get('sparsity')}, dtype {meta.get('dtype')} "
+            f"(I/O {meta.get('io_dtype')}), opset {check.opset}"
+        )
+    else:
+        lines.append(f"not an nmrl file (no nmrl metadata); opset {check.opset}")
+    claimed = check.claimed
+    if claimed is not None:
+        broken = check.violations(claimed)
+        if broken:
+            lines.append(f"[red]claim BROKEN[/]: {', '.join(f'{k} ({v} groups)' for k, v in broken.items())} "
+                         f"violate {claimed} along K")
+        else:
+            lines.append(f"claim verified: every GEMM weight is {claimed} along K")
+    eligible = sum(layer.eligible_2of4 for layer in check.layers)
+    lines.append(f"{eligible} of {len(check.layers)} GEMM layers eligible for 2:4 sparse tensor cores")
+    return lines
+
+
+def print_report(check: ModelCheck, out: Console | None = None) -> None:
+    out = out or console()
+    out.print(layer_table(check))
+    for line in summary_lines(check):
+        out.print(line)
+    if any(not layer.eligible_2of4 for layer in check.layers):
+        out.print("2:4 TC: sparse tensor cores can run the layer as stored (2:4 along K, K % 4 == 0, "
+                  "fp16/bf16/int8/fp8); TensorRT still times sparse vs dense tactics and keeps the faster")
