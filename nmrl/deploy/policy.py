@@ -103,3 +103,14 @@ def load_policy(path: Path | str, backend: str = "ort", **options: Any) -> Polic
     if reason is not None:
         raise NmrlError(f"backend {backend!r} cannot run here: {reason}")
     return _resolve(BACKENDS[backend].loader)(Path(path), **options)
+
+
+def accepted_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that ``backend``'s loader takes (for callers such as ``bench``
+    that pass common settings like ``threads`` to every backend)."""
+    import inspect
+
+    parameters = inspect.signature(_resolve(BACKENDS[backend].loader)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {key: value for key, value in options.items() if key in parameters}

@@ -175,7 +175,8 @@ class ExportResult:
     model: onnx.ModelProto
 
 
-def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` to ``path`` atomically."""
     # A half-written .onnx under the real name would be picked up by deployment; write beside it
     # and rename.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,7 @@ def export_policy(path: Path, policy: nn.Module, obs_dim: int, act_dim: int, cla
     """Export, verify and write ``policy`` to ``path`` (nothing is written when verification fails)."""
     model, check = build_policy_onnx(policy, obs_dim, act_dim, claimed, metadata, dtype, io_dtype, opset)
     path = Path(path)
-    _atomic_save(model, path)
+    save_onnx(model, path)
     check.path = path
     return ExportResult(path, check, model)
 
@@ -300,7 +301,7 @@ def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = No
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
     packed = None
     if fmt == "onnx":
-        _atomic_save(model, path)
+        save_onnx(model, path)
     else:
         from nmrl.export.packed import load_packed, write_packed
 
@@ -316,3 +317,17 @@ def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = No
                 raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
     check.path = path
     return RunExport(path, check, parity, packed)
+
+
+def dense_twin_module(policy: nn.Module, seed: int = 0) -> nn.Module:
+    """:func:`materialize`-d copy of ``policy`` whose Linear weights have no zeros."""
+    from nmrl.export.twin import fill_zeros
+
+    twin = materialize(policy)
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for module in twin.modules():
+            if isinstance(module, nn.Linear):
+                weight = module.weight.numpy()
+                module.weight.copy_(torch.from_numpy(fill_zeros(weight, rng)))
+    return twin

@@ -1,0 +1,234 @@
+"""Latency profiling: a sparse actor and its dense twin, per backend and batch size.
+
+The dense twin has the same architecture with every pruned weight replaced by a nonzero value, so
+any speed difference between the two is what the zeros buy on that backend. On a CPU nothing
+exploits 2:4 zeros and the expected ratio is ~1.0x; 2:4 kernels need sparse tensor cores
+(TensorRT on Ampere or newer, fp16/int8), large layers and large batches.
+
+Timing: every call is timed on its own with ``time.perf_counter_ns`` around ``Policy.act``, which
+returns host arrays (a GPU backend's copy back synchronises it), after warm-up calls. Inputs
+rotate through a pool of distinct observation batches rather than replaying one buffer.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nmrl.deploy.policy import Policy
+
+INPUT_POOL = 8
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of one (model, variant, backend, batch) cell, in microseconds."""
+
+    model: str
+    variant: str
+    backend: str
+    batch: int
+    calls: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    mean_us: float
+
+    @property
+    def throughput(self) -> float:
+        """Observations per second at the median latency."""
+        return self.batch / (self.p50_us * 1e-6)
+
+
+def time_policies(policies: dict[str, Policy], batch: int, warmup: int = 20, calls: int = 200,
+                  max_seconds: float = 2.0, min_calls: int = 10, rounds: int = 5,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-call latencies (ns) of each policy's ``act`` on ``[batch, obs_dim]`` inputs.
+
+    Each policy gets ``warmup`` untimed calls, then ``calls`` timed ones (fewer, but at least
+    ``min_calls``, when the warm-up estimate says they would take longer than ``max_seconds`` per
+    policy). The timed calls are split into ``rounds`` that alternate between the policies, so a
+    slow spell of the machine (other processes, frequency changes) hits all of them alike instead
+    of whichever happened to run at the time.
+    """
+    rng = np.random.default_rng(seed)
+    obs_dim = next(iter(policies.values())).obs_dim
+    pool = [rng.standard_normal((batch, obs_dim)).astype(np.float32) for _ in range(INPUT_POOL)]
+    counts = {}
+    for name, policy in policies.items():
+        start = time.perf_counter_ns()
+        for i in range(max(warmup, 1)):
+            policy.act(pool[i % INPUT_POOL])
+        per_call_s = (time.perf_counter_ns() - start) * 1e-9 / max(warmup, 1)
+        budget_calls = int(max_seconds / per_call_s) if per_call_s > 0 else calls
+        counts[name] = max(min_calls, min(calls, budget_calls))
+    latencies = {name: np.empty(count, dtype=np.int64) for name, count in counts.items()}
+    done = dict.fromkeys(policies, 0)
+    for round_index in range(rounds):
+        for name, policy in policies.items():
+            stop = counts[name] * (round_index + 1) // rounds
+            for i in range(done[name], stop):
+                obs = pool[i % INPUT_POOL]
+                began = time.perf_counter_ns()
+                policy.act(obs)
+                latencies[name][i] = time.perf_counter_ns() - began
+            done[name] = stop
+    return latencies
+
+
+def summarize(model: str, variant: str, backend: str, batch: int, latencies_ns: np.ndarray) -> Timing:
+    us = latencies_ns / 1e3
+    p50, p90, p99 = np.percentile(us, [50, 90, 99])
+    return Timing(model, variant, backend, batch, len(us), float(p50), float(p90), float(p99), float(us.mean()))
+
+
+@dataclass
+class BenchModel:
+    """One model to time, with a loader per backend: ``loaders[backend]() -> Policy``."""
+
+    name: str
+    variant: str
+    loaders: dict[str, Callable[[], Policy]]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Dense twin latency over sparse latency (> 1: the sparse actor is faster)."""
+
+    model: str
+    backend: str
+    batch: int
+    sparse_p50_us: float
+    dense_p50_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_p50_us / self.sparse_p50_us
+
+
+def run_bench(models: list[BenchModel], backends: list[str], batches: list[int], warmup: int = 20,
+              calls: int = 200, max_seconds: float = 2.0,
+              on_result: Callable[[Timing], None] | None = None) -> tuple[list[Timing], dict[str, str]]:
+    """Time every model x backend x batch; the variants of one model (sparse, dense twin) are timed
+    together, interleaved. Returns the timings and, per backend, what ran it."""
+    timings: list[Timing] = []
+    described: dict[str, str] = {}
+    groups: dict[str, list[BenchModel]] = {}
+    for model in models:
+        groups.setdefault(model.name, []).append(model)
+    for name, variants in groups.items():
+        for backend in backends:
+            loaders = {m.variant: m.loaders[backend] for m in variants if backend in m.loaders}
+            if not loaders:
+                continue
+            policies: dict[str, Policy] = {}
+            try:
+                for variant, loader in loaders.items():
+                    policies[variant] = loader()
+                described.setdefault(backend, next(iter(policies.values())).describe())
+                for batch in batches:
+                    latencies = time_policies(policies, batch, warmup, calls, max_seconds)
+                    for variant, values in latencies.items():
+                        timing = summarize(name, variant, backend, batch, values)
+                        timings.append(timing)
+                        if on_result is not None:
+                            on_result(timing)
+            finally:
+                for policy in policies.values():
+                    policy.close()
+    return timings, described
+
+
+def ratios(timings: list[Timing]) -> list[Ratio]:
+    """Sparse vs dense twin, matched on model, backend and batch."""
+    by_key = {(t.model, t.variant, t.backend, t.batch): t for t in timings}
+    found = []
+    for (model, variant, backend, batch), sparse in by_key.items():
+        dense = by_key.get((model, "dense", backend, batch))
+        if variant == "sparse" and dense is not None:
+            found.append(Ratio(model, backend, batch, sparse.p50_us, dense.p50_us))
+    return found
+
+
+def write_csv(timings: list[Timing], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    speedups = {(r.model, r.backend, r.batch): r.speedup for r in ratios(timings)}
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        fields = [*asdict(timings[0]).keys(), "throughput_obs_per_s", "dense_over_sparse_p50"]
+        writer.writerow(fields)
+        for t in timings:
+            speedup = speedups.get((t.model, t.backend, t.batch)) if t.variant == "sparse" else None
+            writer.writerow([*asdict(t).values(), f"{t.throughput:.1f}",
+                             "" if speedup is None else f"{speedup:.4f}"])
+
+
+def read_csv(path: Path) -> list[Timing]:
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return [
+        Timing(row["model"], row["variant"], row["backend"], int(row["batch"]), int(row["calls"]),
+               float(row["p50_us"]), float(row["p90_us"]), float(row["p99_us"]), float(row["mean_us"]))
+        for row in rows
+    ]
+
+
+def plot(timings: list[Timing], path: Path) -> None:
+    """Median latency vs batch (log-log), one panel per model; solid = sparse, dashed = dense twin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(t.model for t in timings))
+    backends = list(dict.fromkeys(t.backend for t in timings))
+    columns = min(len(models), 3)
+    rows = math.ceil(len(models) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, model in zip(axes.flat, models, strict=False):
+        for index, backend in enumerate(backends):
+            for variant, style in (("sparse", "-"), ("dense", "--")):
+                cells = sorted((t for t in timings if (t.model, t.backend, t.variant) == (model, backend, variant)),
+                               key=lambda t: t.batch)
+                if cells:
+                    axis.plot([t.batch for t in cells], [t.p50_us for t in cells], style, marker="o",
+                              color=colors[index % len(colors)], label=f"{backend} {variant}")
+        axis.set(xscale="log", yscale="log", title=model, xlabel="batch", ylabel="p50 latency (µs)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize="small")
+    for axis in list(axes.flat)[len(models):]:
+        axis.set_visible(False)
+    figure.suptitle(f"sparse (solid) vs dense twin (dashed) — {machine_description()}", fontsize="medium")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def machine_description() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores visible"
+
+
+def verdict(found: list[Ratio], described: dict[str, str]) -> str:
+    """What the measurement says, in words, for the end of the report."""
+    if not found:
+        return "no sparse/dense pairs were timed"
+    speedups = np.array([r.speedup for r in found])
+    text = (f"dense/sparse median-latency ratio over {len(found)} cells: median {np.median(speedups):.2f}x "
+            f"(range {speedups.min():.2f}-{speedups.max():.2f}x).")
+    sparse_capable = [b for b in described if b.startswith(("trt", "tensorrt"))]
+    if not sparse_capable:
+        text += (" None of these backends has 2:4 sparse kernels (PyTorch eager and ONNX Runtime CPU/CUDA "
+                 "multiply the zeros like any weight), so ~1.0x is the expected result: differences are noise. "
+                 "2:4 speedups need sparse tensor cores (TensorRT, fp16/int8, Ampere or newer) and large layers.")
+    return text

@@ -1,0 +1,123 @@
+"""The models ``nmrl bench`` times: a run's actor (or an ONNX file), synthetic wide actors, and
+the dense twin of each; plus the results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from nmrl.deploy.bench import BenchModel, Timing, ratios
+from nmrl.deploy.policy import accepted_options, load_policy
+from nmrl.errors import NmrlError
+
+
+def _onnx_loaders(path: Path, backends: list[str], threads: int) -> dict:
+    return {
+        backend: (lambda backend=backend: load_policy(path, backend, **accepted_options(backend, {"threads": threads})))
+        for backend in backends if backend != "torch"
+    }
+
+
+def _module_models(name: str, module, obs_dim: int, act_dim: int, claimed, dtype: str, threads: int,
+                   models_dir: Path, backends: list[str], metadata: dict) -> list[BenchModel]:
+    """Sparse model and dense twin from a torch policy: torch loaders plus exported ONNX files."""
+    from nmrl.deploy.torch_backend import TorchPolicy
+    from nmrl.export.onnx_export import dense_twin_module, export_policy, save_onnx
+    from nmrl.export.twin import dense_twin_onnx
+
+    slug = name.replace(" ", "_").replace(":", "of")
+    sparse_path = models_dir / f"{slug}.sparse.{dtype}.onnx"
+    dense_path = models_dir / f"{slug}.dense.{dtype}.onnx"
+    result = export_policy(sparse_path, module, obs_dim, act_dim, claimed, metadata, dtype)
+    save_onnx(dense_twin_onnx(result.model), dense_path)
+    twin = dense_twin_module(module)
+    models = []
+    for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
+        loaders = _onnx_loaders(path, backends, threads)
+        if "torch" in backends:
+            loaders["torch"] = (lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads))
+        models.append(BenchModel(name, variant, loaders))
+    return models
+
+
+def build_models(target: Path | None, widths: list[int], pattern: str, dtype: str, threads: int,
+                 models_dir: Path, obs_dim: int, act_dim: int, checkpoint: str, backends: list[str],
+                 console: Console) -> list[BenchModel]:
+    """Sparse + dense-twin BenchModels for the target and each synthetic width."""
+    from nmrl.export.verify import claimed_pattern
+
+    models: list[BenchModel] = []
+    run_pattern = None
+    if target is not None:
+        target = Path(target)
+        if target.suffix == ".onnx":
+            models += _onnx_file_models(target, dtype, backends, threads, models_dir, console)
+        else:
+            from nmrl.export.onnx_export import run_metadata
+            from nmrl.train.run import load_policy as load_run
+
+            loaded = load_run(target, checkpoint)
+            run_pattern = claimed_pattern(loaded.config.sparsity)
+            hidden = "-".join(map(str, loaded.config.hidden))
+            name = f"{loaded.env_id} {hidden} {loaded.config.sparsity}"
+            models += _module_models(name, loaded.policy, loaded.obs_dim, loaded.act_dim, run_pattern, dtype,
+                                     threads, models_dir, backends, run_metadata(loaded))
+            obs_dim, act_dim = loaded.obs_dim, loaded.act_dim
+    if widths:
+        import torch
+
+        from nmrl.sparsity import sparsify
+        from nmrl.sparsity.pattern import NMPattern
+        from nmrl.train.networks import Actor
+
+        synthetic = claimed_pattern(pattern) if pattern else (run_pattern or NMPattern(2, 4))
+        if synthetic is None:
+            raise NmrlError(f"--pattern must be an N:M pattern like 2:4, got {pattern!r}")
+        for width in widths:
+            torch.manual_seed(width)
+            actor = Actor(obs_dim, act_dim, [-1.0] * act_dim, [1.0] * act_dim, hidden=(width, width))
+            sparsify(actor, synthetic)
+            name = f"synthetic {obs_dim}-{width}-{width}-{act_dim} {synthetic}"
+            models += _module_models(name, actor, obs_dim, act_dim, synthetic, dtype, threads, models_dir,
+                                     backends, {})
+    return models
+
+
+def _onnx_file_models(path: Path, dtype: str, backends: list[str], threads: int, models_dir: Path,
+                      console: Console) -> list[BenchModel]:
+    from nmrl.export.onnx_export import save_onnx
+    from nmrl.export.twin import dense_twin_onnx
+    from nmrl.export.verify import load_onnx
+
+    if "torch" in backends:
+        console.print("[yellow]torch backend skipped for an .onnx target[/]: it needs the run's checkpoint "
+                      "(pass the run directory instead)")
+    dense_path = models_dir / f"{path.stem}.dense.onnx"
+    save_onnx(dense_twin_onnx(load_onnx(path)), dense_path)
+    return [BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, threads)),
+            BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, threads))]
+
+
+def print_table(timings: list[Timing], console: Console) -> None:
+    """Sparse vs dense per model, backend and batch: p50/p90/p99 (µs), throughput, ratio."""
+    by_key = {(t.model, t.variant, t.backend, t.batch): t for t in timings}
+    speedups = {(r.model, r.backend, r.batch): r.speedup for r in ratios(timings)}
+    table = Table(title="latency per call (µs): sparse actor vs dense twin", title_justify="left")
+    for column in ("model", "backend", "batch", "sparse p50", "p90", "p99", "dense p50", "p90", "p99",
+                   "sparse obs/s", "dense/sparse"):
+        table.add_column(column, justify="left" if column in ("model", "backend") else "right",
+                         no_wrap=column == "model")
+    for t in timings:
+        if t.variant != "sparse":
+            continue
+        dense = by_key.get((t.model, "dense", t.backend, t.batch))
+        speedup = speedups.get((t.model, t.backend, t.batch))
+        table.add_row(
+            t.model, t.backend, str(t.batch), f"{t.p50_us:,.1f}", f"{t.p90_us:,.1f}", f"{t.p99_us:,.1f}",
+            f"{dense.p50_us:,.1f}" if dense else "-", f"{dense.p90_us:,.1f}" if dense else "-",
+            f"{dense.p99_us:,.1f}" if dense else "-", f"{t.throughput:,.0f}",
+            f"{speedup:.2f}x" if speedup is not None else "-",
+        )
+    console.print(table)

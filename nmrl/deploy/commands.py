@@ -1,0 +1,132 @@
+"""The ``nmrl deploy eval`` and ``nmrl bench`` verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from nmrl.errors import NmrlError
+
+
+def _csv_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise NmrlError(f"--{what} needs a comma-separated list, got {text!r}")
+    return items
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(item) for item in _csv_list(text, what)]
+    except ValueError:
+        raise NmrlError(f"--{what} needs comma-separated integers, got {text!r}") from None
+    if any(value < 1 for value in values):
+        raise NmrlError(f"--{what} values must be at least 1, got {text!r}")
+    return values
+
+
+def deploy_eval(
+    model: Annotated[Path, tyro.conf.Positional],
+    env: str = "",
+    episodes: int = 10,
+    seed: int = 0,
+    backend: str = "ort",
+    threads: int = 1,
+) -> None:
+    """Run a deployed policy closed-loop in its environment and print the mean ± std return.
+
+    MODEL is an exported .onnx file (backends ort, ort-cuda, ...) or a run directory (torch, or
+    its actor.onnx for the others). --env defaults to the env stored in the file's metadata.
+    Episode i resets with seed SEED + i, so runs with the same seed see the same initial states.
+    """
+    from nmrl.deploy.policy import load_policy
+    from nmrl.envs import env_dims, make_env
+    from nmrl.train.evaluate import evaluate
+
+    policy = load_policy(model, backend, threads=threads)
+    env_id = env or policy.env_id
+    if not env_id:
+        raise NmrlError(f"{model}: the file names no environment; pass --env")
+    probe = make_env(env_id)
+    obs_dim, act_dim, _, _ = env_dims(probe)
+    probe.close()
+    if (obs_dim, act_dim) != (policy.obs_dim, policy.act_dim):
+        raise NmrlError(f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but {env_id} "
+                        f"has {obs_dim} and {act_dim}")
+    try:
+        result = evaluate(policy.act, env_id, episodes, seed)
+    finally:
+        policy.close()
+    print(f"{env_id}  {model}  on {policy.describe()}")
+    mean_length = sum(result.lengths) / len(result.lengths)
+    print(f"return {result.mean:.1f} ± {result.std:.1f} over {episodes} episodes "
+          f"(seeds {seed}..{seed + episodes - 1}), mean length {mean_length:.0f}")
+    print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
+
+
+def bench(
+    target: Annotated[Path | None, tyro.conf.Positional] = None,
+    backends: str = "torch,ort",
+    batch: str = "1,16,256,4096",
+    widths: str = "",
+    pattern: str = "",
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    threads: int = 1,
+    warmup: int = 20,
+    calls: int = 200,
+    max_seconds: float = 1.0,
+    out: Path | None = None,
+    obs_dim: int = 17,
+    act_dim: int = 6,
+    checkpoint: Literal["last", "best"] = "last",
+) -> None:
+    """Latency of a sparse actor and its dense twin (same graph, no zero weights) per backend and batch.
+
+    TARGET: a run directory (its checkpoint, exported afresh) or an .onnx file (no torch backend).
+    --widths 256,1024,4096 adds synthetic actors with two hidden layers of those widths (sparsified
+    with --pattern, default the run's or 2:4) to show where sparsity could pay. Prints p50/p90/p99
+    latency, throughput and the dense/sparse ratio; writes bench.csv and bench.png to --out
+    (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs.
+    """
+
+    from nmrl.deploy.bench import plot, ratios, run_bench, verdict, write_csv
+    from nmrl.deploy.benchmodels import build_models, print_table
+    from nmrl.deploy.policy import unavailable_reason
+    from nmrl.export.report import console as report_console
+
+    backend_list = _csv_list(backends, "backends")
+    batches = _int_list(batch, "batch")
+    width_list = _int_list(widths, "widths") if widths else []
+    if target is None and not width_list:
+        raise NmrlError("give a run directory or .onnx file to time, or --widths for synthetic actors")
+    console = report_console()
+    usable = []
+    for backend in backend_list:
+        reason = unavailable_reason(backend)
+        if reason is None:
+            usable.append(backend)
+        else:
+            console.print(f"[yellow]skipping backend {backend}[/]: {reason}")
+    if not usable:
+        raise NmrlError("none of the requested backends can run here")
+    if out is None:
+        out = Path(target) / "bench" if target is not None and Path(target).is_dir() else Path("bench_results")
+    models = build_models(target, width_list, pattern, dtype, threads, out / "models", obs_dim, act_dim,
+                          checkpoint, usable, console)
+    with console.status("timing...") as status:
+        timings, described = run_bench(
+            models, usable, batches, warmup, calls, max_seconds,
+            on_result=lambda t: status.update(f"timed {t.model} {t.variant} {t.backend} batch {t.batch}: "
+                                              f"p50 {t.p50_us:.1f} µs"),
+        )
+    if not timings:
+        raise NmrlError("nothing was timed (no model runs on the requested backends)")
+    print_table(timings, console)
+    for backend, description in described.items():
+        console.print(f"  {backend}: {description}")
+    console.print(verdict(ratios(timings), described))
+    write_csv(timings, out / "bench.csv")
+    plot(timings, out / "bench.png")
+    console.print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")
