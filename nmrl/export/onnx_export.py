@@ -31,7 +31,7 @@ from torch import nn
 
 import nmrl
 from nmrl.errors import NmrlError
-from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model
+from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model, nm_violations
 from nmrl.sparsity.pattern import NMPattern
 
 DType = Literal["fp32", "fp16"]
@@ -60,7 +60,10 @@ def materialize(policy: nn.Module) -> nn.Module:
             )
         linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
         with torch.no_grad():
-            linear.weight.copy_(effective())
+            weight = effective()
+            # shadow * mask gives -0.0 where a negative shadow weight is pruned; store +0.0 so that
+            # tools testing zeros by bit pattern (fp16/bf16 checks do) see every pruned weight.
+            linear.weight.copy_(torch.where(weight == 0, torch.zeros_like(weight), weight))
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
         replacements.append((name, linear))
@@ -168,6 +171,13 @@ def layers_metadata(check: ModelCheck) -> list[dict[str, Any]]:
     ]
 
 
+def enforce_claim(broken: dict[str, int], claimed: NMPattern) -> None:
+    """Raise :class:`NmrlError` naming the layers (weight name -> groups) that break ``claimed``."""
+    if broken:
+        detail = ", ".join(f"{name}: {count} groups" for name, count in broken.items())
+        raise NmrlError(f"refusing to export: weights break the claimed {claimed} pattern along K ({detail})")
+
+
 @dataclass
 class ExportResult:
     path: Path
@@ -205,15 +215,18 @@ def build_policy_onnx(
     Raises :class:`NmrlError` when a GEMM weight breaks ``claimed`` (the pattern the run says it
     trained with) along K, or when the graph fails ``onnx.checker``.
     """
+    if claimed is not None:
+        # Fail fast on the torch weights (tracing takes seconds); the file itself is checked below.
+        plain = materialize(policy)
+        broken = {f"{name}.weight": nm_violations(layer.weight.numpy(), 1, claimed)
+                  for name, layer in plain.named_modules() if isinstance(layer, nn.Linear)}
+        enforce_claim({name: count for name, count in broken.items() if count}, claimed)
     model = to_onnx_model(policy, obs_dim, dtype, io_dtype, opset)
     check = inspect_model(model)
     if not check.layers:
         raise NmrlError("the exported graph has no Gemm/MatMul with a constant weight")
-    if claimed is not None and not claimed.is_dense:
-        broken = check.violations(claimed)
-        if broken:
-            detail = ", ".join(f"{name}: {count} groups" for name, count in broken.items())
-            raise NmrlError(f"refusing to export: weights break the claimed {claimed} pattern along K ({detail})")
+    if claimed is not None:
+        enforce_claim(check.violations(claimed), claimed)
     set_metadata(model, {
         "format": METADATA_FORMAT,
         "version": nmrl.__version__,

@@ -1,0 +1,135 @@
+"""nmrl.export.verify / `nmrl inspect` on hand-built ONNX graphs: K axis per layout, N:M, 2:4 eligibility."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from deploy_support import gemm_model, matmul_model, nm_along
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmrl.cli import main
+from nmrl.export.verify import finest_nm, inspect_model, nm_violations
+from nmrl.sparsity.pattern import NMPattern
+
+
+def test_gemm_trans_b_1_groups_along_axis_1() -> None:
+    weight = nm_along((16, 32), axis=1, n=2, m=4)  # torch Linear layout [out, in]
+    assert nm_violations(weight, 0, NMPattern(2, 4)) > 0  # the other axis is not 2:4: the axis matters
+    check = inspect_model(gemm_model(weight, trans_b=1))
+    (layer,) = check.layers
+    assert (layer.op, layer.weight_name, layer.k_axis, layer.k) == ("Gemm", "W", 1, 32)
+    assert layer.finest == NMPattern(2, 4) and layer.pattern_2of4
+    assert layer.density == pytest.approx(0.5)
+
+
+def test_gemm_trans_b_0_groups_along_axis_0() -> None:
+    weight = nm_along((32, 16), axis=0, n=1, m=4)  # B [K, N]
+    assert nm_violations(weight, 1, NMPattern(2, 4)) > 0
+    (layer,) = inspect_model(gemm_model(weight, trans_b=0)).layers
+    assert (layer.k_axis, layer.k) == (0, 32)
+    assert layer.finest == NMPattern(1, 4) and layer.pattern_2of4
+
+
+def test_same_weight_read_with_the_other_layout_is_not_2of4() -> None:
+    weight = nm_along((16, 32), axis=1, n=2, m=4)
+    (layer,) = inspect_model(gemm_model(np.ascontiguousarray(weight), trans_b=0)).layers  # K now axis 0
+    assert layer.k_axis == 0 and not layer.pattern_2of4
+    assert "not 2:4 along K" in layer.reasons and not layer.eligible_2of4
+
+
+def test_matmul_constant_b_groups_along_axis_0_and_transpose_is_followed() -> None:
+    weight = nm_along((24, 8), axis=0, n=1, m=8)  # [K, N]
+    (layer,) = inspect_model(matmul_model(weight)).layers
+    assert (layer.op, layer.k_axis, layer.k, layer.finest) == ("MatMul", 0, 24, NMPattern(1, 8))
+    # The same weight stored as [N, K] behind a Transpose: K is still the GEMM's reduction axis.
+    (through,) = inspect_model(matmul_model(weight, transpose_perm=[1, 0])).layers
+    assert (through.k_axis, through.finest, through.shape) == (0, NMPattern(1, 8), (24, 8))
+
+
+def test_constant_node_weights_are_found() -> None:
+    weight = nm_along((8, 16), axis=1, n=2, m=4)
+    (layer,) = inspect_model(gemm_model(weight, trans_b=1, as_constant_node=True)).layers
+    assert layer.finest == NMPattern(2, 4)
+
+
+def test_eligibility_needs_reduced_precision_and_k_multiple_of_4() -> None:
+    fp16 = nm_along((16, 32), axis=1, n=2, m=4, dtype=np.float16)
+    (layer,) = inspect_model(gemm_model(fp16, trans_b=1)).layers
+    assert layer.dtype == "float16" and layer.eligible_2of4 and layer.reasons == ()
+    assert layer.notes  # a 16x32 GEMM is far below the size where sparse kernels win
+    fp32 = fp16.astype(np.float32)
+    (layer32,) = inspect_model(gemm_model(fp32, trans_b=1)).layers
+    assert layer32.pattern_2of4 and not layer32.eligible_2of4
+    assert any("float32" in reason for reason in layer32.reasons)
+    odd_k = nm_along((16, 11), axis=1, n=2, m=4, dtype=np.float16)
+    (layer_odd,) = inspect_model(gemm_model(odd_k, trans_b=1)).layers
+    assert layer_odd.pattern_2of4 and not layer_odd.eligible_2of4
+    assert layer_odd.reasons == ("K=11 not a multiple of 4",)
+
+
+def test_violating_layer_is_counted_and_finest_is_coarser() -> None:
+    weight = nm_along((8, 16), axis=1, n=2, m=4)
+    weight[3, 4:8] = 1.0  # one group of 4 fully dense
+    check = inspect_model(gemm_model(weight, trans_b=1, metadata={
+        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}))
+    assert check.is_nmrl and check.claimed == NMPattern(2, 4)
+    assert check.violations(NMPattern(2, 4)) == {"W": 1}
+    (layer,) = check.layers
+    # groups of 16 hold at most 2+4+2+2 = 10 nonzeros: 10:16 (0.625) is the sparsest pattern left
+    assert not layer.pattern_2of4 and layer.finest == NMPattern(10, 16)
+
+
+def test_non_nmrl_model_has_no_claim() -> None:
+    check = inspect_model(gemm_model(np.ones((4, 8), np.float32), trans_b=1))
+    assert not check.is_nmrl and check.claimed is None
+    (layer,) = check.layers
+    assert layer.finest is None and layer.density == 1.0
+
+
+def test_inspect_cli_reports_and_fails_on_a_broken_claim(tmp_path, capsys) -> None:
+    good = tmp_path / "good.onnx"
+    onnx.save(gemm_model(nm_along((8, 16), axis=1, n=2, m=4), trans_b=1, metadata={
+        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}), good)
+    assert main(["inspect", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "claim verified" in out and "2:4" in out
+    broken_weight = nm_along((8, 16), axis=1, n=2, m=4)
+    broken_weight[0, :4] = 1.0
+    broken = tmp_path / "broken.onnx"
+    onnx.save(gemm_model(broken_weight, trans_b=1, metadata={
+        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}), broken)
+    assert main(["inspect", str(broken)]) == 1
+    assert "claim BROKEN" in capsys.readouterr().out
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_bytes(b"\xff\x00 definitely not protobuf" * 10)
+    assert main(["inspect", str(not_onnx)]) == 1
+    assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_verify_imports_no_torch() -> None:
+    code = ("import sys; import nmrl.export.verify, nmrl.export.report, nmrl.export.packed, "
+            "nmrl.export.twin, nmrl.deploy.ort_backend; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6), cols=st.integers(1, 20), density=st.floats(0.0, 1.0), seed=st.integers(0, 10_000)
+)
+def test_numpy_checks_agree_with_the_torch_core(rows: int, cols: int, density: float, seed: int) -> None:
+    import torch
+
+    from nmrl.sparsity.mask import check_nm
+    from nmrl.sparsity.mask import finest_nm as torch_finest_nm
+
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)).astype(np.float32)
+    assert finest_nm(weight, 1) == torch_finest_nm(torch.from_numpy(weight))
+    for pattern in (NMPattern(2, 4), NMPattern(1, 4), NMPattern(2, 8)):
+        assert nm_violations(weight, 1, pattern) == len(check_nm(torch.from_numpy(weight), pattern))
+        assert nm_violations(weight.T, 0, pattern) == len(check_nm(torch.from_numpy(weight), pattern))
