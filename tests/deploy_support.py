@@ -104,3 +104,13 @@ def nm_along(shape: tuple[int, int], axis: int, n: int, m: int, seed: int = 0,
             group = np.arange(start, min(start + m, k))
             moved[row, rng.permutation(group)[n:]] = 0
     return np.ascontiguousarray(np.moveaxis(moved, -1, axis))
+
+
+def exported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_run` with its verified ``actor.onnx`` (exported once per worker)."""
+    from nmrl.export.onnx_export import export_run
+
+    run_dir = tiny_run(tmp_path_factory)
+    if not (run_dir / "actor.onnx").is_file():
+        export_run(run_dir, parity_samples=32)
+    return run_dir

@@ -1,0 +1,107 @@
+"""nmrl bench: honest per-call timing, sparse vs dense twins, table/CSV/PNG."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from deploy_support import HOPPER_OBS, TINY_RUN_GROUP, exported_run, small_actor
+
+from nmrl.cli import main
+from nmrl.deploy.bench import BenchModel, plot, ratios, read_csv, run_bench, time_policies, write_csv
+from nmrl.deploy.policy import Policy, load_policy
+from nmrl.export.onnx_export import dense_twin_module, export_policy, materialize
+from nmrl.export.twin import dense_twin_onnx
+from nmrl.export.verify import inspect_model
+from nmrl.sparsity.pattern import NMPattern
+
+
+class SleepyPolicy(Policy):
+    """Takes ``delay`` seconds per call and records the inputs it saw."""
+
+    backend = "sleepy"
+
+    def __init__(self, delay: float) -> None:
+        self.obs_dim, self.act_dim, self.delay, self.seen = 4, 2, delay, []
+
+    def _act_batch(self, obs: np.ndarray) -> np.ndarray:
+        self.seen.append(obs[0, 0])
+        time.sleep(self.delay)
+        return np.zeros((len(obs), 2), np.float32)
+
+
+def test_each_call_is_timed_with_rotating_inputs_and_interleaved_variants() -> None:
+    fast, slow = SleepyPolicy(0.0005), SleepyPolicy(0.002)
+    latencies = time_policies({"sparse": fast, "dense": slow}, batch=3, warmup=2, calls=30, max_seconds=5)
+    assert len(latencies["sparse"]) == len(latencies["dense"]) == 30
+    assert np.median(latencies["sparse"]) >= 0.5e6 and np.median(latencies["dense"]) >= 2e6  # ns
+    assert np.median(latencies["dense"]) > np.median(latencies["sparse"])
+    assert len(set(fast.seen)) > 4  # not one cached input replayed
+    # The calls budget shrinks to fit max_seconds, but never below min_calls.
+    few = time_policies({"x": SleepyPolicy(0.01)}, batch=1, warmup=2, calls=1000, max_seconds=0.05, min_calls=3)
+    assert 3 <= len(few["x"]) <= 10
+
+
+def test_dense_twins_have_no_zeros_and_the_same_graph(tmp_path) -> None:
+    actor = small_actor("2:4", hidden=(16, 16))
+    result = export_policy(tmp_path / "a.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
+    twin = dense_twin_onnx(result.model)
+    assert [n.op_type for n in twin.graph.node] == [n.op_type for n in result.model.graph.node]
+    check = inspect_model(twin)
+    assert all(layer.density == 1.0 for layer in check.layers) and check.claimed is None
+    module_twin = dense_twin_module(actor)
+    for sparse_layer, dense_layer in zip(
+        (m for m in materialize(actor).modules() if isinstance(m, torch.nn.Linear)),
+        (m for m in module_twin.modules() if isinstance(m, torch.nn.Linear)), strict=True,
+    ):
+        assert (dense_layer.weight != 0).all()
+        kept = sparse_layer.weight != 0
+        assert torch.equal(dense_layer.weight[kept], sparse_layer.weight[kept])
+
+
+def test_run_bench_csv_and_plot(tmp_path) -> None:
+    actor = small_actor("2:4", hidden=(16, 16))
+    sparse = export_policy(tmp_path / "s.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
+    onnx.save(dense_twin_onnx(sparse.model), tmp_path / "d.onnx")
+    models = [BenchModel("m", variant, {"ort": (lambda p=path: load_policy(p, "ort"))})
+              for variant, path in (("sparse", tmp_path / "s.onnx"), ("dense", tmp_path / "d.onnx"))]
+    timings, described = run_bench(models, ["ort"], [1, 8], warmup=3, calls=20, max_seconds=1)
+    assert {(t.variant, t.batch) for t in timings} == {("sparse", 1), ("dense", 1), ("sparse", 8), ("dense", 8)}
+    assert all(t.p50_us <= t.p90_us <= t.p99_us and t.calls == 20 for t in timings)
+    assert "ONNX Runtime CPU" in described["ort"]
+    found = ratios(timings)
+    assert len(found) == 2 and all(r.speedup > 0 for r in found)
+    write_csv(timings, tmp_path / "bench.csv")
+    assert read_csv(tmp_path / "bench.csv") == timings
+    plot(timings, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_verb_on_an_onnx_file(tmp_path, capsys) -> None:
+    actor = small_actor("2:4", hidden=(16, 16))
+    export_policy(tmp_path / "actor.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
+    out = tmp_path / "out"
+    assert main(["bench", str(tmp_path / "actor.onnx"), "--backends", "torch,ort,ort-cuda", "--batch", "1,4",
+                 "--calls", "10", "--warmup", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "torch backend skipped" in text and "dense/sparse" in text and "expected" in text
+    rows = read_csv(out / "bench.csv")
+    assert {(r.backend, r.variant, r.batch) for r in rows} == {
+        ("ort", v, b) for v in ("sparse", "dense") for b in (1, 4)}
+    assert (out / "bench.png").is_file()
+    assert main(["bench", "--batch", "0"]) == 1
+
+
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) -> None:
+    run_dir = exported_run(tmp_path_factory)
+    assert main(["bench", str(run_dir), "--backends", "torch,ort", "--batch", "1,16", "--widths", "64",
+                 "--calls", "10", "--warmup", "2"]) == 0
+    rows = read_csv(run_dir / "bench" / "bench.csv")
+    models = {r.model for r in rows}
+    assert models == {"Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"}
+    assert {r.backend for r in rows} == {"torch", "ort"} and len(rows) == 2 * 2 * 2 * 2
+    assert "PyTorch" in capsys.readouterr().out
