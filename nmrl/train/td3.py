@@ -63,9 +63,9 @@ class TD3(Algorithm):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
         self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=device.type != "mps")
         self.critic_optimizer = torch.optim.Adam(
-            [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr
+            [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr, fused=device.type != "mps"
         )
         self.modules = {
             "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
