@@ -50,6 +50,8 @@ class TrainConfig:
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
     eval_every: int = 5_000
     eval_episodes: int = 10
+    stop_at_return: float | None = None
+    """Stop early once an evaluation's mean return reaches this (None = run all steps)."""
     checkpoint_every: int = 50_000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
