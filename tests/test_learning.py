@@ -15,9 +15,19 @@ from nmrl.train.run import load_policy
 @pytest.mark.xdist_group("learning")
 def test_rnm_td3_2of4_solves_inverted_pendulum(tmp_path):
     config = TrainConfig(
-        env="InvertedPendulum-v5", sparsity="2:4", seed=1, total_steps=40_000, learning_starts=1_000,
-        eval_every=2_000, eval_episodes=5, stop_at_return=800, checkpoint_every=100_000,
-        runs_dir=tmp_path, run_name="pendulum", progress=False, threads=1,
+        env="InvertedPendulum-v5",
+        sparsity="2:4",
+        seed=1,
+        total_steps=40_000,
+        learning_starts=1_000,
+        eval_every=2_000,
+        eval_episodes=5,
+        stop_at_return=800,
+        checkpoint_every=100_000,
+        runs_dir=tmp_path,
+        run_name="pendulum",
+        progress=False,
+        threads=1,
     )
     run_dir = train(config)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

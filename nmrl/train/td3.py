@@ -68,8 +68,11 @@ class TD3(Algorithm):
             [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr, fused=device.type != "mps"
         )
         self.modules = {
-            "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
-            "actor_target": self.actor_target, "critic1_target": self.critic1_target,
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "actor_target": self.actor_target,
+            "critic1_target": self.critic1_target,
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
@@ -77,8 +80,11 @@ class TD3(Algorithm):
         # The N:M layers refreshed after each update, listed once (walking modules every step costs).
         self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
         self.actor_nm_layers = [layer for _, layer in nm_layers(self.actor)]
-        self.target_nm_layers = [layer for net in (self.actor_target, self.critic1_target, self.critic2_target)
-                                 for _, layer in nm_layers(net)]
+        self.target_nm_layers = [
+            layer
+            for net in (self.actor_target, self.critic1_target, self.critic2_target)
+            for _, layer in nm_layers(net)
+        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
