@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,8 @@ class TrainConfig:
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
     eval_every: int = 5_000
     eval_episodes: int = 10
+    stop_at_return: float | None = None
+    """Stop early once an evaluation's mean return reaches this (None = run all steps)."""
     checkpoint_every: int = 50_000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
@@ -60,8 +62,6 @@ class TrainConfig:
     """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
     progress: bool = True
     """Show a progress bar (on a terminal)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Reserved for algorithm-specific settings stored with the run."""
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
@@ -69,8 +69,16 @@ class TrainConfig:
             NMPattern.parse(self.sparsity)
         elif self.sparsity.strip().lower() != "dense":
             raise NmrlError(f"invalid --sparsity {self.sparsity!r}: expected an N:M pattern like '2:4' or 'dense'")
-        positive = ("total_steps", "batch_size", "buffer_size", "policy_delay", "mask_interval",
-                    "eval_every", "eval_episodes", "checkpoint_every")
+        positive = (
+            "total_steps",
+            "batch_size",
+            "buffer_size",
+            "policy_delay",
+            "mask_interval",
+            "eval_every",
+            "eval_episodes",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from nmrl.sparsity import refresh_masks, sparsify
+from nmrl.sparsity import nm_layers, refresh_masks, sparsify
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
@@ -63,17 +63,28 @@ class TD3(Algorithm):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
         self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=device.type != "mps")
         self.critic_optimizer = torch.optim.Adam(
-            [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr
+            [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr, fused=device.type != "mps"
         )
         self.modules = {
-            "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
-            "actor_target": self.actor_target, "critic1_target": self.critic1_target,
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "actor_target": self.actor_target,
+            "critic1_target": self.critic1_target,
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
         self.action_scale = self.actor.action_scale
+        # The N:M layers refreshed after each update, listed once (walking modules every step costs).
+        self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
+        self.actor_nm_layers = [layer for _, layer in nm_layers(self.actor)]
+        self.target_nm_layers = [
+            layer
+            for net in (self.actor_target, self.critic1_target, self.critic2_target)
+            for _, layer in nm_layers(net)
+        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
@@ -103,8 +114,7 @@ class TD3(Algorithm):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        refresh_masks(self.critic1)
-        refresh_masks(self.critic2)
+        refresh_masks(self.critic_nm_layers)
         self.updates += 1
         metrics = {"critic_loss": critic_loss.detach(), "q": q1.detach().mean()}
 
@@ -114,14 +124,14 @@ class TD3(Algorithm):
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
-            refresh_masks(self.actor)
+            refresh_masks(self.actor_nm_layers)
             for target, online in (
                 (self.actor_target, self.actor),
                 (self.critic1_target, self.critic1),
                 (self.critic2_target, self.critic2),
             ):
                 polyak_update(target, online, cfg.tau)
-                refresh_masks(target, now=True)
+            refresh_masks(self.target_nm_layers, now=True)
             metrics["actor_loss"] = actor_loss.detach()
         return metrics
 
