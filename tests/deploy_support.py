@@ -17,8 +17,13 @@ TINY_RUN_GROUP = "nmrl_tiny_run"
 HOPPER_OBS, HOPPER_ACT = 11, 3
 
 
-def small_actor(pattern: str = "2:4", hidden: tuple[int, ...] = (32, 32), obs_dim: int = HOPPER_OBS,
-                act_dim: int = HOPPER_ACT, seed: int = 0):
+def small_actor(
+    pattern: str = "2:4",
+    hidden: tuple[int, ...] = (32, 32),
+    obs_dim: int = HOPPER_OBS,
+    act_dim: int = HOPPER_ACT,
+    seed: int = 0,
+):
     """A TD3 actor with N:M layers (random init, magnitude masks); bounds [-1, 2] to test scaling."""
     import torch
 
@@ -34,23 +39,32 @@ def small_actor(pattern: str = "2:4", hidden: tuple[int, ...] = (32, 32), obs_di
 
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 600-step RNM-TD3 2:4 run on Hopper-v5 (64-64 networks), trained once per worker."""
-    from nmrl.train.config import TrainConfig
+    from helpers import tiny_config
+
     from nmrl.train.loop import train
 
-    runs_dir = tmp_path_factory.getbasetemp() / "nmrl_runs"
-    run_dir = runs_dir / "tiny"
+    base = tmp_path_factory.getbasetemp() / "nmrl_tiny_run"
+    run_dir = base / "runs" / "tiny"
     if not (run_dir / "checkpoints" / "last.pt").is_file():
-        config = TrainConfig(
-            env="Hopper-v5", sparsity="2:4", seed=3, total_steps=600, learning_starts=256, batch_size=64,
-            hidden=(64, 64), eval_every=600, eval_episodes=1, checkpoint_every=600, threads=1,
-            runs_dir=runs_dir, run_name="tiny", progress=False,
+        config = tiny_config(
+            base,
+            env="Hopper-v5",
+            seed=3,
+            total_steps=600,
+            learning_starts=256,
+            batch_size=64,
+            hidden=(64, 64),
+            eval_every=600,
+            eval_episodes=1,
+            checkpoint_every=600,
         )
         train(config)
     return run_dir
 
 
-def gemm_model(weight: np.ndarray, trans_b: int, metadata: dict[str, str] | None = None,
-               as_constant_node: bool = False) -> onnx.ModelProto:
+def gemm_model(
+    weight: np.ndarray, trans_b: int, metadata: dict[str, str] | None = None, as_constant_node: bool = False
+) -> onnx.ModelProto:
     """y = Gemm(x, W, transB) with W an initializer (or a Constant node)."""
     k = weight.shape[1] if trans_b else weight.shape[0]
     n = weight.shape[0] if trans_b else weight.shape[1]
@@ -63,8 +77,11 @@ def gemm_model(weight: np.ndarray, trans_b: int, metadata: dict[str, str] | None
         initializers.append(numpy_helper.from_array(weight, "W"))
     nodes.append(helper.make_node("Gemm", ["x", "W"], ["y"], name="gemm", transB=trans_b))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", elem, ["batch", k])],
-        [helper.make_tensor_value_info("y", elem, ["batch", n])], initializers,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", elem, ["batch", k])],
+        [helper.make_tensor_value_info("y", elem, ["batch", n])],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     for key, value in (metadata or {}).items():
@@ -84,16 +101,18 @@ def matmul_model(weight: np.ndarray, transpose_perm: list[int] | None = None) ->
         initializers = [numpy_helper.from_array(weight, "W")]
     nodes.append(helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul"))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight.shape[1]])], initializers,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def nm_along(shape: tuple[int, int], axis: int, n: int, m: int, seed: int = 0,
-             dtype: type = np.float32) -> np.ndarray:
+def nm_along(shape: tuple[int, int], axis: int, n: int, m: int, seed: int = 0, dtype: type = np.float32) -> np.ndarray:
     """A random weight with exactly min(n, group length) nonzeros in each group of m along ``axis``."""
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal(shape).astype(dtype) + np.asarray(3.0, dtype)  # no accidental zeros

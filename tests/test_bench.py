@@ -55,7 +55,8 @@ def test_dense_twins_have_no_zeros_and_the_same_graph(tmp_path) -> None:
     module_twin = dense_twin_module(actor)
     for sparse_layer, dense_layer in zip(
         (m for m in materialize(actor).modules() if isinstance(m, torch.nn.Linear)),
-        (m for m in module_twin.modules() if isinstance(m, torch.nn.Linear)), strict=True,
+        (m for m in module_twin.modules() if isinstance(m, torch.nn.Linear)),
+        strict=True,
     ):
         assert (dense_layer.weight != 0).all()
         kept = sparse_layer.weight != 0
@@ -66,8 +67,10 @@ def test_run_bench_csv_and_plot(tmp_path) -> None:
     actor = small_actor("2:4", hidden=(16, 16))
     sparse = export_policy(tmp_path / "s.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
     onnx.save(dense_twin_onnx(sparse.model), tmp_path / "d.onnx")
-    models = [BenchModel("m", variant, {"ort": (lambda p=path: load_policy(p, "ort"))})
-              for variant, path in (("sparse", tmp_path / "s.onnx"), ("dense", tmp_path / "d.onnx"))]
+    models = [
+        BenchModel("m", variant, {"ort": (lambda p=path: load_policy(p, "ort"))})
+        for variant, path in (("sparse", tmp_path / "s.onnx"), ("dense", tmp_path / "d.onnx"))
+    ]
     timings, described = run_bench(models, ["ort"], [1, 8], warmup=3, calls=20, max_seconds=1)
     assert {(t.variant, t.batch) for t in timings} == {("sparse", 1), ("dense", 1), ("sparse", 8), ("dense", 8)}
     assert all(t.p50_us <= t.p90_us <= t.p99_us and t.calls == 20 for t in timings)
@@ -84,13 +87,31 @@ def test_bench_verb_on_an_onnx_file(tmp_path, capsys) -> None:
     actor = small_actor("2:4", hidden=(16, 16))
     export_policy(tmp_path / "actor.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
     out = tmp_path / "out"
-    assert main(["bench", str(tmp_path / "actor.onnx"), "--backends", "torch,ort,ort-cuda", "--batch", "1,4",
-                 "--calls", "10", "--warmup", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(tmp_path / "actor.onnx"),
+                "--backends",
+                "torch,ort,ort-cuda",
+                "--batch",
+                "1,4",
+                "--calls",
+                "10",
+                "--warmup",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "torch backend skipped" in text and "dense/sparse" in text and "expected" in text
     rows = read_csv(out / "bench.csv")
     assert {(r.backend, r.variant, r.batch) for r in rows} == {
-        ("ort", v, b) for v in ("sparse", "dense") for b in (1, 4)}
+        ("ort", v, b) for v in ("sparse", "dense") for b in (1, 4)
+    }
     assert (out / "bench.png").is_file()
     assert main(["bench", "--batch", "0"]) == 1
 
@@ -98,8 +119,25 @@ def test_bench_verb_on_an_onnx_file(tmp_path, capsys) -> None:
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) -> None:
     run_dir = exported_run(tmp_path_factory)
-    assert main(["bench", str(run_dir), "--backends", "torch,ort", "--batch", "1,16", "--widths", "64",
-                 "--calls", "10", "--warmup", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(run_dir),
+                "--backends",
+                "torch,ort",
+                "--batch",
+                "1,16",
+                "--widths",
+                "64",
+                "--calls",
+                "10",
+                "--warmup",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(run_dir / "bench" / "bench.csv")
     models = {r.model for r in rows}
     assert models == {"Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"}

@@ -75,8 +75,9 @@ def test_eligibility_needs_reduced_precision_and_k_multiple_of_4() -> None:
 def test_violating_layer_is_counted_and_finest_is_coarser() -> None:
     weight = nm_along((8, 16), axis=1, n=2, m=4)
     weight[3, 4:8] = 1.0  # one group of 4 fully dense
-    check = inspect_model(gemm_model(weight, trans_b=1, metadata={
-        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}))
+    check = inspect_model(
+        gemm_model(weight, trans_b=1, metadata={"nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"})
+    )
     assert check.is_nmrl and check.claimed == NMPattern(2, 4)
     assert check.violations(NMPattern(2, 4)) == {"W": 1}
     (layer,) = check.layers
@@ -93,16 +94,24 @@ def test_non_nmrl_model_has_no_claim() -> None:
 
 def test_inspect_cli_reports_and_fails_on_a_broken_claim(tmp_path, capsys) -> None:
     good = tmp_path / "good.onnx"
-    onnx.save(gemm_model(nm_along((8, 16), axis=1, n=2, m=4), trans_b=1, metadata={
-        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}), good)
+    onnx.save(
+        gemm_model(
+            nm_along((8, 16), axis=1, n=2, m=4),
+            trans_b=1,
+            metadata={"nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"},
+        ),
+        good,
+    )
     assert main(["inspect", str(good)]) == 0
     out = capsys.readouterr().out
     assert "claim verified" in out and "2:4" in out
     broken_weight = nm_along((8, 16), axis=1, n=2, m=4)
     broken_weight[0, :4] = 1.0
     broken = tmp_path / "broken.onnx"
-    onnx.save(gemm_model(broken_weight, trans_b=1, metadata={
-        "nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}), broken)
+    onnx.save(
+        gemm_model(broken_weight, trans_b=1, metadata={"nmrl.format": "nmrl-policy-onnx-v1", "nmrl.sparsity": "2:4"}),
+        broken,
+    )
     assert main(["inspect", str(broken)]) == 1
     assert "claim BROKEN" in capsys.readouterr().out
     not_onnx = tmp_path / "x.onnx"
@@ -112,15 +121,15 @@ def test_inspect_cli_reports_and_fails_on_a_broken_claim(tmp_path, capsys) -> No
 
 
 def test_verify_imports_no_torch() -> None:
-    code = ("import sys; import nmrl.export.verify, nmrl.export.report, nmrl.export.packed, "
-            "nmrl.export.twin, nmrl.deploy.ort_backend; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import nmrl.export.verify, nmrl.export.report, nmrl.export.packed, "
+        "nmrl.export.twin, nmrl.deploy.ort_backend; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    rows=st.integers(1, 6), cols=st.integers(1, 20), density=st.floats(0.0, 1.0), seed=st.integers(0, 10_000)
-)
+@given(rows=st.integers(1, 6), cols=st.integers(1, 20), density=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
 def test_numpy_checks_agree_with_the_torch_core(rows: int, cols: int, density: float, seed: int) -> None:
     import torch
 

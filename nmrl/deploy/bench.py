@@ -47,9 +47,16 @@ class Timing:
         return self.batch / (self.p50_us * 1e-6)
 
 
-def time_policies(policies: dict[str, Policy], batch: int, warmup: int = 20, calls: int = 200,
-                  max_seconds: float = 2.0, min_calls: int = 10, rounds: int = 5,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+def time_policies(
+    policies: dict[str, Policy],
+    batch: int,
+    warmup: int = 20,
+    calls: int = 200,
+    max_seconds: float = 2.0,
+    min_calls: int = 10,
+    rounds: int = 5,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Per-call latencies (ns) of each policy's ``act`` on ``[batch, obs_dim]`` inputs.
 
     Each policy gets ``warmup`` untimed calls, then ``calls`` timed ones (fewer, but at least
@@ -113,9 +120,15 @@ class Ratio:
         return self.dense_p50_us / self.sparse_p50_us
 
 
-def run_bench(models: list[BenchModel], backends: list[str], batches: list[int], warmup: int = 20,
-              calls: int = 200, max_seconds: float = 2.0,
-              on_result: Callable[[Timing], None] | None = None) -> tuple[list[Timing], dict[str, str]]:
+def run_bench(
+    models: list[BenchModel],
+    backends: list[str],
+    batches: list[int],
+    warmup: int = 20,
+    calls: int = 200,
+    max_seconds: float = 2.0,
+    on_result: Callable[[Timing], None] | None = None,
+) -> tuple[list[Timing], dict[str, str]]:
     """Time every model x backend x batch; the variants of one model (sparse, dense twin) are timed
     together, interleaved. Returns the timings and, per backend, what ran it."""
     timings: list[Timing] = []
@@ -166,16 +179,24 @@ def write_csv(timings: list[Timing], path: Path) -> None:
         writer.writerow(fields)
         for t in timings:
             speedup = speedups.get((t.model, t.backend, t.batch)) if t.variant == "sparse" else None
-            writer.writerow([*asdict(t).values(), f"{t.throughput:.1f}",
-                             "" if speedup is None else f"{speedup:.4f}"])
+            writer.writerow([*asdict(t).values(), f"{t.throughput:.1f}", "" if speedup is None else f"{speedup:.4f}"])
 
 
 def read_csv(path: Path) -> list[Timing]:
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     return [
-        Timing(row["model"], row["variant"], row["backend"], int(row["batch"]), int(row["calls"]),
-               float(row["p50_us"]), float(row["p90_us"]), float(row["p99_us"]), float(row["mean_us"]))
+        Timing(
+            row["model"],
+            row["variant"],
+            row["backend"],
+            int(row["batch"]),
+            int(row["calls"]),
+            float(row["p50_us"]),
+            float(row["p90_us"]),
+            float(row["p99_us"]),
+            float(row["mean_us"]),
+        )
         for row in rows
     ]
 
@@ -196,15 +217,23 @@ def plot(timings: list[Timing], path: Path) -> None:
     for axis, model in zip(axes.flat, models, strict=False):
         for index, backend in enumerate(backends):
             for variant, style in (("sparse", "-"), ("dense", "--")):
-                cells = sorted((t for t in timings if (t.model, t.backend, t.variant) == (model, backend, variant)),
-                               key=lambda t: t.batch)
+                cells = sorted(
+                    (t for t in timings if (t.model, t.backend, t.variant) == (model, backend, variant)),
+                    key=lambda t: t.batch,
+                )
                 if cells:
-                    axis.plot([t.batch for t in cells], [t.p50_us for t in cells], style, marker="o",
-                              color=colors[index % len(colors)], label=f"{backend} {variant}")
+                    axis.plot(
+                        [t.batch for t in cells],
+                        [t.p50_us for t in cells],
+                        style,
+                        marker="o",
+                        color=colors[index % len(colors)],
+                        label=f"{backend} {variant}",
+                    )
         axis.set(xscale="log", yscale="log", title=model, xlabel="batch", ylabel="p50 latency (µs)")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize="small")
-    for axis in list(axes.flat)[len(models):]:
+    for axis in list(axes.flat)[len(models) :]:
         axis.set_visible(False)
     figure.suptitle(f"sparse (solid) vs dense twin (dashed) — {machine_description()}", fontsize="medium")
     figure.tight_layout()
@@ -224,11 +253,15 @@ def verdict(found: list[Ratio], described: dict[str, str]) -> str:
     if not found:
         return "no sparse/dense pairs were timed"
     speedups = np.array([r.speedup for r in found])
-    text = (f"dense/sparse median-latency ratio over {len(found)} cells: median {np.median(speedups):.2f}x "
-            f"(range {speedups.min():.2f}-{speedups.max():.2f}x).")
+    text = (
+        f"dense/sparse median-latency ratio over {len(found)} cells: median {np.median(speedups):.2f}x "
+        f"(range {speedups.min():.2f}-{speedups.max():.2f}x)."
+    )
     sparse_capable = [b for b in described if b.startswith(("trt", "tensorrt"))]
     if not sparse_capable:
-        text += (" None of these backends has 2:4 sparse kernels (PyTorch eager and ONNX Runtime CPU/CUDA "
-                 "multiply the zeros like any weight), so ~1.0x is the expected result: differences are noise. "
-                 "2:4 speedups need sparse tensor cores (TensorRT, fp16/int8, Ampere or newer) and large layers.")
+        text += (
+            " None of these backends has 2:4 sparse kernels (PyTorch eager and ONNX Runtime CPU/CUDA "
+            "multiply the zeros like any weight), so ~1.0x is the expected result: differences are noise. "
+            "2:4 speedups need sparse tensor cores (TensorRT, fp16/int8, Ampere or newer) and large layers."
+        )
     return text

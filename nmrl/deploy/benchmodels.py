@@ -16,12 +16,23 @@ from nmrl.errors import NmrlError
 def _onnx_loaders(path: Path, backends: list[str], threads: int) -> dict:
     return {
         backend: (lambda backend=backend: load_policy(path, backend, **accepted_options(backend, {"threads": threads})))
-        for backend in backends if backend != "torch"
+        for backend in backends
+        if backend != "torch"
     }
 
 
-def _module_models(name: str, module, obs_dim: int, act_dim: int, claimed, dtype: str, threads: int,
-                   models_dir: Path, backends: list[str], metadata: dict) -> list[BenchModel]:
+def _module_models(
+    name: str,
+    module,
+    obs_dim: int,
+    act_dim: int,
+    claimed,
+    dtype: str,
+    threads: int,
+    models_dir: Path,
+    backends: list[str],
+    metadata: dict,
+) -> list[BenchModel]:
     """Sparse model and dense twin from a torch policy: torch loaders plus exported ONNX files."""
     from nmrl.deploy.torch_backend import TorchPolicy
     from nmrl.export.onnx_export import dense_twin_module, export_policy, save_onnx
@@ -37,14 +48,24 @@ def _module_models(name: str, module, obs_dim: int, act_dim: int, claimed, dtype
     for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
         loaders = _onnx_loaders(path, backends, threads)
         if "torch" in backends:
-            loaders["torch"] = (lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads))
+            loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads)
         models.append(BenchModel(name, variant, loaders))
     return models
 
 
-def build_models(target: Path | None, widths: list[int], pattern: str, dtype: str, threads: int,
-                 models_dir: Path, obs_dim: int, act_dim: int, checkpoint: str, backends: list[str],
-                 console: Console) -> list[BenchModel]:
+def build_models(
+    target: Path | None,
+    widths: list[int],
+    pattern: str,
+    dtype: str,
+    threads: int,
+    models_dir: Path,
+    obs_dim: int,
+    act_dim: int,
+    checkpoint: str,
+    backends: list[str],
+    console: Console,
+) -> list[BenchModel]:
     """Sparse + dense-twin BenchModels for the target and each synthetic width."""
     from nmrl.export.verify import claimed_pattern
 
@@ -62,8 +83,18 @@ def build_models(target: Path | None, widths: list[int], pattern: str, dtype: st
             run_pattern = claimed_pattern(loaded.config.sparsity)
             hidden = "-".join(map(str, loaded.config.hidden))
             name = f"{loaded.env_id} {hidden} {loaded.config.sparsity}"
-            models += _module_models(name, loaded.policy, loaded.obs_dim, loaded.act_dim, run_pattern, dtype,
-                                     threads, models_dir, backends, run_metadata(loaded))
+            models += _module_models(
+                name,
+                loaded.policy,
+                loaded.obs_dim,
+                loaded.act_dim,
+                run_pattern,
+                dtype,
+                threads,
+                models_dir,
+                backends,
+                run_metadata(loaded),
+            )
             obs_dim, act_dim = loaded.obs_dim, loaded.act_dim
     if widths:
         import torch
@@ -80,24 +111,28 @@ def build_models(target: Path | None, widths: list[int], pattern: str, dtype: st
             actor = Actor(obs_dim, act_dim, [-1.0] * act_dim, [1.0] * act_dim, hidden=(width, width))
             sparsify(actor, synthetic)
             name = f"synthetic {obs_dim}-{width}-{width}-{act_dim} {synthetic}"
-            models += _module_models(name, actor, obs_dim, act_dim, synthetic, dtype, threads, models_dir,
-                                     backends, {})
+            models += _module_models(name, actor, obs_dim, act_dim, synthetic, dtype, threads, models_dir, backends, {})
     return models
 
 
-def _onnx_file_models(path: Path, dtype: str, backends: list[str], threads: int, models_dir: Path,
-                      console: Console) -> list[BenchModel]:
+def _onnx_file_models(
+    path: Path, dtype: str, backends: list[str], threads: int, models_dir: Path, console: Console
+) -> list[BenchModel]:
     from nmrl.export.onnx_export import save_onnx
     from nmrl.export.twin import dense_twin_onnx
     from nmrl.export.verify import load_onnx
 
     if "torch" in backends:
-        console.print("[yellow]torch backend skipped for an .onnx target[/]: it needs the run's checkpoint "
-                      "(pass the run directory instead)")
+        console.print(
+            "[yellow]torch backend skipped for an .onnx target[/]: it needs the run's checkpoint "
+            "(pass the run directory instead)"
+        )
     dense_path = models_dir / f"{path.stem}.dense.onnx"
     save_onnx(dense_twin_onnx(load_onnx(path)), dense_path)
-    return [BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, threads)),
-            BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, threads))]
+    return [
+        BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, threads)),
+        BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, threads)),
+    ]
 
 
 def print_table(timings: list[Timing], console: Console) -> None:
@@ -105,19 +140,38 @@ def print_table(timings: list[Timing], console: Console) -> None:
     by_key = {(t.model, t.variant, t.backend, t.batch): t for t in timings}
     speedups = {(r.model, r.backend, r.batch): r.speedup for r in ratios(timings)}
     table = Table(title="latency per call (µs): sparse actor vs dense twin", title_justify="left")
-    for column in ("model", "backend", "batch", "sparse p50", "p90", "p99", "dense p50", "p90", "p99",
-                   "sparse obs/s", "dense/sparse"):
-        table.add_column(column, justify="left" if column in ("model", "backend") else "right",
-                         no_wrap=column == "model")
+    for column in (
+        "model",
+        "backend",
+        "batch",
+        "sparse p50",
+        "p90",
+        "p99",
+        "dense p50",
+        "p90",
+        "p99",
+        "sparse obs/s",
+        "dense/sparse",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("model", "backend") else "right", no_wrap=column == "model"
+        )
     for t in timings:
         if t.variant != "sparse":
             continue
         dense = by_key.get((t.model, "dense", t.backend, t.batch))
         speedup = speedups.get((t.model, t.backend, t.batch))
         table.add_row(
-            t.model, t.backend, str(t.batch), f"{t.p50_us:,.1f}", f"{t.p90_us:,.1f}", f"{t.p99_us:,.1f}",
-            f"{dense.p50_us:,.1f}" if dense else "-", f"{dense.p90_us:,.1f}" if dense else "-",
-            f"{dense.p99_us:,.1f}" if dense else "-", f"{t.throughput:,.0f}",
+            t.model,
+            t.backend,
+            str(t.batch),
+            f"{t.p50_us:,.1f}",
+            f"{t.p90_us:,.1f}",
+            f"{t.p99_us:,.1f}",
+            f"{dense.p50_us:,.1f}" if dense else "-",
+            f"{dense.p90_us:,.1f}" if dense else "-",
+            f"{dense.p99_us:,.1f}" if dense else "-",
+            f"{t.throughput:,.0f}",
             f"{speedup:.2f}x" if speedup is not None else "-",
         )
     console.print(table)

@@ -53,16 +53,20 @@ def deploy_eval(
     obs_dim, act_dim, _, _ = env_dims(probe)
     probe.close()
     if (obs_dim, act_dim) != (policy.obs_dim, policy.act_dim):
-        raise NmrlError(f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but {env_id} "
-                        f"has {obs_dim} and {act_dim}")
+        raise NmrlError(
+            f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but {env_id} "
+            f"has {obs_dim} and {act_dim}"
+        )
     try:
         result = evaluate(policy.act, env_id, episodes, seed)
     finally:
         policy.close()
     print(f"{env_id}  {model}  on {policy.describe()}")
     mean_length = sum(result.lengths) / len(result.lengths)
-    print(f"return {result.mean:.1f} ± {result.std:.1f} over {episodes} episodes "
-          f"(seeds {seed}..{seed + episodes - 1}), mean length {mean_length:.0f}")
+    print(
+        f"return {result.mean:.1f} ± {result.std:.1f} over {episodes} episodes "
+        f"(seeds {seed}..{seed + episodes - 1}), mean length {mean_length:.0f}"
+    )
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
 
 
@@ -113,13 +117,20 @@ def bench(
         raise NmrlError("none of the requested backends can run here")
     if out is None:
         out = Path(target) / "bench" if target is not None and Path(target).is_dir() else Path("bench_results")
-    models = build_models(target, width_list, pattern, dtype, threads, out / "models", obs_dim, act_dim,
-                          checkpoint, usable, console)
+    models = build_models(
+        target, width_list, pattern, dtype, threads, out / "models", obs_dim, act_dim, checkpoint, usable, console
+    )
     with console.status("timing...") as status:
         timings, described = run_bench(
-            models, usable, batches, warmup, calls, max_seconds,
-            on_result=lambda t: status.update(f"timed {t.model} {t.variant} {t.backend} batch {t.batch}: "
-                                              f"p50 {t.p50_us:.1f} µs"),
+            models,
+            usable,
+            batches,
+            warmup,
+            calls,
+            max_seconds,
+            on_result=lambda t: status.update(
+                f"timed {t.model} {t.variant} {t.backend} batch {t.batch}: p50 {t.p50_us:.1f} µs"
+            ),
         )
     if not timings:
         raise NmrlError("nothing was timed (no model runs on the requested backends)")

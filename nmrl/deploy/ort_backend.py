@@ -22,8 +22,9 @@ class OrtPolicy(Policy):
         threads: intra-op threads (1 = one core, the usual embedded setting; 0 = ORT's default).
     """
 
-    def __init__(self, model: Path | bytes, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 threads: int = 1) -> None:
+    def __init__(
+        self, model: Path | bytes, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 1
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -35,8 +36,10 @@ class OrtPolicy(Policy):
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise NmrlError(f"ONNX Runtime cannot load {model if isinstance(model, Path) else 'model'}: "
-                            f"{str(error).splitlines()[0][:200]}") from None
+            raise NmrlError(
+                f"ONNX Runtime cannot load {model if isinstance(model, Path) else 'model'}: "
+                f"{str(error).splitlines()[0][:200]}"
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 2:
             raise NmrlError("not a policy graph: expected one input [batch, obs_dim] and an action output")
@@ -94,8 +97,10 @@ def cuda_unavailable_reason() -> str | None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return ("this ONNX Runtime build has no CUDAExecutionProvider (install onnxruntime-gpu on a "
-                f"machine with an NVIDIA GPU; providers here: {', '.join(ort.get_available_providers())})")
+        return (
+            "this ONNX Runtime build has no CUDAExecutionProvider (install onnxruntime-gpu on a "
+            f"machine with an NVIDIA GPU; providers here: {', '.join(ort.get_available_providers())})"
+        )
     return None
 
 

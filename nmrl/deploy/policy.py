@@ -36,8 +36,9 @@ class Policy:
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"expected observations [batch, {self.obs_dim}] or [{self.obs_dim}], "
-                             f"got shape {obs.shape}")
+            raise ValueError(
+                f"expected observations [batch, {self.obs_dim}] or [{self.obs_dim}], got shape {obs.shape}"
+            )
         single = obs.ndim == 1
         actions = self._act_batch(np.ascontiguousarray(obs[None] if single else obs))
         actions = np.asarray(actions, dtype=np.float32)
@@ -68,13 +69,19 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    "torch": Backend("nmrl.deploy.torch_backend:load_torch_policy", None,
-                     "PyTorch eager on a run directory's checkpoint (the reference)"),
-    "ort": Backend("nmrl.deploy.ort_backend:load_ort_policy", None,
-                   "ONNX Runtime, CPU execution provider (the embedded default)"),
-    "ort-cuda": Backend("nmrl.deploy.ort_backend:load_ort_cuda_policy",
-                        "nmrl.deploy.ort_backend:cuda_unavailable_reason",
-                        "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)"),
+    "torch": Backend(
+        "nmrl.deploy.torch_backend:load_torch_policy",
+        None,
+        "PyTorch eager on a run directory's checkpoint (the reference)",
+    ),
+    "ort": Backend(
+        "nmrl.deploy.ort_backend:load_ort_policy", None, "ONNX Runtime, CPU execution provider (the embedded default)"
+    ),
+    "ort-cuda": Backend(
+        "nmrl.deploy.ort_backend:load_ort_cuda_policy",
+        "nmrl.deploy.ort_backend:cuda_unavailable_reason",
+        "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)",
+    ),
 }
 
 

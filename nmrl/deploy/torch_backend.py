@@ -22,8 +22,15 @@ class TorchPolicy(Policy):
 
     backend = "torch"
 
-    def __init__(self, module: nn.Module, obs_dim: int, act_dim: int, device: str = "cpu",
-                 threads: int | None = 1, env_id: str | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        obs_dim: int,
+        act_dim: int,
+        device: str = "cpu",
+        threads: int | None = 1,
+        env_id: str | None = None,
+    ) -> None:
         from nmrl.export.onnx_export import materialize
 
         if device == "cuda" and not torch.cuda.is_available():

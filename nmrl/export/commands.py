@@ -38,8 +38,10 @@ def export(
         console.print(f"  {parity}")
     if result.packed is not None:
         packed = result.packed
-        console.print(f"nm-packed {packed.pattern} {packed.dtype}: GEMM weights {packed.packed_bytes:,} B vs "
-                      f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}); file {packed.file_bytes:,} B")
+        console.print(
+            f"nm-packed {packed.pattern} {packed.dtype}: GEMM weights {packed.packed_bytes:,} B vs "
+            f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}); file {packed.file_bytes:,} B"
+        )
     console.print(f"wrote {result.path}")
 
 

@@ -55,8 +55,7 @@ def materialize(policy: nn.Module) -> nn.Module:
             continue
         if not isinstance(module, nn.Linear):
             raise NmrlError(
-                f"cannot export layer {name!r} ({type(module).__name__}): only Linear-like masked "
-                "layers are supported"
+                f"cannot export layer {name!r} ({type(module).__name__}): only Linear-like masked layers are supported"
             )
         linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
         with torch.no_grad():
@@ -87,7 +86,10 @@ class _CastIO(nn.Module):
 
 
 def to_onnx_model(
-    policy: nn.Module, obs_dim: int, dtype: DType = "fp32", io_dtype: DType | None = None,
+    policy: nn.Module,
+    obs_dim: int,
+    dtype: DType = "fp32",
+    io_dtype: DType | None = None,
     opset: int = OPSET,
 ) -> onnx.ModelProto:
     """Trace ``policy`` (obs [batch, obs_dim] -> action [batch, act_dim]) into an ONNX model.
@@ -114,8 +116,14 @@ def to_onnx_model(
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+                module,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                verbose=False,
             )
         except Exception as error:  # torch.export raises many types for untraceable modules
             raise NmrlError(
@@ -136,8 +144,7 @@ def to_onnx_model(
 def _strip_initializer_prefix(model: onnx.ModelProto, prefix: str) -> None:
     """Rename initializers ``prefix + name`` -> ``name`` so that the fp16 graph's weights carry the
     same names as the fp32 graph's (the I/O-cast wrapper adds a module prefix)."""
-    renames = {init.name: init.name[len(prefix):] for init in model.graph.initializer
-               if init.name.startswith(prefix)}
+    renames = {init.name: init.name[len(prefix) :] for init in model.graph.initializer if init.name.startswith(prefix)}
     for init in model.graph.initializer:
         init.name = renames.get(init.name, init.name)
     for node in model.graph.node:
@@ -163,8 +170,12 @@ def layers_metadata(check: ModelCheck) -> list[dict[str, Any]]:
     """Per-layer sparsity summary stored in the file (``nmrl.layers``)."""
     return [
         {
-            "weight": layer.weight_name, "op": layer.op, "shape": list(layer.shape), "k_axis": layer.k_axis,
-            "pattern": str(layer.finest) if layer.finest else "dense", "density": round(layer.density, 6),
+            "weight": layer.weight_name,
+            "op": layer.op,
+            "shape": list(layer.shape),
+            "k_axis": layer.k_axis,
+            "pattern": str(layer.finest) if layer.finest else "dense",
+            "density": round(layer.density, 6),
             "sparse_tensor_core_2of4": layer.eligible_2of4,
         }
         for layer in check.layers
@@ -218,8 +229,11 @@ def build_policy_onnx(
     if claimed is not None:
         # Fail fast on the torch weights (tracing takes seconds); the file itself is checked below.
         plain = materialize(policy)
-        broken = {f"{name}.weight": nm_violations(layer.weight.numpy(), 1, claimed)
-                  for name, layer in plain.named_modules() if isinstance(layer, nn.Linear)}
+        broken = {
+            f"{name}.weight": nm_violations(layer.weight.numpy(), 1, claimed)
+            for name, layer in plain.named_modules()
+            if isinstance(layer, nn.Linear)
+        }
         enforce_claim({name: count for name, count in broken.items() if count}, claimed)
     model = to_onnx_model(policy, obs_dim, dtype, io_dtype, opset)
     check = inspect_model(model)
@@ -227,17 +241,20 @@ def build_policy_onnx(
         raise NmrlError("the exported graph has no Gemm/MatMul with a constant weight")
     if claimed is not None:
         enforce_claim(check.violations(claimed), claimed)
-    set_metadata(model, {
-        "format": METADATA_FORMAT,
-        "version": nmrl.__version__,
-        "obs_dim": obs_dim,
-        "act_dim": act_dim,
-        "dtype": dtype,
-        "io_dtype": io_dtype or dtype,
-        "sparsity": str(claimed) if claimed is not None else "none",
-        "layers": layers_metadata(check),
-        **(metadata or {}),
-    })
+    set_metadata(
+        model,
+        {
+            "format": METADATA_FORMAT,
+            "version": nmrl.__version__,
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "dtype": dtype,
+            "io_dtype": io_dtype or dtype,
+            "sparsity": str(claimed) if claimed is not None else "none",
+            "layers": layers_metadata(check),
+            **(metadata or {}),
+        },
+    )
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as error:
@@ -245,9 +262,17 @@ def build_policy_onnx(
     return model, inspect_model(model)
 
 
-def export_policy(path: Path, policy: nn.Module, obs_dim: int, act_dim: int, claimed: NMPattern | None,
-                  metadata: dict[str, Any] | None = None, dtype: DType = "fp32",
-                  io_dtype: DType | None = None, opset: int = OPSET) -> ExportResult:
+def export_policy(
+    path: Path,
+    policy: nn.Module,
+    obs_dim: int,
+    act_dim: int,
+    claimed: NMPattern | None,
+    metadata: dict[str, Any] | None = None,
+    dtype: DType = "fp32",
+    io_dtype: DType | None = None,
+    opset: int = OPSET,
+) -> ExportResult:
     """Export, verify and write ``policy`` to ``path`` (nothing is written when verification fails)."""
     model, check = build_policy_onnx(policy, obs_dim, act_dim, claimed, metadata, dtype, io_dtype, opset)
     path = Path(path)
@@ -291,9 +316,15 @@ def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
     return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.nm.npz")
 
 
-def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = None, which: str = "last",
-               output: Path | None = None, fmt: Literal["onnx", "nm-packed"] = "onnx",
-               parity_samples: int = 256) -> RunExport:
+def export_run(
+    run_dir: Path,
+    dtype: DType = "fp32",
+    io_dtype: DType | None = None,
+    which: str = "last",
+    output: Path | None = None,
+    fmt: Literal["onnx", "nm-packed"] = "onnx",
+    parity_samples: int = 256,
+) -> RunExport:
     """Export a run's policy: verify the claimed N:M pattern, check parity with the torch policy
     on env and random observations, then write ``actor[.fp16].onnx`` (or the nm-packed file).
 
@@ -305,8 +336,9 @@ def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = No
 
     loaded = load_policy(Path(run_dir), which)
     claimed = claimed_pattern(loaded.config.sparsity)
-    model, check = build_policy_onnx(loaded.policy, loaded.obs_dim, loaded.act_dim, claimed,
-                                     run_metadata(loaded), dtype, io_dtype)
+    model, check = build_policy_onnx(
+        loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), dtype, io_dtype
+    )
     parity = check_parity(loaded.policy, model, loaded.obs_dim, dtype, loaded.env_id, parity_samples)
     failed = [result for result in parity if not result.passed]
     if failed:
@@ -319,8 +351,7 @@ def export_run(run_dir: Path, dtype: DType = "fp32", io_dtype: DType | None = No
         from nmrl.export.packed import load_packed, write_packed
 
         if claimed is None:
-            raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is "
-                            f"{loaded.config.sparsity!r}")
+            raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
         packed = write_packed(model, path, claimed)
         # The file is only useful if it gives the weights back exactly: check before reporting.
         rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}

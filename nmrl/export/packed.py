@@ -69,8 +69,10 @@ def pack_weight(weight: np.ndarray, k_axis: int, pattern: NMPattern) -> PackedWe
     groups = rows.reshape(rows.shape[0], -1, pattern.m)
     nonzeros = (groups != 0).sum(axis=-1)
     if (nonzeros > pattern.n).any():
-        raise NmrlError(f"weight of shape {weight.shape} is not {pattern} along axis {k_axis}: "
-                        f"{int((nonzeros > pattern.n).sum())} groups hold more than {pattern.n} nonzeros")
+        raise NmrlError(
+            f"weight of shape {weight.shape} is not {pattern} along axis {k_axis}: "
+            f"{int((nonzeros > pattern.n).sum())} groups hold more than {pattern.n} nonzeros"
+        )
     # Nonzeros first (stable, so lowest positions first), then zeros; keep N, in position order.
     order = np.argsort(groups == 0, axis=-1, kind="stable")[..., : pattern.n]
     indices = np.sort(order, axis=-1).astype(np.uint8)
@@ -90,7 +92,7 @@ def unpack_weight(packed: PackedWeight) -> np.ndarray:
 
 
 def _pack_bits(indices: np.ndarray, bits: int) -> np.ndarray:
-    as_bits = np.unpackbits(indices.reshape(-1, 1).astype(np.uint8), axis=1)[:, 8 - bits:]
+    as_bits = np.unpackbits(indices.reshape(-1, 1).astype(np.uint8), axis=1)[:, 8 - bits :]
     return np.packbits(as_bits.reshape(-1))
 
 
@@ -131,8 +133,15 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
         packed = pack_weight(weight, layer.k_axis, pattern)
         arrays[f"values_{index}"] = packed.values
         arrays[f"indices_{index}"] = _pack_bits(packed.indices, index_bits(pattern.m))
-        entries.append({"name": layer.weight_name, "key": index, "shape": list(packed.shape),
-                        "k_axis": packed.k_axis, "count": int(packed.indices.size)})
+        entries.append(
+            {
+                "name": layer.weight_name,
+                "key": index,
+                "shape": list(packed.shape),
+                "k_axis": packed.k_axis,
+                "count": int(packed.indices.size),
+            }
+        )
         dense_bytes += weight.nbytes
         packed_bytes += packed.nbytes
         stripped.graph.initializer.remove(init)
@@ -164,7 +173,6 @@ def load_packed(path: Path) -> onnx.ModelProto:
     for entry in meta["weights"]:
         values = archive[f"values_{entry['key']}"]
         indices = _unpack_bits(archive[f"indices_{entry['key']}"], index_bits(pattern.m), entry["count"])
-        packed = PackedWeight(values, indices.reshape(values.shape), tuple(entry["shape"]), entry["k_axis"],
-                              pattern)
+        packed = PackedWeight(values, indices.reshape(values.shape), tuple(entry["shape"]), entry["k_axis"], pattern)
         model.graph.initializer.append(numpy_helper.from_array(unpack_weight(packed), entry["name"]))
     return model

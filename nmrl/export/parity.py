@@ -62,12 +62,15 @@ class ParityResult:
 
     def __str__(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return (f"{self.source:<6} {self.count:>4} obs: max abs error {self.max_abs_error:.2e}, "
-                f"rel {self.max_rel_error:.2e} ({self.tolerance}: {verdict})")
+        return (
+            f"{self.source:<6} {self.count:>4} obs: max abs error {self.max_abs_error:.2e}, "
+            f"rel {self.max_rel_error:.2e} ({self.tolerance}: {verdict})"
+        )
 
 
-def compare(policy: nn.Module, model: onnx.ModelProto | Path, observations: np.ndarray, dtype: str,
-            source: str) -> ParityResult:
+def compare(
+    policy: nn.Module, model: onnx.ModelProto | Path, observations: np.ndarray, dtype: str, source: str
+) -> ParityResult:
     """Run ``observations`` through the torch ``policy`` (fp32) and the ONNX model (ORT CPU)."""
     import onnxruntime as ort
 
@@ -83,8 +86,15 @@ def compare(policy: nn.Module, model: onnx.ModelProto | Path, observations: np.n
     return ParityResult(source, len(observations), float(error.max()), float(error.max()) / scale, dtype)
 
 
-def check_parity(policy: nn.Module, model: onnx.ModelProto | Path, obs_dim: int, dtype: str,
-                 env_id: str | None = None, count: int = 256, seed: int = 0) -> list[ParityResult]:
+def check_parity(
+    policy: nn.Module,
+    model: onnx.ModelProto | Path,
+    obs_dim: int,
+    dtype: str,
+    env_id: str | None = None,
+    count: int = 256,
+    seed: int = 0,
+) -> list[ParityResult]:
     """Parity on env observations (when ``env_id`` is known) and on random ones."""
     results = []
     if env_id:

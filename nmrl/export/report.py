@@ -27,10 +27,15 @@ def layer_table(check: ModelCheck) -> Table:
         verdict = "[green]yes[/]" if layer.eligible_2of4 else "[red]no[/]"
         detail = "; ".join(layer.reasons) if layer.reasons else "; ".join(layer.notes)
         table.add_row(
-            layer.weight_name, layer.op, "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
-            str(layer.k), _SHORT_DTYPES.get(layer.dtype, layer.dtype), f"{layer.density:.3f}",
+            layer.weight_name,
+            layer.op,
+            "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
+            str(layer.k),
+            _SHORT_DTYPES.get(layer.dtype, layer.dtype),
+            f"{layer.density:.3f}",
             str(layer.finest) if layer.finest else "dense",
-            verdict, detail,
+            verdict,
+            detail,
         )
     return table
 
@@ -51,8 +56,10 @@ def summary_lines(check: ModelCheck) -> list[str]:
     if claimed is not None:
         broken = check.violations(claimed)
         if broken:
-            lines.append(f"[red]claim BROKEN[/]: {', '.join(f'{k} ({v} groups)' for k, v in broken.items())} "
-                         f"violate {claimed} along K")
+            lines.append(
+                f"[red]claim BROKEN[/]: {', '.join(f'{k} ({v} groups)' for k, v in broken.items())} "
+                f"violate {claimed} along K"
+            )
         else:
             lines.append(f"claim verified: every GEMM weight is {claimed} along K")
     eligible = sum(layer.eligible_2of4 for layer in check.layers)
@@ -66,5 +73,7 @@ def print_report(check: ModelCheck, out: Console | None = None) -> None:
     for line in summary_lines(check):
         out.print(line)
     if any(not layer.eligible_2of4 for layer in check.layers):
-        out.print("2:4 TC: sparse tensor cores can run the layer as stored (2:4 along K, K % 4 == 0, "
-                  "fp16/bf16/int8/fp8); TensorRT still times sparse vs dense tactics and keeps the faster")
+        out.print(
+            "2:4 TC: sparse tensor cores can run the layer as stored (2:4 along K, K % 4 == 0, "
+            "fp16/bf16/int8/fp8); TensorRT still times sparse vs dense tactics and keeps the faster"
+        )

@@ -244,16 +244,16 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
             k_axis = k_axis % array.ndim
             weight_name = node.input[input_index]
             weights[weight_name] = array
-            layers.append(_check_layer(node.name or f"{node.op_type}_{index}", node.op_type,
-                                       weight_name, array, k_axis, dtype))
+            layers.append(
+                _check_layer(node.name or f"{node.op_type}_{index}", node.op_type, weight_name, array, k_axis, dtype)
+            )
             break  # one constant operand per GEMM is the weight
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelCheck(layers, weights, metadata, opset, path)
 
 
-def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int,
-                 dtype: str) -> LayerCheck:
+def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int, dtype: str) -> LayerCheck:
     k = weight.shape[k_axis]
     rows = weight.size // k if k else 0
     density = float(np.count_nonzero(weight) / weight.size) if weight.size else 0.0
@@ -269,9 +269,18 @@ def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axi
     if min(k, rows) < SMALL_GEMM:
         notes.append(f"small (<{SMALL_GEMM}): dense usually wins")
     return LayerCheck(
-        node=node, op=op, weight_name=weight_name, shape=tuple(int(d) for d in weight.shape),
-        k_axis=k_axis, dtype=dtype, density=density, finest=finest_nm(weight, k_axis),
-        pattern_2of4=pattern_2of4, eligible_2of4=not reasons, reasons=tuple(reasons), notes=tuple(notes),
+        node=node,
+        op=op,
+        weight_name=weight_name,
+        shape=tuple(int(d) for d in weight.shape),
+        k_axis=k_axis,
+        dtype=dtype,
+        density=density,
+        finest=finest_nm(weight, k_axis),
+        pattern_2of4=pattern_2of4,
+        eligible_2of4=not reasons,
+        reasons=tuple(reasons),
+        notes=tuple(notes),
     )
 
 
@@ -293,7 +302,7 @@ def nmrl_metadata(check: ModelCheck) -> dict[str, object]:
         if not key.startswith(METADATA_PREFIX):
             continue
         try:
-            decoded[key[len(METADATA_PREFIX):]] = json.loads(value)
+            decoded[key[len(METADATA_PREFIX) :]] = json.loads(value)
         except json.JSONDecodeError:
-            decoded[key[len(METADATA_PREFIX):]] = value
+            decoded[key[len(METADATA_PREFIX) :]] = value
     return decoded
