@@ -135,12 +135,24 @@ def _onnx_file_models(
     ]
 
 
+def _us(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _rate(value: float) -> str:
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
 def print_table(timings: list[Timing], console: Console) -> None:
-    """Sparse vs dense per model, backend and batch: p50/p90/p99 (µs), throughput, ratio."""
+    """Sparse vs dense per model, backend and batch: p50/p90/p99 (µs), the sparse actor's throughput
+    (observations/s at p50) and speedup = dense p50 / sparse p50."""
     by_key = {(t.model, t.variant, t.backend, t.batch): t for t in timings}
     speedups = {(r.model, r.backend, r.batch): r.speedup for r in ratios(timings)}
     table = Table(title="latency per call (µs): sparse actor vs dense twin", title_justify="left")
-    for column in (
+    columns = (
         "model",
         "backend",
         "batch",
@@ -148,14 +160,12 @@ def print_table(timings: list[Timing], console: Console) -> None:
         "p90",
         "p99",
         "dense p50",
-        "p90",
         "p99",
         "sparse obs/s",
         "dense/sparse",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("model", "backend") else "right", no_wrap=column == "model"
-        )
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "backend") else "right", no_wrap=True)
     for t in timings:
         if t.variant != "sparse":
             continue
@@ -165,13 +175,12 @@ def print_table(timings: list[Timing], console: Console) -> None:
             t.model,
             t.backend,
             str(t.batch),
-            f"{t.p50_us:,.1f}",
-            f"{t.p90_us:,.1f}",
-            f"{t.p99_us:,.1f}",
-            f"{dense.p50_us:,.1f}" if dense else "-",
-            f"{dense.p90_us:,.1f}" if dense else "-",
-            f"{dense.p99_us:,.1f}" if dense else "-",
-            f"{t.throughput:,.0f}",
+            _us(t.p50_us),
+            _us(t.p90_us),
+            _us(t.p99_us),
+            _us(dense.p50_us) if dense else "-",
+            _us(dense.p99_us) if dense else "-",
+            _rate(t.throughput),
             f"{speedup:.2f}x" if speedup is not None else "-",
         )
     console.print(table)
