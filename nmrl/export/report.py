@@ -9,7 +9,7 @@ from nmrl.export.verify import ModelCheck, nmrl_metadata
 
 _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 # Piped output (CI logs, files) gets this width instead of rich's 80 columns, so rows stay whole.
-REPORT_WIDTH = 130
+REPORT_WIDTH = 140
 
 
 def console() -> Console:
