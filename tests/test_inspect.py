@@ -167,3 +167,24 @@ def test_agrees_with_polygraphy_on_the_k_axis(tmp_path) -> None:
         polygraphy_says = "Found sparse tensor: W" in result.stdout + result.stderr
         (layer,) = inspect_model(path).layers
         assert layer.pattern_2of4 == sparse == polygraphy_says, (name, result.stdout[-500:])
+
+
+def test_int8_weights_behind_dequantize_linear_are_eligible() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = nm_along((16, 32), axis=1, n=2, m=4).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["W_q", "scale"], ["W"]),
+            helper.make_node("Gemm", ["x", "W"], ["y"], transB=1),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [numpy_helper.from_array(weight, "W_q"), numpy_helper.from_array(np.array(0.1, np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    (layer,) = inspect_model(model).layers
+    assert (layer.weight_name, layer.dtype, layer.k_axis) == ("W", "int8", 1)
+    assert layer.eligible_2of4 and layer.finest == NMPattern(2, 4)

@@ -34,7 +34,7 @@ METADATA_FORMAT_KEY = "nmrl.format"
 METADATA_FORMAT = "nmrl-policy-onnx-v1"
 
 # Weight dtypes sparse tensor cores run (TensorRT sparse tactics exist for these, not for fp32).
-REDUCED_PRECISION = {"float16", "bfloat16", "int8", "float8e4m3fn", "float8e5m2"}
+REDUCED_PRECISION = {"float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m2"}
 # Below this many rows or columns TensorRT times sparse tactics but usually keeps dense ones
 # (NVIDIA's guidance: sparsity pays on large, compute-bound GEMMs).
 SMALL_GEMM = 256
@@ -110,9 +110,6 @@ class LayerCheck:
     @property
     def k(self) -> int:
         return self.shape[self.k_axis]
-
-    def violations(self, pattern: NMPattern, weight: np.ndarray) -> int:
-        return nm_violations(weight, self.k_axis, pattern)
 
 
 @dataclass
