@@ -40,6 +40,14 @@ def deploy_eval(
     MODEL is an exported .onnx file (backends ort, ort-cuda, ...) or a run directory (torch, or
     its actor.onnx for the others). --env defaults to the env stored in the file's metadata.
     Episode i resets with seed SEED + i, so runs with the same seed see the same initial states.
+
+    Args:
+        model: .onnx file, or run directory.
+        env: Gymnasium id (default: the file's nmrl.env_id).
+        episodes: number of episodes.
+        seed: seed of the first episode.
+        backend: torch, ort, ort-cuda, or any registered backend.
+        threads: CPU threads of the runtime.
     """
     from nmrl.deploy.policy import load_policy
     from nmrl.envs import env_dims, make_env
@@ -93,6 +101,22 @@ def bench(
     with --pattern, default the run's or 2:4) to show where sparsity could pay. Prints p50/p90/p99
     latency, throughput and the dense/sparse ratio; writes bench.csv and bench.png to --out
     (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs.
+
+    Args:
+        target: run directory or .onnx file (optional with --widths).
+        backends: comma-separated backends (torch, ort, ort-cuda, ...); unavailable ones are skipped.
+        batch: comma-separated batch sizes.
+        widths: comma-separated hidden widths of synthetic 2-hidden-layer actors.
+        pattern: N:M pattern of the synthetic actors (default: the run's, or 2:4).
+        dtype: ONNX graph precision.
+        threads: CPU threads per runtime.
+        warmup: untimed calls per cell.
+        calls: timed calls per cell (fewer when they would exceed --max-seconds).
+        max_seconds: time budget of the timed calls per cell and variant.
+        out: output folder for bench.csv, bench.png and the timed .onnx files.
+        obs_dim: observation size of synthetic actors without a target.
+        act_dim: action size of synthetic actors without a target.
+        checkpoint: which checkpoint of a run directory.
     """
 
     from nmrl.deploy.bench import plot, ratios, run_bench, verdict, write_csv

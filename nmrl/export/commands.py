@@ -25,6 +25,14 @@ def export(
     typed builder needs; --io-dtype picks the input/output type (default: same as --dtype).
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
     cores store them, with a loader that rebuilds the exact model.
+
+    Args:
+        run_dir: the run directory (runs/<run>).
+        dtype: weights and arithmetic of the graph.
+        io_dtype: input/output tensor type; "same" follows --dtype.
+        format: onnx, or nm-packed (values + in-group indices).
+        checkpoint: which checkpoint to export.
+        output: file to write (default: actor[.fp16].onnx / actor[.fp16].nm.npz in the run directory).
     """
     from nmrl.export.onnx_export import export_run
     from nmrl.export.report import console as report_console
@@ -48,7 +56,11 @@ def export(
 def inspect(model: Annotated[Path, tyro.conf.Positional]) -> int:
     """Which GEMM layers of an ONNX file are N:M, which are 2:4-eligible for sparse tensor cores, and
     why not. Reads the file only (onnx + numpy, no PyTorch). Exits 1 when the file's weights break
-    the N:M pattern its nmrl metadata claims."""
+    the N:M pattern its nmrl metadata claims.
+
+    Args:
+        model: the .onnx file.
+    """
     from nmrl.export.report import print_report
     from nmrl.export.verify import inspect_model
 
