@@ -103,3 +103,19 @@ def test_deploy_eval_verb(tmp_path_factory, capsys) -> None:
     assert "Hopper-v5" in out and "over 2 episodes" in out and "ONNX Runtime CPU" in out
     assert main(["deploy", "eval", str(run_dir / "actor.onnx"), "--env", "HalfCheetah-v5"]) == 1
     assert "has 17 and 6" in capsys.readouterr().err
+
+
+def test_torch_policy_materializes_masks_and_runs_fp16() -> None:
+    from nmrl.deploy.torch_backend import TorchPolicy
+
+    actor = small_actor("2:4", hidden=(32, 32))
+    obs = np.random.default_rng(2).standard_normal((6, HOPPER_OBS)).astype(np.float32)
+    with torch.no_grad():
+        expected = actor(torch.from_numpy(obs)).numpy()
+    policy = TorchPolicy(actor, HOPPER_OBS, 3)
+    assert not any(hasattr(m, "mask") for m in policy.module.modules())  # plain Linear layers
+    np.testing.assert_allclose(policy.act(obs), expected, atol=1e-6)
+    half = TorchPolicy(actor, HOPPER_OBS, 3, dtype="fp16")
+    actions = half.act(obs)
+    assert actions.dtype == np.float32 and "float16" in half.describe()
+    np.testing.assert_allclose(actions, expected, atol=3e-2)

@@ -48,7 +48,7 @@ def _module_models(
     for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
         loaders = _onnx_loaders(path, backends, threads)
         if "torch" in backends:
-            loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads)
+            loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
         models.append(BenchModel(name, variant, loaders))
     return models
 
