@@ -54,6 +54,12 @@ class Policy:
     def close(self) -> None:
         """Release runtime resources (sessions, engines, GPU memory)."""
 
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class Backend:
