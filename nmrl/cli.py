@@ -16,6 +16,8 @@ from nmrl.errors import NmrlError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("nmrl.train.commands", "train", "train an agent (new run or --resume)"),
     "eval": ("nmrl.train.commands", "evaluate", "deterministic evaluation of a run's checkpoint"),
+    "doctor": ("nmrl.doctor", "doctor", "what this machine can run (CUDA, 2:4, TensorRT, ORT)"),
+    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense twin"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Deployment: engines and runtimes for exported actors, closed-loop evaluation, latency profiles."""
