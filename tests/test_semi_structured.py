@@ -1,0 +1,211 @@
+"""The 2:4 semi-structured fast path: selection logic and exact backward on CPU; numerics on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nmrl.errors import NmrlError
+from nmrl.sparsity import NMLinear, NMPattern, refresh_masks, sparsify
+from nmrl.sparsity import semi_structured as ss
+from nmrl.train.networks import Actor
+
+NO_SUPPORT = ss.SemiStructuredSupport(False, "no CUDA device (PyTorch sees none)")
+CUSPARSELT = ss.SemiStructuredSupport(True, "test", backend="cusparselt", dtypes=("float16", "bfloat16"))
+CUTLASS = ss.SemiStructuredSupport(True, "test", backend="cutlass", dtypes=("float16", "bfloat16"))
+
+
+def _layer(out_features: int, in_features: int, pattern: str = "2:4") -> NMLinear:
+    torch.manual_seed(0)
+    return NMLinear(in_features, out_features, NMPattern.parse(pattern))
+
+
+def _choice(layer: NMLinear, support: ss.SemiStructuredSupport, speedups=None) -> ss.LayerChoice:
+    return ss.choose_layers([("layer", layer)], support, speedups)[0]
+
+
+def test_nothing_is_chosen_without_a_capable_gpu():
+    choice = _choice(_layer(256, 256), NO_SUPPORT)
+    assert not choice.sparse and "no CUDA" in choice.reason
+
+
+def test_pattern_must_fit_2of4():
+    assert _choice(_layer(256, 256, "1:4"), CUSPARSELT).sparse
+    assert _choice(_layer(256, 256, "2:8"), CUSPARSELT).sparse
+    choice = _choice(_layer(256, 256, "4:8"), CUSPARSELT)
+    assert not choice.sparse and "not 2:4-compatible" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("shape", "cusparselt", "cutlass"),
+    [
+        ((256, 256), True, True),
+        ((256, 27), False, False),  # an observation layer: in = 27
+        ((8, 256), False, False),  # an action head: out = 8
+        ((256, 48), True, False),  # cuSPARSELt tiles 16x16, CUTLASS 32x64
+        ((16, 16), True, False),
+    ],
+)
+def test_shape_rules_per_backend(shape, cusparselt, cutlass):
+    layer = _layer(*shape)
+    assert _choice(layer, CUSPARSELT).sparse is cusparselt
+    assert _choice(layer, CUTLASS).sparse is cutlass
+
+
+def test_a_layer_measured_to_lose_stays_dense():
+    layer = _layer(256, 256)
+    losing = _choice(layer, CUSPARSELT, {"layer": 0.8})
+    winning = _choice(layer, CUSPARSELT, {"layer": 1.3})
+    assert not losing.sparse and "0.80x" in losing.reason
+    assert winning.sparse and "1.30x" in winning.reason
+
+
+def test_actor_report_names_each_layer():
+    actor = Actor(27, 8, [-1.0] * 8, [1.0] * 8, hidden=(256, 256))
+    sparsify(actor.net, NMPattern(2, 4))
+    choices = ss.enable_semi_structured(actor, CUSPARSELT)
+    assert [(c.name, c.sparse) for c in choices] == [("net.0", False), ("net.2", True), ("net.4", False)]
+    assert isinstance(actor.net[2], ss.SemiStructuredNMLinear)
+    assert type(actor.net[0]) is NMLinear
+    assert "net.2" in ss.format_choices(choices)
+
+
+def test_enabled_module_keeps_state_dict_and_cpu_results():
+    torch.manual_seed(1)
+    actor = Actor(27, 8, [-1.0] * 8, [1.0] * 8, hidden=(64, 64))
+    sparsify(actor.net, NMPattern(2, 4))
+    obs = torch.randn(5, 27)
+    before_out, before_keys = actor(obs), list(actor.state_dict())
+    ss.enable_semi_structured(actor, CUSPARSELT)
+    assert list(actor.state_dict()) == before_keys
+    # On CPU (no fp16/bf16 CUDA input) the masked-dense forward runs.
+    torch.testing.assert_close(actor(obs), before_out, rtol=0, atol=0)
+    ss.disable_semi_structured(actor)
+    assert all(type(layer) is NMLinear for layer in actor.net if isinstance(layer, NMLinear))
+
+
+@pytest.mark.parametrize("decay", [0.0, 2e-4])
+def test_custom_backward_matches_masked_dense(decay):
+    """The fast path's autograd function, fed a dense stand-in for the packed weight (the CPU cannot
+    compress), gives the NMLinear (STE + SR-STE) gradients exactly."""
+    torch.manual_seed(2)
+    reference = NMLinear(64, 32, NMPattern(2, 4), srste_decay=decay)
+    with torch.no_grad():
+        reference.weight.mul_(3.0)
+        reference.update_mask()
+    fast = NMLinear(64, 32, NMPattern(2, 4), srste_decay=decay)
+    fast.load_state_dict(reference.state_dict())
+    x_ref = torch.randn(7, 3, 64, requires_grad=True)
+    x_fast = x_ref.detach().clone().requires_grad_(True)
+    upstream = torch.randn(7, 3, 32)
+
+    (reference(x_ref) * upstream).sum().backward()
+    stand_in = (fast.weight * fast.mask).detach()
+    out = ss._SemiStructuredLinearFn.apply(
+        x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32
+    )
+    (out * upstream).sum().backward()
+
+    torch.testing.assert_close(out, reference(x_ref))
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, reference.bias.grad)
+    # The weight gradient is the plain straight-through one plus decay * shadow on pruned entries.
+    straight_through = upstream.reshape(-1, 32).t() @ x_fast.detach().reshape(-1, 64)
+    srste_term = decay * fast.weight.detach() * (1 - fast.mask)
+    torch.testing.assert_close(fast.weight.grad, straight_through + srste_term)
+
+
+def test_compressed_weight_is_rebuilt_only_when_weight_or_mask_change(monkeypatch):
+    compressions = []
+
+    def fake_compress(dense):  # CPU stand-in for to_sparse_semi_structured: counts calls
+        compressions.append(dense.clone())
+        return dense
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake_compress)
+    layer = _layer(32, 32)
+    layer.__class__ = ss.SemiStructuredNMLinear
+    layer.packed_weight(torch.float16)
+    layer.packed_weight(torch.float16)
+    assert len(compressions) == 1
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 32)).sum().backward()
+    optimizer.step()  # in-place update of the shadow weight
+    packed = layer.packed_weight(torch.float16)
+    assert len(compressions) == 2
+    torch.testing.assert_close(packed, (layer.weight * layer.mask).detach().half())
+    refresh_masks(layer, now=True)  # mask recomputed
+    layer.packed_weight(torch.float16)
+    assert len(compressions) == 3
+    layer.packed_weight(torch.bfloat16)  # another compute dtype
+    assert len(compressions) == 4
+
+
+def test_inference_conversion_needs_a_gpu():
+    actor = Actor(27, 8, [-1.0] * 8, [1.0] * 8)
+    sparsify(actor.net, NMPattern(2, 4))
+    with pytest.raises(NmrlError, match="not available here"):
+        ss.to_semi_structured(actor, support=NO_SUPPORT)
+
+
+def test_probe_without_cuda_says_why():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    support = ss.probe_semi_structured()
+    assert not support.available and "no CUDA" in support.reason
+
+
+# ---- on a GPU with sparse tensor cores ------------------------------------------------------------
+
+GPU = pytest.mark.skipif(
+    not ss.probe_semi_structured().available,
+    reason=f"needs a GPU where 2:4 semi-structured matmul works ({ss.probe_semi_structured().reason})",
+)
+
+
+@GPU
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_fast_path_matches_masked_dense(dtype):
+    if str(dtype).removeprefix("torch.") not in ss.probe_semi_structured().dtypes:
+        pytest.skip(f"{dtype} 2:4 not supported here")
+    torch.manual_seed(3)
+    reference = nn.Sequential(
+        NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4))
+    )
+    reference.cuda()
+    fast = nn.Sequential(
+        NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4))
+    )
+    fast.load_state_dict(reference.state_dict())
+    fast.cuda()
+    assert all(c.sparse for c in ss.enable_semi_structured(fast))
+    x = torch.randn(256, 512, device="cuda")
+    upstream = torch.randn(256, 512, device="cuda")
+    outputs, grads = [], []
+    for net in (reference, fast):
+        with torch.autocast("cuda", dtype=dtype):
+            out = net(x)
+        (out.float() * upstream).sum().backward()
+        outputs.append(out.float())
+        grads.append([p.grad.float() for p in net.parameters()])
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.float16 else {"rtol": 5e-2, "atol": 5e-2}
+    torch.testing.assert_close(outputs[1], outputs[0], **tolerance)
+    for fast_grad, ref_grad in zip(grads[1], grads[0], strict=True):
+        scale = ref_grad.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(fast_grad / scale, ref_grad / scale, **tolerance)
+
+
+@GPU
+def test_gpu_inference_conversion_matches_actor():
+    torch.manual_seed(4)
+    actor = Actor(32, 8, [-1.0] * 8, [1.0] * 8, hidden=(1024, 1024))
+    sparsify(actor.net, NMPattern(2, 4))
+    obs = torch.randn(64, 32)
+    expected = actor(obs)
+    choices = ss.to_semi_structured(actor, torch.float16)
+    assert [c.sparse for c in choices] == [True, True, False]
+    assert isinstance(actor.net[2].weight, torch.sparse.SparseSemiStructuredTensor)
+    got = actor(obs.cuda().half()).float().cpu()
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
