@@ -31,6 +31,8 @@ class _SparseRefinedSTE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
         weight, mask = ctx.saved_tensors
         grad_weight = grad_output
         if ctx.decay:
