@@ -209,3 +209,53 @@ def test_gpu_inference_conversion_matches_actor():
     assert isinstance(actor.net[2].weight, torch.sparse.SparseSemiStructuredTensor)
     got = actor(obs.cuda().half()).float().cpu()
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+# ---- the --semi-structured training flag ----------------------------------------------------------
+
+
+def test_train_flag_fails_clearly_without_a_capable_gpu(tmp_path):
+    from nmrl.train.td3 import TD3
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path, semi_structured=True)
+    config.validate()
+    with pytest.raises(NmrlError, match="needs a CUDA device"):
+        TD3(4, 1, [-3.0], [3.0], config, torch.device("cpu"))
+    with pytest.raises(NmrlError, match="N:M --sparsity"):
+        tiny_config(tmp_path, semi_structured=True, sparsity="dense").validate()
+
+
+def test_train_flag_round_trips_through_config_json(tmp_path):
+    from nmrl.train.config import TrainConfig
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path, semi_structured=True, semi_structured_dtype="float16")
+    restored = TrainConfig.from_dict(config.to_dict())
+    assert restored.semi_structured and restored.semi_structured_dtype == "float16"
+
+
+@GPU
+def test_gpu_td3_update_with_semi_structured_layers(tmp_path):
+    from nmrl.sparsity import check_nm, nm_layers
+    from nmrl.train.buffer import Batch
+    from nmrl.train.td3 import TD3
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path, semi_structured=True, hidden=(256, 256), batch_size=256)
+    device = torch.device("cuda")
+    algo = TD3(17, 6, [-1.0] * 6, [1.0] * 6, config, device)
+    assert isinstance(algo.critic1.net[2], ss.SemiStructuredNMLinear)
+    batch = Batch(
+        obs=torch.randn(256, 17, device=device),
+        action=torch.rand(256, 6, device=device) * 2 - 1,
+        reward=torch.randn(256, device=device),
+        next_obs=torch.randn(256, 17, device=device),
+        terminated=torch.zeros(256, device=device),
+    )
+    for _ in range(4):
+        metrics = algo.update(batch)
+    assert torch.isfinite(metrics["critic_loss"]) and torch.isfinite(metrics["actor_loss"])
+    for network in algo.modules.values():
+        for _, layer in nm_layers(network):
+            assert not check_nm(layer.effective_weight(), NMPattern(2, 4))

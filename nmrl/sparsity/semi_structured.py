@@ -358,3 +358,31 @@ def to_semi_structured(
         parent = module.get_submodule(parent_name) if parent_name else module
         setattr(parent, child_name, plain)
     return choices
+
+
+class SemiStructuredTraining:
+    """The fast path for a training run: switches every network's eligible layers to 2:4 kernels
+    and provides the autocast context the update runs under. Fails with one clear NmrlError when
+    the device cannot do it, rather than silently training masked-dense."""
+
+    def __init__(self, networks: Mapping[str, nn.Module], dtype_name: str, device: torch.device) -> None:
+        if dtype_name not in FAST_DTYPES:
+            raise NmrlError(f"2:4 training runs in {' or '.join(FAST_DTYPES)}, not {dtype_name!r}")
+        if device.type != "cuda":
+            raise NmrlError(f"--semi-structured needs a CUDA device (training on {device})")
+        support = probe_semi_structured(device.index)
+        if not support.available:
+            raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
+        if dtype_name not in support.dtypes:
+            raise NmrlError(f"--semi-structured: 2:4 {dtype_name} does not work here ({support.reason})")
+        self.dtype = FAST_DTYPES[dtype_name]
+        self.choices = {name: enable_semi_structured(net, support) for name, net in networks.items()}
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=self.dtype)
+
+    def report(self) -> str:
+        lines = []
+        for network, choices in self.choices.items():
+            lines += [f"{network}.{choice}" for choice in choices]
+        return "\n".join(lines)

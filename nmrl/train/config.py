@@ -48,6 +48,10 @@ class TrainConfig:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    semi_structured: bool = False
+    """Run 2:4-compatible layers on sparse tensor cores (CUDA, Ampere or newer) under autocast."""
+    semi_structured_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
     eval_every: int = 5_000
     eval_episodes: int = 10
     checkpoint_every: int = 50_000
@@ -80,6 +84,8 @@ class TrainConfig:
             )
         if not self.hidden or any(width < 1 for width in self.hidden):
             raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
+        if self.semi_structured and self.pattern.is_dense:
+            raise NmrlError("--semi-structured needs an N:M --sparsity that fits 2:4 (e.g. 2:4, 1:4)")
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
 

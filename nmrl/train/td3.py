@@ -8,6 +8,7 @@ weights and then re-mask, so they are N:M after every update too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,13 @@ class TD3(Algorithm):
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        self.precision = contextlib.nullcontext
+        if config.semi_structured:  # 2:4 layers on sparse tensor cores, updates under autocast
+            from nmrl.sparsity.semi_structured import SemiStructuredTraining
+
+            fast_path = SemiStructuredTraining(self.modules, config.semi_structured_dtype, device)
+            print(f"2:4 semi-structured layers ({config.semi_structured_dtype}):\n{fast_path.report()}")
+            self.precision = fast_path.autocast
         self.action_scale = self.actor.action_scale
 
     @torch.no_grad()
@@ -84,6 +92,10 @@ class TD3(Algorithm):
         return action
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self.precision():
+            return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
             # Target policy smoothing: clipped noise on the target action.
