@@ -215,8 +215,9 @@ def test_gpu_inference_conversion_matches_actor():
 
 
 def test_train_flag_fails_clearly_without_a_capable_gpu(tmp_path):
-    from nmrl.train.td3 import TD3
     from helpers import tiny_config
+
+    from nmrl.train.td3 import TD3
 
     config = tiny_config(tmp_path, semi_structured=True)
     config.validate()
@@ -227,8 +228,9 @@ def test_train_flag_fails_clearly_without_a_capable_gpu(tmp_path):
 
 
 def test_train_flag_round_trips_through_config_json(tmp_path):
-    from nmrl.train.config import TrainConfig
     from helpers import tiny_config
+
+    from nmrl.train.config import TrainConfig
 
     config = tiny_config(tmp_path, semi_structured=True, semi_structured_dtype="float16")
     restored = TrainConfig.from_dict(config.to_dict())
@@ -237,10 +239,11 @@ def test_train_flag_round_trips_through_config_json(tmp_path):
 
 @GPU
 def test_gpu_td3_update_with_semi_structured_layers(tmp_path):
+    from helpers import tiny_config
+
     from nmrl.sparsity import check_nm, nm_layers
     from nmrl.train.buffer import Batch
     from nmrl.train.td3 import TD3
-    from helpers import tiny_config
 
     config = tiny_config(tmp_path, semi_structured=True, hidden=(256, 256), batch_size=256)
     device = torch.device("cuda")
