@@ -289,3 +289,29 @@ def test_gpu_tensorrt_engine_matches_torch(tmp_path, dtype):
     expected = session.run(None, {"obs": feed})[0].astype(np.float32)
     np.testing.assert_allclose(policy.act(obs), expected, rtol=3e-2, atol=3e-2)
     np.testing.assert_allclose(policy.act(obs[0]), expected[0], rtol=3e-2, atol=3e-2)
+
+
+# ---- backend probes and loaders for deploy eval / bench -------------------------------------------
+
+
+def test_backend_probes_say_what_is_missing():
+    reason = trt_deploy.tensorrt_unavailable_reason()
+    if not HAS_TRT:
+        assert "'tensorrt' is not installed" in reason
+    if HAS_RTX and not torch.cuda.is_available():
+        assert "CUDA" in trt_deploy.tensorrt_rtx_unavailable_reason()
+
+
+@needs_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_loader_builds_the_engine_beside_an_onnx_once(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    with pytest.raises(NmrlError, match="could not load the engine"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path, max_batch=256)
+    plan = tmp_path / "actor.rtx.plan"
+    assert plan.is_file() and (tmp_path / "actor.rtx.dense.plan").is_file()
+    assert trt_deploy.BuildReport.load(tmp_path / "actor.rtx.plan.json").profile["max"] == 256
+    built_at = plan.stat().st_mtime_ns
+    with pytest.raises(NmrlError, match="could not load the engine"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
+    assert plan.stat().st_mtime_ns == built_at  # up to date: not rebuilt

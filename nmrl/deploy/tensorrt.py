@@ -22,6 +22,7 @@ Everything imports TensorRT lazily: without it (or without a GPU) the error is o
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import re
@@ -143,9 +144,7 @@ class BatchProfile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise NmrlError(
-                f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}"
-            )
+            raise NmrlError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
 
 
 _ELIGIBLE_RE = re.compile(r"\(Sparsity\) Layers eligible for sparse math:(.*)$")
@@ -224,9 +223,7 @@ def build_plan(
         logger.lines.append(f"ERROR: {error}")
     if builder is None:
         last = (logger.errors() or ["no message"])[-1]
-        raise NmrlError(
-            f"{settings.flavour} could not start a builder (is there a usable NVIDIA GPU?): {last}"
-        )
+        raise NmrlError(f"{settings.flavour} could not start a builder (is there a usable NVIDIA GPU?): {last}")
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -337,12 +334,10 @@ class BuildReport:
             return ", ".join(names) if names else "none"
 
         lines.append(
-            "  builder: eligible for sparse math: "
-            + show(self.builder_eligible, "not reported by this builder")
+            "  builder: eligible for sparse math: " + show(self.builder_eligible, "not reported by this builder")
         )
         lines.append(
-            "  builder: picked sparse kernels for: "
-            + show(self.builder_picked, "not reported by this builder")
+            "  builder: picked sparse kernels for: " + show(self.builder_picked, "not reported by this builder")
         )
         if self.inspector_sparse_tactics is not None:
             lines.append("  engine inspector: sparse tactics in " + show(self.inspector_sparse_tactics, ""))
@@ -383,8 +378,7 @@ def build_engines(
     trt = import_tensorrt(flavour)
     if compute_capabilities and flavour != "tensorrt-rtx":
         raise NmrlError(
-            "compute capability targets are a TensorRT-RTX option; standard TensorRT builds "
-            "for the GPU it runs on"
+            "compute capability targets are a TensorRT-RTX option; standard TensorRT builds for the GPU it runs on"
         )
     info = read_graph_info(onnx_path)
     profile = profile or BatchProfile()
@@ -449,6 +443,41 @@ def _flavour_of(plan_path: Path) -> str:
     return "tensorrt-rtx" if twin_of.endswith(".rtx.plan") else "tensorrt"
 
 
+def cuda_unavailable_reason() -> str | None:
+    """Why no CUDA device can run an engine here (None when one can), asked of libcudart through
+    Polygraphy's ctypes wrapper so that it needs no PyTorch."""
+    try:
+        from polygraphy import cuda
+
+        handle = cuda.wrapper().handle
+    except Exception as error:  # Polygraphy raises its own exception type when libcudart is absent
+        return f"the CUDA runtime library cannot be loaded ({error.__class__.__name__})"
+    count = ctypes.c_int(0)
+    status = handle.cudaGetDeviceCount(ctypes.byref(count))
+    if status != 0:
+        reasons = {35: "the NVIDIA driver is missing or older than the CUDA runtime", 100: "no CUDA device"}
+        return f"no usable CUDA device ({reasons.get(status, f'cudaGetDeviceCount error {status}')})"
+    return None if count.value > 0 else "no CUDA device"
+
+
+def _unavailable_reason(flavour: str) -> str | None:
+    try:
+        import_tensorrt(flavour)
+    except NmrlError as error:
+        return str(error)
+    return cuda_unavailable_reason()
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Backend probe for ``tensorrt``: None when TensorRT imports and a CUDA GPU is visible."""
+    return _unavailable_reason("tensorrt")
+
+
+def tensorrt_rtx_unavailable_reason() -> str | None:
+    """Backend probe for ``tensorrt-rtx`` (running its engines needs an RTX-class GPU)."""
+    return _unavailable_reason("tensorrt-rtx")
+
+
 class TensorRTPolicy:
     """Runs a TensorRT (or TensorRT-RTX) engine as a policy: ``act(obs[batch, obs_dim]) -> actions``.
 
@@ -486,17 +515,16 @@ class TensorRTPolicy:
         min_shape, _, max_shape = self._engine.get_tensor_profile_shape(self._input, 0)
         self.batch_range = (int(min_shape[0]), int(max_shape[0]))
         self._context = self._engine.create_execution_context()
+        self.backend = self.flavour
+        self.plan_path = plan_path
+        self.env_id: str | None = None
 
         from polygraphy import cuda
         from polygraphy.datatype import DataType
 
         self._stream = cuda.Stream()
-        self._device_in = cuda.DeviceArray(
-            shape=(1, self.obs_dim), dtype=DataType.from_dtype(self._input_dtype)
-        )
-        self._device_out = cuda.DeviceArray(
-            shape=(1, self.act_dim), dtype=DataType.from_dtype(self._output_dtype)
-        )
+        self._device_in = cuda.DeviceArray(shape=(1, self.obs_dim), dtype=DataType.from_dtype(self._input_dtype))
+        self._device_out = cuda.DeviceArray(shape=(1, self.act_dim), dtype=DataType.from_dtype(self._output_dtype))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions (float32) for a batch of observations; a single 1-D observation gives one action."""
@@ -507,8 +535,7 @@ class TensorRTPolicy:
         rows = batch.shape[0]
         if not self.batch_range[0] <= rows <= self.batch_range[1]:
             raise NmrlError(
-                f"batch {rows} is outside the engine's profile {self.batch_range}; rebuild with "
-                "--min-batch/--max-batch"
+                f"batch {rows} is outside the engine's profile {self.batch_range}; rebuild with --min-batch/--max-batch"
             )
         self._device_in.resize(batch.shape)
         self._device_out.resize((rows, self.act_dim))
@@ -524,7 +551,44 @@ class TensorRTPolicy:
         actions = actions.astype(np.float32, copy=False)
         return actions[0] if single else actions
 
+    def describe(self) -> str:
+        """One line: engine, flavour and version, input precision, batch range."""
+        version = self._trt.__version__
+        low, high = self.batch_range
+        return f"{self.flavour} {version}, {self.plan_path.name}, {self._input_dtype} input, batch {low}-{high}"
+
+    def close(self) -> None:
+        """Free the device buffers, the stream and the engine."""
+        for name in ("_device_in", "_device_out", "_stream"):
+            resource = self.__dict__.pop(name, None)
+            if resource is not None:
+                resource.free()
+        self._context = self._engine = None
+
+
+def _engine_for(path: Path, flavour: str, dense: bool, **build_options: Any) -> Path:
+    """The engine to run for ``path``: a .plan as given, or for an ONNX file the engine beside it,
+    built first when it is missing or older than the ONNX."""
+    if path.suffix != ".onnx":
+        return dense_twin_path(path) if dense and not path.name.endswith(".dense.plan") else path
+    plan = default_plan_path(path, flavour)
+    wanted = dense_twin_path(plan) if dense else plan
+    if not wanted.is_file() or wanted.stat().st_mtime < path.stat().st_mtime:
+        build_engines(path, flavour, output=plan, dense_twin=True, **build_options)
+    return wanted
+
 
 def load_tensorrt_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
-    """Backend loader for the deploy registry: ``load_tensorrt_policy("actor.plan")``."""
-    return TensorRTPolicy(Path(path), flavour=options.get("flavour"))
+    """Backend loader for the deploy registry. ``path`` is an engine (``actor.plan``) or an
+    exported ONNX (its engine is built beside it when missing or stale). Options: ``dense=True``
+    runs the dense twin; ``flavour`` overrides the TensorRT flavour; ``max_batch`` sizes a build."""
+    flavour = options.get("flavour") or ("tensorrt" if Path(path).suffix == ".onnx" else None)
+    path = Path(path)
+    build = {"profile": BatchProfile(max_batch=options["max_batch"])} if "max_batch" in options else {}
+    engine = _engine_for(path, flavour or _flavour_of(path), bool(options.get("dense", False)), **build)
+    return TensorRTPolicy(engine, flavour=flavour)
+
+
+def load_tensorrt_rtx_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
+    """Backend loader for ``tensorrt-rtx``: as :func:`load_tensorrt_policy` with TensorRT-RTX."""
+    return load_tensorrt_policy(path, **{**options, "flavour": "tensorrt-rtx"})
