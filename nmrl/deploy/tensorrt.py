@@ -584,7 +584,10 @@ def load_tensorrt_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
     runs the dense twin; ``flavour`` overrides the TensorRT flavour; ``max_batch`` sizes a build."""
     flavour = options.get("flavour") or ("tensorrt" if Path(path).suffix == ".onnx" else None)
     path = Path(path)
-    build = {"profile": BatchProfile(max_batch=options["max_batch"])} if "max_batch" in options else {}
+    build = {}
+    if "max_batch" in options:
+        max_batch = int(options["max_batch"])
+        build["profile"] = BatchProfile(min=1, opt=min(BatchProfile.opt, max_batch), max=max_batch)
     engine = _engine_for(path, flavour or _flavour_of(path), bool(options.get("dense", False)), **build)
     return TensorRTPolicy(engine, flavour=flavour)
 
