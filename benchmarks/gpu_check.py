@@ -117,7 +117,8 @@ def _actor(width: int) -> Actor:
 def time_actor(widths: list[int], batches: list[int], repeats: int) -> list[Row]:
     rows = []
     for width in widths:
-        dense = _actor(width).cuda().half()
+        dense = _actor(width)  # plain fp16 Linear layers with the same (masked) weights
+        ss.to_semi_structured(dense, torch.float16, compress=False)
         sparse = _actor(width)
         choices = ss.to_semi_structured(sparse, torch.float16)
         print(f"  actor {width}-{width}: " + ", ".join(f"{c.name} {'2:4' if c.sparse else 'dense'}" for c in choices))

@@ -43,8 +43,7 @@ def check_cuda() -> Check:
     return Check(
         "CUDA",
         True,
-        f"{name}, compute capability {major}.{minor}, CUDA {torch.version.cuda}, "
-        f"{torch.cuda.device_count()} device(s)",
+        f"{name}, compute capability {major}.{minor}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)",
     )
 
 
@@ -59,9 +58,7 @@ def check_semi_structured() -> Check:
         backend = f"cuSPARSELt {support.cusparselt_version}"
     elif backend == "cutlass":
         backend = "CUTLASS"
-    return Check(
-        "2:4 semi-structured (torch)", True, f"{backend}: real matmul works for {', '.join(support.dtypes)}"
-    )
+    return Check("2:4 semi-structured (torch)", True, f"{backend}: real matmul works for {', '.join(support.dtypes)}")
 
 
 def check_tensorrt() -> Check:
@@ -73,9 +70,7 @@ def check_tensorrt() -> Check:
 def check_tensorrt_rtx() -> Check:
     ok, version = _module_version("tensorrt_rtx_bindings")
     detail = (
-        f"TensorRT-RTX {version} (builds engines without a GPU; they run on SM 8.0/8.6/8.9/12.x)"
-        if ok
-        else version
+        f"TensorRT-RTX {version} (builds engines without a GPU; they run on SM 8.0/8.6/8.9/12.x)" if ok else version
     )
     return Check("TensorRT-RTX", ok, detail)
 

@@ -136,9 +136,7 @@ class LayerChoice:
 def shape_supported(out_features: int, in_features: int, backend: str) -> bool:
     """Whether the kernels of ``backend`` take a [out, in] weight without padding it."""
     rows, cols = WEIGHT_TILE[backend]
-    return (
-        out_features >= rows and out_features % rows == 0 and in_features >= cols and in_features % cols == 0
-    )
+    return out_features >= rows and out_features % rows == 0 and in_features >= cols and in_features % cols == 0
 
 
 def choose_layers(
@@ -328,10 +326,13 @@ def to_semi_structured(
     support: SemiStructuredSupport | None = None,
     speedups: Mapping[str, float] | None = None,
     measure_batch: int | None = None,
+    compress: bool = True,
 ) -> list[LayerChoice]:
     """Convert a trained network for inference, in place: move it to the GPU in ``dtype``, replace
     every NMLinear by an ``nn.Linear`` holding its effective weight, compressed to 2:4 where the
     layer was chosen. Returns the per-layer choice. Needs a capable GPU (NmrlError otherwise).
+    ``compress=False`` makes the dense twin: the same plain layers, nothing compressed (the fair
+    baseline, without the mask multiply of the training layer).
     Feed the result ``dtype`` observations on the GPU."""
     support = support or probe_semi_structured()
     dtype_name = next((name for name, value in FAST_DTYPES.items() if value == dtype), None)
@@ -350,7 +351,7 @@ def to_semi_structured(
             raise NmrlError(f"layer {name}: effective weight is not 2:4 along its input dim")
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         plain.to(device=effective.device, dtype=dtype)
-        weight = torch.sparse.to_sparse_semi_structured(effective) if choice.sparse else effective
+        weight = torch.sparse.to_sparse_semi_structured(effective) if choice.sparse and compress else effective
         plain.weight = nn.Parameter(weight, requires_grad=False)
         if layer.bias is not None:
             plain.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)

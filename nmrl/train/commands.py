@@ -49,7 +49,9 @@ def evaluate(
             return loaded.policy(torch.as_tensor(obs).unsqueeze(0))[0].numpy()
 
     result = run_episodes(act, loaded.env_id, episodes, seed)
-    print(f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
-          f"(step {loaded.step:,})")
+    print(
+        f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
+        f"(step {loaded.step:,})"
+    )
     print(f"return {result}")
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))

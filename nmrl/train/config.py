@@ -73,8 +73,16 @@ class TrainConfig:
             NMPattern.parse(self.sparsity)
         elif self.sparsity.strip().lower() != "dense":
             raise NmrlError(f"invalid --sparsity {self.sparsity!r}: expected an N:M pattern like '2:4' or 'dense'")
-        positive = ("total_steps", "batch_size", "buffer_size", "policy_delay", "mask_interval",
-                    "eval_every", "eval_episodes", "checkpoint_every")
+        positive = (
+            "total_steps",
+            "batch_size",
+            "buffer_size",
+            "policy_delay",
+            "mask_interval",
+            "eval_every",
+            "eval_episodes",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -69,8 +69,11 @@ class TD3(Algorithm):
             [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr, fused=device.type != "mps"
         )
         self.modules = {
-            "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
-            "actor_target": self.actor_target, "critic1_target": self.critic1_target,
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "actor_target": self.actor_target,
+            "critic1_target": self.critic1_target,
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
