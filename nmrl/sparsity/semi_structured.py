@@ -206,11 +206,15 @@ def measure_layers(
 ) -> dict[str, float]:
     """Measured dense/2:4 speedup of every layer whose shape the kernels take, at ``batch`` rows."""
     backend = _backend_name()
-    return {
-        name: measure_speedup(layer.out_features, layer.in_features, batch, dtype)
-        for name, layer in layers
-        if fits_2of4(layer.pattern) and shape_supported(layer.out_features, layer.in_features, backend)
-    }
+    by_shape: dict[tuple[int, int], float] = {}  # networks repeat shapes: time each once
+    speedups = {}
+    for name, layer in layers:
+        shape = (layer.out_features, layer.in_features)
+        if fits_2of4(layer.pattern) and shape_supported(*shape, backend):
+            if shape not in by_shape:
+                by_shape[shape] = measure_speedup(*shape, batch, dtype)
+            speedups[name] = by_shape[shape]
+    return speedups
 
 
 class _SemiStructuredLinearFn(torch.autograd.Function):
@@ -363,10 +367,17 @@ def to_semi_structured(
 
 class SemiStructuredTraining:
     """The fast path for a training run: switches every network's eligible layers to 2:4 kernels
-    and provides the autocast context the update runs under. Fails with one clear NmrlError when
+    (those measured faster at ``measure_batch`` rows, when given) and provides the autocast
+    context the update runs under. Fails with one clear NmrlError when
     the device cannot do it, rather than silently training masked-dense."""
 
-    def __init__(self, networks: Mapping[str, nn.Module], dtype_name: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        networks: Mapping[str, nn.Module],
+        dtype_name: str,
+        device: torch.device,
+        measure_batch: int | None = None,
+    ) -> None:
         if dtype_name not in FAST_DTYPES:
             raise NmrlError(f"2:4 training runs in {' or '.join(FAST_DTYPES)}, not {dtype_name!r}")
         if device.type != "cuda":
@@ -377,7 +388,12 @@ class SemiStructuredTraining:
         if dtype_name not in support.dtypes:
             raise NmrlError(f"--semi-structured: 2:4 {dtype_name} does not work here ({support.reason})")
         self.dtype = FAST_DTYPES[dtype_name]
-        self.choices = {name: enable_semi_structured(net, support) for name, net in networks.items()}
+        speedups: dict[str, float] | None = None
+        self.choices = {}
+        for name, net in networks.items():
+            if measure_batch is not None:  # keep masked-dense the layers where 2:4 measured slower
+                speedups = measure_layers(nm_layers(net), measure_batch, self.dtype)
+            self.choices[name] = enable_semi_structured(net, support, speedups)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=self.dtype)

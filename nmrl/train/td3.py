@@ -81,7 +81,9 @@ class TD3(Algorithm):
         if config.semi_structured:  # 2:4 layers on sparse tensor cores, updates under autocast
             from nmrl.sparsity.semi_structured import SemiStructuredTraining
 
-            fast_path = SemiStructuredTraining(self.modules, config.semi_structured_dtype, device)
+            fast_path = SemiStructuredTraining(
+                self.modules, config.semi_structured_dtype, device, measure_batch=config.batch_size
+            )
             print(f"2:4 semi-structured layers ({config.semi_structured_dtype}):\n{fast_path.report()}")
             self.precision = fast_path.autocast
         self.action_scale = self.actor.action_scale
