@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -102,9 +104,7 @@ def test_custom_backward_matches_masked_dense(decay):
 
     (reference(x_ref) * upstream).sum().backward()
     stand_in = (fast.weight * fast.mask).detach()
-    out = ss._SemiStructuredLinearFn.apply(
-        x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32
-    )
+    out = ss._SemiStructuredLinearFn.apply(x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32)
     (out * upstream).sum().backward()
 
     torch.testing.assert_close(out, reference(x_ref))
@@ -171,13 +171,9 @@ def test_gpu_fast_path_matches_masked_dense(dtype):
     if str(dtype).removeprefix("torch.") not in ss.probe_semi_structured().dtypes:
         pytest.skip(f"{dtype} 2:4 not supported here")
     torch.manual_seed(3)
-    reference = nn.Sequential(
-        NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4))
-    )
+    reference = nn.Sequential(NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4)))
     reference.cuda()
-    fast = nn.Sequential(
-        NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4))
-    )
+    fast = nn.Sequential(NMLinear(512, 1024, NMPattern(2, 4)), nn.ReLU(), NMLinear(1024, 512, NMPattern(2, 4)))
     fast.load_state_dict(reference.state_dict())
     fast.cuda()
     assert all(c.sparse for c in ss.enable_semi_structured(fast))
@@ -266,3 +262,20 @@ def test_gpu_td3_update_with_semi_structured_layers(tmp_path):
     for network in algo.modules.values():
         for _, layer in nm_layers(network):
             assert not check_nm(layer.effective_weight(), NMPattern(2, 4))
+
+
+def test_a_semi_structured_run_loads_on_cpu_for_eval_and_export(tmp_path):
+    """A run trained with --semi-structured (on a GPU) must still load on a CPU-only machine."""
+    from helpers import tiny_config
+
+    from nmrl.train.loop import train
+    from nmrl.train.run import load_policy
+
+    run_dir = train(tiny_config(tmp_path, total_steps=250, learning_starts=200, eval_every=250, checkpoint_every=250))
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["semi_structured"] = True  # as if it had been trained on a GPU with the fast path
+    config_path.write_text(json.dumps(config))
+    loaded = load_policy(run_dir)
+    assert loaded.config.semi_structured
+    assert not any(isinstance(m, ss.SemiStructuredNMLinear) for m in loaded.policy.modules())
