@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -279,3 +280,36 @@ def test_a_semi_structured_run_loads_on_cpu_for_eval_and_export(tmp_path):
     loaded = load_policy(run_dir)
     assert loaded.config.semi_structured
     assert not any(isinstance(m, ss.SemiStructuredNMLinear) for m in loaded.policy.modules())
+
+
+# ---- the torch-2:4 deploy backend ----------------------------------------------------------------
+
+
+def test_torch_2of4_backend_says_why_it_cannot_run(tmp_path):
+    from nmrl.deploy.torch_semi_structured import (
+        load_torch_semi_structured_policy,
+        torch_semi_structured_unavailable_reason,
+    )
+
+    reason = torch_semi_structured_unavailable_reason()
+    if reason is None:
+        pytest.skip("this machine has working 2:4 kernels")
+    assert reason == ss.probe_semi_structured().reason
+    with pytest.raises(NmrlError, match="needs a GPU with 2:4 sparse tensor cores"):
+        load_torch_semi_structured_policy(tmp_path)
+
+
+@GPU
+def test_gpu_torch_2of4_policy_matches_the_checkpoint_actor():
+    from nmrl.deploy.torch_semi_structured import SemiStructuredTorchPolicy
+
+    torch.manual_seed(5)
+    actor = Actor(32, 8, [-1.0] * 8, [1.0] * 8, hidden=(1024, 1024))
+    sparsify(actor.net, NMPattern(2, 4))
+    obs = torch.randn(16, 32)
+    expected = actor(obs).detach().numpy()
+    policy = SemiStructuredTorchPolicy(actor, 32, 8)
+    got = policy.act(obs.numpy())
+    assert got.dtype == np.float32 and got.shape == (16, 8)
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(policy.act(obs[0].numpy()), expected[0], rtol=2e-2, atol=2e-2)
