@@ -10,6 +10,7 @@ calls :func:`refresh_masks` after each ``optimizer.step()``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +110,13 @@ def nm_layers(module: nn.Module) -> list[tuple[str, NMLinear]]:
     return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, NMLinear)]
 
 
-def refresh_masks(module: nn.Module, now: bool = False) -> None:
-    """Call after each ``optimizer.step()``: counts the step in every NMLinear of ``module``,
-    recomputing masks that are due; ``now=True`` recomputes them all regardless (for target
-    networks right after a Polyak update)."""
-    for _, layer in nm_layers(module):
+def refresh_masks(layers: nn.Module | Iterable[NMLinear], now: bool = False) -> None:
+    """Call after each ``optimizer.step()``: counts the step in every NMLinear of ``layers`` (a
+    module, or a list of layers kept by a caller that refreshes often), recomputing masks that are
+    due; ``now=True`` recomputes them all regardless (for target networks after a Polyak update)."""
+    if isinstance(layers, nn.Module):
+        layers = [layer for _, layer in nm_layers(layers)]
+    for layer in layers:
         if now:
             layer.update_mask()
         else:

@@ -75,8 +75,15 @@ def nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     # N; the few groups where that happens are settled exactly by index order.
     threshold = _nth_largest(magnitude, pattern.n)
     keep = magnitude >= threshold
-    if int(keep.count_nonzero()) != pattern.n * keep.shape[0] * keep.shape[1]:
+    # Each group keeps >= N entries; a total above the expected one means ties. A tail group
+    # shorter than N keeps all M of its slots (real and padding), which is expected.
+    rows, groups, _ = keep.shape
+    tail = weight.shape[1] % pattern.m
+    kept_per_row = pattern.n * groups + ((pattern.m - pattern.n) if 0 < tail < pattern.n else 0)
+    if int(keep.count_nonzero()) != rows * kept_per_row:
         overfull = keep.sum(dim=-1) > pattern.n
+        if 0 < tail < pattern.n:
+            overfull[:, -1] = False
         keep[overfull] = _rank_keep(magnitude[overfull], pattern.n)
     return keep.reshape(weight.shape[0], -1)[:, : weight.shape[1]].to(weight.dtype)
 

@@ -54,6 +54,8 @@ class TrainConfig:
     """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
     eval_every: int = 5_000
     eval_episodes: int = 10
+    stop_at_return: float | None = None
+    """Stop early once an evaluation's mean return reaches this (None = run all steps)."""
     checkpoint_every: int = 50_000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0

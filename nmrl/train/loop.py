@@ -227,10 +227,16 @@ class Trainer:
                         **{k: float(v) for k, v in losses.items()},
                     }
                     self.log(record)
+                solved = False
                 if state.step % cfg.eval_every == 0 or state.step == cfg.total_steps:
                     self._evaluate_and_log(progress)
-                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.total_steps:
+                    solved = cfg.stop_at_return is not None and state.last_eval >= cfg.stop_at_return
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.total_steps or solved:
                     self.save()
+                if solved:
+                    progress.message(f"eval return {state.last_eval:.1f} reached --stop-at-return "
+                                     f"{cfg.stop_at_return}: stopping at step {state.step}")
+                    break
                 progress.update(state.step, steps_per_second, state.last_eval)
                 if stop["signal"] is not None:
                     self.save()

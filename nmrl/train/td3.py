@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from nmrl.sparsity import refresh_masks, sparsify
+from nmrl.sparsity import nm_layers, refresh_masks, sparsify
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
@@ -87,6 +87,11 @@ class TD3(Algorithm):
             print(f"2:4 semi-structured layers ({config.semi_structured_dtype}):\n{fast_path.report()}")
             self.precision = fast_path.autocast
         self.action_scale = self.actor.action_scale
+        # The N:M layers refreshed after each update, listed once (walking modules every step costs).
+        self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
+        self.actor_nm_layers = [layer for _, layer in nm_layers(self.actor)]
+        self.target_nm_layers = [layer for net in (self.actor_target, self.critic1_target, self.critic2_target)
+                                 for _, layer in nm_layers(net)]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
@@ -120,8 +125,7 @@ class TD3(Algorithm):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        refresh_masks(self.critic1)
-        refresh_masks(self.critic2)
+        refresh_masks(self.critic_nm_layers)
         self.updates += 1
         metrics = {"critic_loss": critic_loss.detach(), "q": q1.detach().mean()}
 
@@ -131,14 +135,14 @@ class TD3(Algorithm):
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
-            refresh_masks(self.actor)
+            refresh_masks(self.actor_nm_layers)
             for target, online in (
                 (self.actor_target, self.actor),
                 (self.critic1_target, self.critic1),
                 (self.critic2_target, self.critic2),
             ):
                 polyak_update(target, online, cfg.tau)
-                refresh_masks(target, now=True)
+            refresh_masks(self.target_nm_layers, now=True)
             metrics["actor_loss"] = actor_loss.detach()
         return metrics
 
