@@ -217,11 +217,29 @@ def test_train_flag_fails_clearly_without_a_capable_gpu(tmp_path):
     from nmrl.train.td3 import TD3
 
     config = tiny_config(tmp_path, semi_structured=True)
-    config.validate()
     with pytest.raises(NmrlError, match="needs a CUDA device"):
         TD3(4, 1, [-3.0], [3.0], config, torch.device("cpu"))
-    with pytest.raises(NmrlError, match="N:M --sparsity"):
+    with pytest.raises(NmrlError, match="fits 2:4"):
+        tiny_config(tmp_path, semi_structured=True, sparsity="4:8").validate()
+    with pytest.raises(NmrlError, match="fits 2:4"):
         tiny_config(tmp_path, semi_structured=True, sparsity="dense").validate()
+    with pytest.raises(NmrlError, match="--device cuda"):
+        tiny_config(tmp_path, semi_structured=True, device="cpu").validate()
+    if not ss.probe_semi_structured().available:
+        with pytest.raises(NmrlError, match="2:4 kernels do not work here"):
+            config.validate()
+
+
+def test_train_verb_fails_before_making_a_run_directory(tmp_path, capsys):
+    from nmrl.cli import main
+
+    if ss.probe_semi_structured().available:
+        pytest.skip("this machine has working 2:4 kernels")
+    runs = tmp_path / "runs"
+    argv = ["train", "--env", "InvertedPendulum-v5", "--semi-structured", "--runs-dir", str(runs)]
+    assert main(argv) == 1
+    assert "2:4 kernels do not work here" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())
 
 
 def test_train_flag_round_trips_through_config_json(tmp_path):

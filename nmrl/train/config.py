@@ -94,10 +94,24 @@ class TrainConfig:
             )
         if not self.hidden or any(width < 1 for width in self.hidden):
             raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
-        if self.semi_structured and self.pattern.is_dense:
-            raise NmrlError("--semi-structured needs an N:M --sparsity that fits 2:4 (e.g. 2:4, 1:4)")
+        if self.semi_structured:
+            self._validate_semi_structured()
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
+
+    def _validate_semi_structured(self) -> None:
+        """Fail before a run directory exists when the 2:4 fast path cannot run here."""
+        from nmrl.sparsity.pattern import fits_2of4
+        from nmrl.sparsity.semi_structured import probe_semi_structured
+
+        if self.pattern.is_dense or not fits_2of4(self.pattern):
+            raise NmrlError(f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), "
+                            f"not {self.sparsity!r}")
+        if self.device == "cpu":
+            raise NmrlError("--semi-structured needs --device cuda (or auto on a GPU machine)")
+        support = probe_semi_structured()
+        if not support.available:
+            raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
 
     @property
     def pattern(self) -> NMPattern:
