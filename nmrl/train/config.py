@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,8 +66,6 @@ class TrainConfig:
     """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
     progress: bool = True
     """Show a progress bar (on a terminal)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Reserved for algorithm-specific settings stored with the run."""
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""

@@ -234,8 +234,10 @@ class Trainer:
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.total_steps or solved:
                     self.save()
                 if solved:
-                    progress.message(f"eval return {state.last_eval:.1f} reached --stop-at-return "
-                                     f"{cfg.stop_at_return}: stopping at step {state.step}")
+                    progress.message(
+                        f"eval return {state.last_eval:.1f} reached --stop-at-return "
+                        f"{cfg.stop_at_return}: stopping at step {state.step}"
+                    )
                     break
                 progress.update(state.step, steps_per_second, state.last_eval)
                 if stop["signal"] is not None:

@@ -90,8 +90,11 @@ class TD3(Algorithm):
         # The N:M layers refreshed after each update, listed once (walking modules every step costs).
         self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
         self.actor_nm_layers = [layer for _, layer in nm_layers(self.actor)]
-        self.target_nm_layers = [layer for net in (self.actor_target, self.critic1_target, self.critic2_target)
-                                 for _, layer in nm_layers(net)]
+        self.target_nm_layers = [
+            layer
+            for net in (self.actor_target, self.critic1_target, self.critic2_target)
+            for _, layer in nm_layers(net)
+        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
