@@ -23,9 +23,7 @@ from nmrl.train.networks import Actor
 OBS_DIM, ACT_DIM = 27, 8
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-needs_rtx = pytest.mark.skipif(
-    not HAS_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)"
-)
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
 
 
 def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
@@ -97,8 +95,7 @@ def test_batch_profile_validation():
 def test_sparsity_log_parsing():
     lines = [
         "INFO: Detected 1 inputs and 1 output network tensors.",
-        "INFO: (Sparsity) Layers eligible for sparse math: "
-        "/net/net.2/Gemm + /net/net.3/Relu, /net/net.4/Gemm",
+        "INFO: (Sparsity) Layers eligible for sparse math: /net/net.2/Gemm + /net/net.3/Relu, /net/net.4/Gemm",
         "INFO: (Sparsity) TRT inference plan picked sparse implementation for layers: /net/net.4/Gemm",
     ]
     eligible, picked = trt_deploy.parse_sparsity_log(lines)
@@ -140,9 +137,7 @@ def test_graph_info_reads_gemm_weights_along_k(tmp_path):
     assert not info.reduced_precision
 
 
-@pytest.mark.parametrize(
-    ("kind", "fits"), [("dense", False), ("unstructured", False), ("1:4", True), ("4:8", False)]
-)
+@pytest.mark.parametrize(("kind", "fits"), [("dense", False), ("unstructured", False), ("1:4", True), ("4:8", False)])
 def test_graph_info_per_kind(tmp_path, kind, fits):
     info = read_graph_info(export_actor(tmp_path / "a.onnx", kind))
     assert info.gemms[1].fits_2of4 is fits
@@ -191,9 +186,7 @@ def test_unknown_flavour_and_missing_file(tmp_path):
 def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     """NVIDIA's parser and builder must accept every graph nmrl exports; a rejection fails CI."""
     onnx_path = export_actor(tmp_path / "actor.onnx", kind, dtype)
-    report = trt_deploy.build_engines(
-        onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024)
-    )
+    report = trt_deploy.build_engines(onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024))
 
     plan, twin = Path(report.plan), Path(report.dense_plan)
     assert plan == tmp_path / "actor.rtx.plan" and twin == tmp_path / "actor.rtx.dense.plan"
@@ -225,9 +218,7 @@ def test_rtx_dense_twin_is_built_without_the_sparse_flag(tmp_path):
 @needs_rtx
 def test_rtx_compute_capability_targets(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    report = trt_deploy.build_engines(
-        onnx_path, "tensorrt-rtx", compute_capabilities=("8.6",), dense_twin=False
-    )
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("8.6",), dense_twin=False)
     assert report.dense_plan is None and Path(report.plan).is_file()
     with pytest.raises(NmrlError, match=r"no compute capability 9\.0 target.*--backend tensorrt"):
         trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("9.0",))

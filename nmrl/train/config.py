@@ -103,8 +103,9 @@ class TrainConfig:
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         if self.pattern.is_dense or not fits_2of4(self.pattern):
-            raise NmrlError(f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), "
-                            f"not {self.sparsity!r}")
+            raise NmrlError(
+                f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), not {self.sparsity!r}"
+            )
         if self.device == "cpu":
             raise NmrlError("--semi-structured needs --device cuda (or auto on a GPU machine)")
         support = probe_semi_structured()
