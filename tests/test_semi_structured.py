@@ -331,3 +331,16 @@ def test_gpu_torch_2of4_policy_matches_the_checkpoint_actor():
     assert got.dtype == np.float32 and got.shape == (16, 8)
     np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(policy.act(obs[0].numpy()), expected[0], rtol=2e-2, atol=2e-2)
+
+
+def test_plain_linear_layers_are_judged_by_their_weights():
+    torch.manual_seed(6)
+    pruned = nn.Linear(256, 256)
+    with torch.no_grad():
+        pruned.weight.mul_(NMLinear(256, 256, NMPattern(2, 4)).mask)  # a 2:4 mask from elsewhere
+    full = nn.Linear(256, 256)
+    choices = ss.choose_layers([("pruned", pruned), ("full", full)], CUSPARSELT)
+    assert (choices[0].pattern, choices[0].sparse) == ("2:4", True)
+    assert (choices[1].pattern, choices[1].sparse) == ("dense", False)
+    assert "not 2:4-compatible" in choices[1].reason
+    assert [name for name, _ in ss.linear_layers(nn.Sequential(pruned, nn.ReLU(), full))] == ["0", "2"]

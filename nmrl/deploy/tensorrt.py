@@ -578,20 +578,27 @@ def _engine_for(path: Path, flavour: str, dense: bool, **build_options: Any) -> 
     return wanted
 
 
-def load_tensorrt_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
+def load_tensorrt_policy(
+    path: Path | str,
+    flavour: str | None = None,
+    dense: bool = False,
+    max_batch: int | None = None,
+    **_common: Any,
+) -> TensorRTPolicy:
     """Backend loader for the deploy registry. ``path`` is an engine (``actor.plan``) or an
-    exported ONNX (its engine is built beside it when missing or stale). Options: ``dense=True``
-    runs the dense twin; ``flavour`` overrides the TensorRT flavour; ``max_batch`` sizes a build."""
-    flavour = options.get("flavour") or ("tensorrt" if Path(path).suffix == ".onnx" else None)
+    exported ONNX (its engine is built beside it when missing or older than the ONNX).
+    ``dense=True`` runs the dense twin engine; ``flavour`` picks TensorRT or TensorRT-RTX;
+    ``max_batch`` sizes the profile of an engine built here. Settings meant for other backends
+    (``threads``) are ignored."""
     path = Path(path)
+    flavour = flavour or ("tensorrt" if path.suffix == ".onnx" else _flavour_of(path))
     build = {}
-    if "max_batch" in options:
-        max_batch = int(options["max_batch"])
+    if max_batch is not None:
         build["profile"] = BatchProfile(min=1, opt=min(BatchProfile.opt, max_batch), max=max_batch)
-    engine = _engine_for(path, flavour or _flavour_of(path), bool(options.get("dense", False)), **build)
-    return TensorRTPolicy(engine, flavour=flavour)
+    return TensorRTPolicy(_engine_for(path, flavour, dense, **build), flavour=flavour)
 
 
 def load_tensorrt_rtx_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
     """Backend loader for ``tensorrt-rtx``: as :func:`load_tensorrt_policy` with TensorRT-RTX."""
-    return load_tensorrt_policy(path, **{**options, "flavour": "tensorrt-rtx"})
+    options.pop("flavour", None)
+    return load_tensorrt_policy(path, flavour="tensorrt-rtx", **options)

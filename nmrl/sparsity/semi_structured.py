@@ -32,7 +32,7 @@ from torch import nn
 from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import NMLinear, nm_layers
 from nmrl.sparsity.mask import check_nm
-from nmrl.sparsity.pattern import NMPattern, fits_2of4
+from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
 
 FAST_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -139,8 +139,26 @@ def shape_supported(out_features: int, in_features: int, backend: str) -> bool:
     return out_features >= rows and out_features % rows == 0 and in_features >= cols and in_features % cols == 0
 
 
+def layer_pattern(layer: nn.Linear) -> NMPattern:
+    """An NMLinear's pattern; for a plain Linear, 2:4 when its weights happen to obey it (a
+    materialized or imported network), else dense."""
+    if isinstance(layer, NMLinear):
+        return layer.pattern
+    two_of_four = NMPattern(2, 4)
+    return two_of_four if not check_nm(layer.weight.detach(), two_of_four) else DENSE
+
+
+def linear_layers(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Every Linear (NMLinear included) of ``module`` with its qualified name."""
+    return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+
+
+def _effective_weight(layer: nn.Linear) -> torch.Tensor:
+    return layer.effective_weight() if isinstance(layer, NMLinear) else layer.weight.detach()
+
+
 def choose_layers(
-    layers: list[tuple[str, NMLinear]],
+    layers: list[tuple[str, nn.Linear]],
     support: SemiStructuredSupport,
     speedups: Mapping[str, float] | None = None,
 ) -> list[LayerChoice]:
@@ -150,10 +168,11 @@ def choose_layers(
     backend = support.backend or "cusparselt"
     for name, layer in layers:
         measured = None if speedups is None else speedups.get(name)
+        pattern = layer_pattern(layer)
         if not support.available:
             sparse, reason = False, f"no 2:4 path here: {support.reason}"
-        elif not fits_2of4(layer.pattern):
-            sparse, reason = False, f"pattern {layer.pattern} is not 2:4-compatible"
+        elif not fits_2of4(pattern):
+            sparse, reason = False, f"pattern {pattern} is not 2:4-compatible"
         elif not shape_supported(layer.out_features, layer.in_features, backend):
             rows, cols = WEIGHT_TILE[backend]
             sparse, reason = False, f"{backend} needs out % {rows} == 0 and in % {cols} == 0"
@@ -164,7 +183,7 @@ def choose_layers(
         else:
             sparse, reason = True, "fits 2:4 and the kernel shapes (not measured)"
         shape = (layer.out_features, layer.in_features)
-        choices.append(LayerChoice(name, shape, str(layer.pattern), sparse, reason))
+        choices.append(LayerChoice(name, shape, str(pattern), sparse, reason))
     return choices
 
 
@@ -202,7 +221,7 @@ def measure_speedup(
 
 
 def measure_layers(
-    layers: list[tuple[str, NMLinear]], batch: int, dtype: torch.dtype = torch.float16
+    layers: list[tuple[str, nn.Linear]], batch: int, dtype: torch.dtype = torch.float16
 ) -> dict[str, float]:
     """Measured dense/2:4 speedup of every layer whose shape the kernels take, at ``batch`` rows."""
     backend = _backend_name()
@@ -210,7 +229,7 @@ def measure_layers(
     speedups = {}
     for name, layer in layers:
         shape = (layer.out_features, layer.in_features)
-        if fits_2of4(layer.pattern) and shape_supported(*shape, backend):
+        if fits_2of4(layer_pattern(layer)) and shape_supported(*shape, backend):
             if shape not in by_shape:
                 by_shape[shape] = measure_speedup(*shape, batch, dtype)
             speedups[name] = by_shape[shape]
@@ -332,25 +351,25 @@ def to_semi_structured(
     measure_batch: int | None = None,
     compress: bool = True,
 ) -> list[LayerChoice]:
-    """Convert a trained network for inference, in place: move it to the GPU in ``dtype``, replace
-    every NMLinear by an ``nn.Linear`` holding its effective weight, compressed to 2:4 where the
-    layer was chosen. Returns the per-layer choice. Needs a capable GPU (NmrlError otherwise).
-    ``compress=False`` makes the dense twin: the same plain layers, nothing compressed (the fair
-    baseline, without the mask multiply of the training layer).
-    Feed the result ``dtype`` observations on the GPU."""
+    """Convert a trained network for inference, in place: move it to the GPU in ``dtype`` and
+    replace every Linear by a plain ``nn.Linear`` holding its effective weight, compressed to 2:4
+    where the layer was chosen (plain Linear layers whose weights obey 2:4 qualify too). Returns
+    the per-layer choice. Needs a capable GPU (NmrlError otherwise); feed the result ``dtype``
+    observations on the GPU. ``compress=False`` makes the dense twin: the same plain layers,
+    nothing compressed (the fair baseline, without the mask multiply of the training layer)."""
     support = support or probe_semi_structured()
     dtype_name = next((name for name, value in FAST_DTYPES.items() if value == dtype), None)
     if not support.available:
         raise NmrlError(f"2:4 semi-structured inference is not available here: {support.reason}")
     if dtype_name not in support.dtypes:
         raise NmrlError(f"2:4 semi-structured matmul does not work for {dtype} here ({support.reason})")
-    layers = nm_layers(module)
+    layers = linear_layers(module)
     if measure_batch is not None and speedups is None:
         speedups = measure_layers(layers, measure_batch, dtype)
     choices = choose_layers(layers, support, speedups)
     module.to(device="cuda", dtype=dtype)
     for (name, layer), choice in zip(layers, choices, strict=True):
-        effective = layer.effective_weight().contiguous()
+        effective = _effective_weight(layer).contiguous()
         if choice.sparse and check_nm(effective, NMPattern(2, 4)):
             raise NmrlError(f"layer {name}: effective weight is not 2:4 along its input dim")
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
