@@ -299,10 +299,14 @@ def test_loader_builds_the_engine_beside_an_onnx_once(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
     with pytest.raises(NmrlError, match="could not load the engine"):
         trt_deploy.load_tensorrt_rtx_policy(onnx_path, max_batch=256)
-    plan = tmp_path / "actor.rtx.plan"
-    assert plan.is_file() and (tmp_path / "actor.rtx.dense.plan").is_file()
+    plan, twin = tmp_path / "actor.rtx.plan", tmp_path / "actor.rtx.dense.plan"
+    assert plan.is_file() and not twin.exists()  # only the engine asked for
     assert trt_deploy.BuildReport.load(tmp_path / "actor.rtx.plan.json").profile["max"] == 256
-    built_at = plan.stat().st_mtime_ns
     with pytest.raises(NmrlError, match="could not load the engine"):
         trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
-    assert plan.stat().st_mtime_ns == built_at  # up to date: not rebuilt
+    assert twin.is_file()
+    built_at = plan.stat().st_mtime_ns, twin.stat().st_mtime_ns
+    for dense in (False, True):
+        with pytest.raises(NmrlError, match="could not load the engine"):
+            trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=dense)
+    assert (plan.stat().st_mtime_ns, twin.stat().st_mtime_ns) == built_at  # up to date: not rebuilt

@@ -574,7 +574,8 @@ def _engine_for(path: Path, flavour: str, dense: bool, **build_options: Any) -> 
     plan = default_plan_path(path, flavour)
     wanted = dense_twin_path(plan) if dense else plan
     if not wanted.is_file() or wanted.stat().st_mtime < path.stat().st_mtime:
-        build_engines(path, flavour, output=plan, dense_twin=True, **build_options)
+        # Build only what is asked for: engine builds on a GPU take seconds to minutes.
+        build_engines(path, flavour, output=plan, dense_twin=dense, **build_options)
     return wanted
 
 
