@@ -1,1 +1,2 @@
-"""Deployment: engines and runtimes for exported actors, closed-loop evaluation, latency profiles."""
+"""Deployed policies (``policy``: the interface and backend registry; ``ort_backend``,
+``torch_backend``), closed-loop evaluation and latency profiling (``bench``)."""
