@@ -310,3 +310,18 @@ def test_loader_builds_the_engine_beside_an_onnx_once(tmp_path):
         with pytest.raises(NmrlError, match="could not load the engine"):
             trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=dense)
     assert (plan.stat().st_mtime_ns, twin.stat().st_mtime_ns) == built_at  # up to date: not rebuilt
+
+
+@needs_rtx
+def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    model = onnx.load(str(onnx_path))
+    model.metadata_props.add(key="nmrl.env_id", value="Ant-v5")
+    onnx.save(model, str(onnx_path))
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx")
+    assert report.env_id == "Ant-v5"
+    twin = Path(report.dense_plan)
+    assert trt_deploy._report_field(twin, "env_id") == "Ant-v5"  # the twin shares its sibling's report
+    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"
+    Path(report.plan + ".json").unlink()
+    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"  # from the name when no report is left

@@ -9,7 +9,7 @@ which layers were candidates; the builder's own log then says which of them it p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class OnnxGraphInfo:
     input_dtype: str
     output_name: str
     gemms: list[GemmWeight]
+    metadata: dict[str, str] = field(default_factory=dict)  # the model's metadata_props
 
     @property
     def compute_dtype(self) -> str:
@@ -124,4 +125,5 @@ def read_graph_info(onnx_path: Path) -> OnnxGraphInfo:
         input_dtype=_dtype_name(tensor_type.elem_type),
         output_name=graph.output[0].name,
         gemms=gemms,
+        metadata={prop.key: prop.value for prop in model.metadata_props},
     )

@@ -304,6 +304,7 @@ class BuildReport:
     builder_picked: list[str] | None
     inspector_sparse_tactics: list[str] | None
     notes: list[str] = field(default_factory=list)
+    env_id: str | None = None  # from the ONNX metadata (nmrl.env_id), for deploy eval
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -426,19 +427,30 @@ def build_engines(
         builder_picked=picked,
         inspector_sparse_tactics=inspected,
         notes=notes,
+        env_id=info.metadata.get("nmrl.env_id"),
     )
     report.save(report_path(plan_path))
     return report
 
 
+def _report_field(plan_path: Path, key: str) -> Any:
+    """One field of the build report beside an engine (or its sparse sibling, for a dense twin)."""
+    candidates = [plan_path, plan_path.with_name(plan_path.name.replace(".dense.plan", ".plan"))]
+    for candidate in candidates:
+        report = report_path(candidate)
+        if report.is_file():
+            try:
+                return json.loads(report.read_text()).get(key)
+            except ValueError:
+                return None
+    return None
+
+
 def _flavour_of(plan_path: Path) -> str:
     """The flavour recorded in the engine's report, else guessed from its name."""
-    report = report_path(plan_path)
-    if report.is_file():
-        try:
-            return str(json.loads(report.read_text())["flavour"])
-        except (ValueError, KeyError):
-            pass
+    recorded = _report_field(plan_path, "flavour")
+    if recorded in FLAVOURS:
+        return str(recorded)
     twin_of = plan_path.name.replace(".dense.plan", ".plan")
     return "tensorrt-rtx" if twin_of.endswith(".rtx.plan") else "tensorrt"
 
@@ -517,7 +529,7 @@ class TensorRTPolicy:
         self._context = self._engine.create_execution_context()
         self.backend = self.flavour
         self.plan_path = plan_path
-        self.env_id: str | None = None
+        self.env_id: str | None = _report_field(plan_path, "env_id")
 
         from polygraphy import cuda
         from polygraphy.datatype import DataType
