@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -325,3 +329,23 @@ def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
     assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"
     Path(report.plan + ".json").unlink()
     assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"  # from the name when no report is left
+
+
+def _polygraphy() -> str | None:
+    beside_python = Path(sys.executable).parent / "polygraphy"
+    return shutil.which("polygraphy") or (str(beside_python) if beside_python.is_file() else None)
+
+
+@pytest.mark.skipif(_polygraphy() is None, reason="polygraphy not installed")
+@pytest.mark.parametrize("kind", ["2:4", "unstructured"])
+def test_two_of_four_reading_agrees_with_polygraphy(tmp_path, kind):
+    """nmrl's reading of the weights along K matches NVIDIA's own checker."""
+    onnx_path = export_actor(tmp_path / "actor.onnx", kind)
+    result = subprocess.run(
+        [_polygraphy(), "inspect", "sparsity", str(onnx_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = set(re.findall(r"Found sparse tensor: (\S+)", result.stdout + result.stderr))
+    ours = {gemm.weight for gemm in read_graph_info(onnx_path).gemms if gemm.fits_2of4}
+    assert found == ours
+    assert bool(ours) is (kind == "2:4")

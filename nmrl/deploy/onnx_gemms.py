@@ -28,6 +28,7 @@ class GemmWeight:
 
     node: str
     op: str
+    weight: str  # the initializer (or Constant output) holding it
     k: int
     n: int
     dtype: str
@@ -112,6 +113,7 @@ def read_graph_info(onnx_path: Path) -> OnnxGraphInfo:
             GemmWeight(
                 node=node.name,
                 op=node.op_type,
+                weight=node.input[1],
                 k=int(weight_kn.shape[0]),
                 n=int(weight_kn.shape[1]),
                 dtype=_dtype_name(tensor.data_type),
