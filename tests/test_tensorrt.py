@@ -349,3 +349,104 @@ def test_two_of_four_reading_agrees_with_polygraphy(tmp_path, kind):
     ours = {gemm.weight for gemm in read_graph_info(onnx_path).gemms if gemm.fits_2of4}
     assert found == ours
     assert bool(ours) is (kind == "2:4")
+
+
+class _FakeTensorRT10:
+    """Records what nmrl asks of a TensorRT 10 builder (no TensorRT 10 can run here): the API calls
+    of ``build_plan`` for a weakly typed network, which TensorRT-RTX cannot exercise."""
+
+    __version__ = "10.13.3.9"
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class BuilderFlag:
+        FP16, SPARSE_WEIGHTS = "FP16", "SPARSE_WEIGHTS"
+
+    class ProfilingVerbosity:
+        DETAILED = "DETAILED"
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    def __init__(self):
+        fake = self
+        self.calls: list[tuple] = []
+
+        class Config:
+            def __init__(self):
+                self.flags = set()
+
+            def set_flag(self, flag):
+                self.flags.add(flag)
+
+            def get_flag(self, flag):
+                return flag in self.flags
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("profile", profile.shapes))
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                self.shapes = (name, low, opt, high)
+
+        class Builder:
+            def __init__(self, logger):
+                logger.log("INFO", "(Sparsity) Layers eligible for sparse math: /net/net.2/Gemm")
+                logger.log("INFO", "(Sparsity) TRT inference plan picked sparse implementation for layers: ")
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                fake.config = Config()
+                return fake.config
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", sorted(config.flags)))
+                return b"plan-bytes"
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", path))
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_tensorrt10_builder_calls_for_an_fp32_graph(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp32")
+    info = read_graph_info(onnx_path)
+    fake = _FakeTensorRT10()
+    settings = trt_deploy.build_settings("tensorrt", fake.__version__, info.compute_dtype, sparse=True)
+    built = trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile(1, 64, 4096))
+    assert fake.calls == [
+        ("network", 0),  # weakly typed: TensorRT 10 picks fp16 kernels itself
+        ("parse", str(onnx_path)),
+        ("profile", ("obs", (1, OBS_DIM), (64, OBS_DIM), (4096, OBS_DIM))),
+        ("build", ["FP16", "SPARSE_WEIGHTS"]),
+    ]
+    assert built.plan == b"plan-bytes" and built.flags == {
+        "SPARSE_WEIGHTS": True,
+        "FP16": True,
+        "STRONGLY_TYPED": False,
+    }
+    assert trt_deploy.parse_sparsity_log(built.log) == (["/net/net.2/Gemm"], [])
+
+
+def test_tensorrt10_builder_calls_for_an_fp16_graph(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    info = read_graph_info(onnx_path)
+    fake = _FakeTensorRT10()
+    settings = trt_deploy.build_settings("tensorrt", fake.__version__, info.compute_dtype, sparse=True)
+    trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile())
+    assert ("network", 1 << 1) in fake.calls  # STRONGLY_TYPED, no precision flag
+    assert ("build", ["SPARSE_WEIGHTS"]) in fake.calls
