@@ -31,9 +31,22 @@ def _module_version(module_name: str) -> tuple[bool, str]:
     return True, str(getattr(module, "__version__", "unknown version"))
 
 
-def check_cuda() -> Check:
-    import torch
+def _torch():
+    """PyTorch, or None in a deploy-only install (the Jetson image has none)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
+
+def check_cuda() -> Check:
+    torch = _torch()
+    if torch is None:  # ask libcudart directly
+        from nmrl.deploy.tensorrt import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason()
+        return Check("CUDA", reason is None, reason or "a CUDA device is visible (PyTorch not installed)")
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
         return Check("CUDA", False, f"no CUDA device visible to PyTorch {torch.__version__} ({build})")
@@ -48,6 +61,8 @@ def check_cuda() -> Check:
 
 
 def check_semi_structured() -> Check:
+    if _torch() is None:
+        return Check("2:4 semi-structured (torch)", False, "PyTorch not installed")
     from nmrl.sparsity.semi_structured import probe_semi_structured
 
     support = probe_semi_structured()
@@ -91,9 +106,13 @@ def check_polygraphy() -> Check:
 
 def collect() -> list[Check]:
     """Every check, in the order the table shows them."""
-    import torch
-
-    python = Check("Python / PyTorch", True, f"Python {platform.python_version()}, torch {torch.__version__}")
+    torch = _torch()
+    python = Check(
+        "Python / PyTorch",
+        torch is not None,
+        f"Python {platform.python_version()}, "
+        + (f"torch {torch.__version__}" if torch else "PyTorch not installed (deploy-only install)"),
+    )
     return [
         python,
         check_cuda(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import torch
 
@@ -67,3 +68,13 @@ def test_cli_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {row["name"] for row in rows} >= {"CUDA", "TensorRT", "ONNX Runtime"}
     assert all(isinstance(row["ok"], bool) for row in rows)
+
+
+def test_deploy_only_install_without_pytorch(monkeypatch):
+    """The Jetson image has no PyTorch: every row must still be produced, none may raise."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    checks = {check.name: check for check in doctor.collect()}
+    assert not checks["Python / PyTorch"].ok and "PyTorch not installed" in checks["Python / PyTorch"].detail
+    assert checks["2:4 semi-structured (torch)"].detail == "PyTorch not installed"
+    cuda = checks["CUDA"]
+    assert cuda.ok or "CUDA" in cuda.detail
