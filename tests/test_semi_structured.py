@@ -344,3 +344,15 @@ def test_plain_linear_layers_are_judged_by_their_weights():
     assert (choices[1].pattern, choices[1].sparse) == ("dense", False)
     assert "not 2:4-compatible" in choices[1].reason
     assert [name for name, _ in ss.linear_layers(nn.Sequential(pruned, nn.ReLU(), full))] == ["0", "2"]
+
+
+def test_copies_drop_the_compressed_weight_cache(monkeypatch):
+    import copy
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense.clone())
+    layer = _layer(32, 32)
+    layer.__class__ = ss.SemiStructuredNMLinear
+    layer.packed_weight(torch.float16)
+    clone = copy.deepcopy(layer)
+    assert layer._packed_cache is not None and clone._packed_cache is None
+    torch.testing.assert_close(clone.packed_weight(torch.float16), layer.packed_weight(torch.float16))

@@ -282,6 +282,13 @@ class SemiStructuredNMLinear(NMLinear):
 
     _packed_cache: tuple[tuple, torch.Tensor] | None
 
+    def __getstate__(self) -> dict:
+        # The compressed weight is derived data tied to this tensor's storage: copies and pickles
+        # rebuild it on first use instead of carrying it along.
+        state = self.__dict__.copy()
+        state["_packed_cache"] = None
+        return state
+
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         if not x.is_cuda:
             return None
