@@ -48,6 +48,10 @@ class TrainConfig:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    semi_structured: bool = False
+    """Run 2:4-compatible layers on sparse tensor cores (CUDA, Ampere or newer) under autocast."""
+    semi_structured_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
     eval_every: int = 5_000
     eval_episodes: int = 10
     stop_at_return: float | None = None
@@ -88,8 +92,25 @@ class TrainConfig:
             )
         if not self.hidden or any(width < 1 for width in self.hidden):
             raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
+        if self.semi_structured:
+            self._validate_semi_structured()
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
+
+    def _validate_semi_structured(self) -> None:
+        """Fail before a run directory exists when the 2:4 fast path cannot run here."""
+        from nmrl.sparsity.pattern import fits_2of4
+        from nmrl.sparsity.semi_structured import probe_semi_structured
+
+        if self.pattern.is_dense or not fits_2of4(self.pattern):
+            raise NmrlError(
+                f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), not {self.sparsity!r}"
+            )
+        if self.device == "cpu":
+            raise NmrlError("--semi-structured needs --device cuda (or auto on a GPU machine)")
+        support = probe_semi_structured()
+        if not support.available:
+            raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
 
     @property
     def pattern(self) -> NMPattern:

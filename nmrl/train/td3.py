@@ -8,6 +8,7 @@ weights and then re-mask, so they are N:M after every update too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -76,6 +77,15 @@ class TD3(Algorithm):
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        self.precision = contextlib.nullcontext
+        if config.semi_structured:  # 2:4 layers on sparse tensor cores, updates under autocast
+            from nmrl.sparsity.semi_structured import SemiStructuredTraining
+
+            fast_path = SemiStructuredTraining(
+                self.modules, config.semi_structured_dtype, device, measure_batch=config.batch_size
+            )
+            print(f"2:4 semi-structured layers ({config.semi_structured_dtype}):\n{fast_path.report()}")
+            self.precision = fast_path.autocast
         self.action_scale = self.actor.action_scale
         # The N:M layers refreshed after each update, listed once (walking modules every step costs).
         self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
@@ -95,6 +105,10 @@ class TD3(Algorithm):
         return action
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self.precision():
+            return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
             # Target policy smoothing: clipped noise on the target action.
