@@ -2,8 +2,10 @@
 
 from nmrl.sparsity.layers import (
     LayerReport,
+    MaskedLinear,
     NMLinear,
     layer_report,
+    masked_layers,
     nm_layers,
     refresh_masks,
     sparsify,
@@ -14,12 +16,14 @@ from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
 __all__ = [
     "DENSE",
     "LayerReport",
+    "MaskedLinear",
     "NMLinear",
     "NMPattern",
     "check_nm",
     "finest_nm",
     "fits_2of4",
     "layer_report",
+    "masked_layers",
     "nm_layers",
     "nm_mask",
     "refresh_masks",
