@@ -16,6 +16,7 @@ from nmrl.errors import NmrlError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("nmrl.train.commands", "train", "train an agent (new run or --resume)"),
     "eval": ("nmrl.train.commands", "evaluate", "deterministic evaluation of a run's checkpoint"),
+    "compare": ("nmrl.train.compare", "compare", "train sparsity methods x seeds on one env; table and curves"),
 }
 
 

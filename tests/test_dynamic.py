@@ -153,10 +153,7 @@ def test_training_keeps_inactive_weights_zero_and_sparsity_exact(topology, maske
     assert len(layers) == 2 and isinstance(net[4], nn.Linear) and not isinstance(net[4], UnstructuredLinear)
     counts = [layer.active for layer in layers]
     first_masks = [layer.mask.clone() for layer in layers]
-    if masked:
-        optimizer = MaskedAdam(net.parameters(), layers, lr=1e-2)
-    else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    optimizer = MaskedAdam(net.parameters(), layers, lr=1e-2) if masked else torch.optim.Adam(net.parameters(), lr=1e-2)
     x, y = torch.randn(64, 6), torch.randn(64, 3)
     _train_steps(net, optimizer, 12, x, y)  # ends with a topology update (interval 4)
     # One more optimizer step: masked Adam must have cleared the moments of the weights that
