@@ -14,6 +14,7 @@ from nmrl.envs import env_dims, make_env
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMLinear, NMPattern, check_nm
 from nmrl.sparsity.dynamic import UnstructuredLinear, unstructured_layers
+from nmrl.sparsity.eligibility import two_four_eligibility
 from nmrl.train.algorithm import get_algorithm
 from nmrl.train.checkpoint import load_checkpoint
 from nmrl.train.config import TrainConfig
@@ -175,3 +176,25 @@ def test_resume_continues_the_topology_schedule(tmp_path):
 def test_bad_sparsity_settings_are_user_errors(tmp_path, settings, message):
     with pytest.raises(NmrlError, match=message):
         tiny_config(tmp_path, **settings).validate()
+
+
+def test_an_unstructured_actor_exports_and_is_reported_not_2of4_eligible(tmp_path):
+    config = tiny_config(tmp_path, sparsity="0.9", topology="set", hidden=(64, 64))
+    policy = build(config).policy().eval()
+    obs = torch.randn(1, 4)
+    path = tmp_path / "actor.onnx"
+    torch.onnx.export(policy, (obs,), str(path), input_names=["obs"], output_names=["action"], dynamo=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    [onnx_action] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"obs": obs.numpy()})
+    np.testing.assert_allclose(onnx_action, policy(obs).detach().numpy(), rtol=1e-5, atol=1e-6)
+    # The masked weight of the 64x64 hidden layer reaches the file as an initializer with its exact zeros.
+    hidden = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if tuple(t.dims) == (64, 64)]
+    assert len(hidden) == 1
+    report = two_four_eligibility(torch.from_numpy(hidden[0].copy()))
+    assert not report.eligible and report.sparsity > 0.8
+    assert "groups of 4 along K hold more than 2 nonzeros" in report.reason
+    # The same layer trained 2:4 is eligible; a K that is not a multiple of 4 never is.
+    nm = build(tiny_config(tmp_path, sparsity="2:4", hidden=(64, 64))).policy()
+    assert two_four_eligibility(nm.net[2].effective_weight()).eligible
+    assert "multiple of 4" in two_four_eligibility(torch.zeros(8, 11)).reason
