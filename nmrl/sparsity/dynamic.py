@@ -342,10 +342,10 @@ class MaskedAdam(torch.optim.Adam):
 
 
 def make_adam(
-    params, lr: float, layers: Iterable[UnstructuredLinear] = (), masked: bool = False
+    params, lr: float, layers: Iterable[UnstructuredLinear] = (), masked: bool = False, **adam_options
 ) -> torch.optim.Adam:
     """Adam over ``params``: :class:`MaskedAdam` over ``layers`` when ``masked``, else plain Adam."""
     params = list(params)
     if masked:
-        return MaskedAdam(params, layers, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
+        return MaskedAdam(params, layers, lr=lr, **adam_options)
+    return torch.optim.Adam(params, lr=lr, **adam_options)

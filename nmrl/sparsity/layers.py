@@ -10,6 +10,7 @@ calls :func:`refresh_masks` after each ``optimizer.step()``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ class _SparseRefinedSTE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
         weight, mask = ctx.saved_tensors
         grad_weight = grad_output
         if ctx.decay:
@@ -141,11 +144,14 @@ def masked_layers(module: nn.Module) -> list[tuple[str, MaskedLinear]]:
     return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, MaskedLinear)]
 
 
-def refresh_masks(module: nn.Module, now: bool = False) -> None:
-    """Call after each ``optimizer.step()``: counts the step in every sparse layer of ``module``,
-    recomputing masks that are due; ``now=True`` recomputes them all regardless (for target
-    networks right after a Polyak update). Works for N:M and unstructured layers alike."""
-    for _, layer in masked_layers(module):
+def refresh_masks(layers: nn.Module | Iterable[MaskedLinear], now: bool = False) -> None:
+    """Call after each ``optimizer.step()``: counts the step in every sparse layer (N:M or
+    unstructured) of ``layers`` (a module, or a list of layers kept by a caller that refreshes
+    often), recomputing masks that are due; ``now=True`` recomputes them all regardless (for
+    target networks after a Polyak update)."""
+    if isinstance(layers, nn.Module):
+        layers = [layer for _, layer in masked_layers(layers)]
+    for layer in layers:
         if now:
             layer.update_mask()
         else:

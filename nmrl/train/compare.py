@@ -99,8 +99,11 @@ def read_evals(run_dir: Path) -> list[dict[str, Any]]:
     return sorted((r for r in records if r.get("kind") == "eval"), key=lambda r: r["step"])
 
 
-def is_finished(run_dir: Path, total_steps: int) -> bool:
-    return any(record["step"] >= total_steps for record in read_evals(run_dir))
+def is_finished(run_dir: Path, config: TrainConfig) -> bool:
+    """The run evaluated at its last step, or stopped early at --stop-at-return."""
+    target = config.stop_at_return
+    return any(record["step"] >= config.total_steps or (target is not None and record["return_mean"] >= target)
+               for record in read_evals(run_dir))
 
 
 def run_cell(config_data: dict[str, Any], log_path: str) -> float:
@@ -149,7 +152,7 @@ def build_grid(base: TrainConfig, methods: Sequence[Method], seeds: int, out: Pa
 
 def run_grid(cells: Sequence[Cell], workers: int) -> None:
     """Train every unfinished cell, ``workers`` at a time, each in its own process."""
-    todo = [cell for cell in cells if not is_finished(cell.run_dir, cell.config.total_steps)]
+    todo = [cell for cell in cells if not is_finished(cell.run_dir, cell.config)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; training {len(todo)} "
           f"with {workers} worker process(es)", file=sys.stderr, flush=True)
     if not todo:
@@ -210,7 +213,7 @@ def collect(cells: Sequence[Cell], methods: Sequence[Method]) -> list[MethodResu
         for cell in (c for c in cells if c.method == method):
             evals = read_evals(cell.run_dir)
             curves[cell.seed] = [(r["step"], r["return_mean"]) for r in evals]
-            if evals and evals[-1]["step"] >= cell.config.total_steps:
+            if evals and is_finished(cell.run_dir, cell.config):
                 finals.append(float(evals[-1]["return_mean"]))
             if not costs and (cell.run_dir / COSTS_FILE).exists():
                 costs = json.loads((cell.run_dir / COSTS_FILE).read_text())["networks"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "rel
         raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     widths = [in_dim, *hidden]
-    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(widths):
         layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(widths[-1], out_dim))
     return nn.Sequential(*layers)

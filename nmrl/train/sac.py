@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nmrl.sparsity import refresh_masks
+from nmrl.sparsity import masked_layers, refresh_masks
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
@@ -129,8 +129,9 @@ class SAC(Algorithm):
         self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
         self.temperature = Temperature(config.alpha).to(device)
         self.target_entropy = -float(act_dim)
-        self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config)
-        self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config)
+        fused = device.type != "mps"
+        self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=fused)
+        self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config, fused=fused)
         self.modules = {
             "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
             "critic1_target": self.critic1_target, "critic2_target": self.critic2_target,
@@ -141,6 +142,11 @@ class SAC(Algorithm):
             self.alpha_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=config.critic_lr)
             self.optimizers["temperature"] = self.alpha_optimizer
         self._policy = DeterministicPolicy(self.actor)
+        # The sparse layers refreshed after each update, listed once (walking modules every step costs).
+        self.critic_sparse_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
+        self.actor_sparse_layers = [layer for _, layer in masked_layers(self.actor)]
+        self.target_sparse_layers = [layer for net in (self.critic1_target, self.critic2_target)
+                                     for _, layer in masked_layers(net)]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
@@ -166,8 +172,7 @@ class SAC(Algorithm):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        refresh_masks(self.critic1)
-        refresh_masks(self.critic2)
+        refresh_masks(self.critic_sparse_layers)
         self.updates += 1
 
         with frozen(self.critic1), frozen(self.critic2):
@@ -177,7 +182,7 @@ class SAC(Algorithm):
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
-        refresh_masks(self.actor)
+        refresh_masks(self.actor_sparse_layers)
 
         metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q1.detach().mean(),
                    "alpha": alpha, "entropy": -log_prob.detach().mean()}
@@ -190,7 +195,7 @@ class SAC(Algorithm):
 
         for target, online in ((self.critic1_target, self.critic1), (self.critic2_target, self.critic2)):
             polyak_update(target, online, cfg.tau)
-            refresh_masks(target, now=True)
+        refresh_masks(self.target_sparse_layers, now=True)
         return metrics
 
     def policy(self) -> nn.Module:

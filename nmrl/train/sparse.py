@@ -124,12 +124,15 @@ def sparsify_network(module: nn.Module, config: TrainConfig, update_every: int =
     )
 
 
-def make_optimizer(networks: nn.Module | Iterable[nn.Module], lr: float, config: TrainConfig) -> torch.optim.Adam:
-    """Adam over the parameters of ``networks``, masked (TowS) with ``--optimizer masked-adam``."""
+def make_optimizer(
+    networks: nn.Module | Iterable[nn.Module], lr: float, config: TrainConfig, **adam_options: Any
+) -> torch.optim.Adam:
+    """Adam over the parameters of ``networks``, masked (TowS) with ``--optimizer masked-adam``;
+    ``adam_options`` go to Adam (e.g. ``fused``)."""
     modules = [networks] if isinstance(networks, nn.Module) else list(networks)
     params = [p for module in modules for p in module.parameters()]
     layers = [layer for module in modules for _, layer in unstructured_layers(module)]
-    return make_adam(params, lr, layers, masked=config.optimizer == "masked-adam")
+    return make_adam(params, lr, layers, masked=config.optimizer == "masked-adam", **adam_options)
 
 
 def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:

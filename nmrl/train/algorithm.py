@@ -1,0 +1,91 @@
+"""The interface every training algorithm implements, and the registry the CLI picks from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmrl.train.buffer import Batch
+from nmrl.train.config import TrainConfig
+
+
+class Algorithm:
+    """An off-policy actor-critic learner.
+
+    Subclasses build their networks and optimizers in ``__init__`` and list them in
+    ``self.modules`` / ``self.optimizers`` (name -> object); checkpointing and sparsity logging
+    come from those two dicts.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.obs_dim, self.act_dim, self.config, self.device = obs_dim, act_dim, config, device
+        self.action_low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
+        self.action_high = torch.as_tensor(action_high, dtype=torch.float32, device=device)
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.updates = 0  # gradient updates so far (critic steps)
+
+    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        """Actions for a batch of observations, in env units; ``explore`` adds exploration."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient update; returns losses as 0-d tensors (read them only when logging)."""
+        raise NotImplementedError
+
+    def policy(self) -> nn.Module:
+        """The deterministic policy (obs -> action in env units) that is evaluated and exported."""
+        raise NotImplementedError
+
+    def networks(self) -> dict[str, nn.Module]:
+        return dict(self.modules)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {name: module.state_dict() for name, module in self.modules.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], modules_only: bool = False) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        if not modules_only:
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            self.updates = int(state["updates"])
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an Algorithm available as ``--algo name``."""
+
+    def decorate(cls: type[Algorithm]) -> type[Algorithm]:
+        ALGORITHMS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    # Importing the modules registers their algorithms.
+    import nmrl.train.sac
+    import nmrl.train.td3  # noqa: F401
+    from nmrl.errors import NmrlError
+
+    if name not in ALGORITHMS:
+        raise NmrlError(f"unknown --algo {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]

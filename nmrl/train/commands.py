@@ -1,0 +1,55 @@
+"""The ``nmrl train`` and ``nmrl eval`` verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import tyro
+
+from nmrl.train.config import TrainConfig
+
+
+def train(
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")],
+    resume: Path | None = None,
+) -> None:
+    """Train an agent. Every network is N:M sparse (--sparsity 2:4, the default) or dense.
+
+    With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
+    (only --total-steps may be given again, to extend it); other options are then ignored.
+    """
+    from nmrl.train.loop import resume as resume_run
+    from nmrl.train.loop import train as train_run
+
+    if resume is not None:
+        extend = config.total_steps if config.total_steps != TrainConfig().total_steps else None
+        run_dir = resume_run(resume, total_steps=extend)
+    else:
+        run_dir = train_run(config)
+    print(f"run directory: {run_dir}")
+
+
+def evaluate(
+    run_dir: Annotated[Path, tyro.conf.Positional],
+    episodes: int = 10,
+    checkpoint: Literal["last", "best"] = "last",
+    seed: int = 0,
+) -> None:
+    """Deterministic evaluation (no exploration noise) of a run's checkpoint."""
+    from nmrl.train.evaluate import evaluate as run_episodes
+    from nmrl.train.run import load_policy
+
+    loaded = load_policy(run_dir, checkpoint)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return loaded.policy(torch.as_tensor(obs).unsqueeze(0))[0].numpy()
+
+    result = run_episodes(act, loaded.env_id, episodes, seed)
+    print(f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
+          f"(step {loaded.step:,})")
+    print(f"return {result}")
+    print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))

@@ -1,0 +1,154 @@
+"""Training configuration: one dataclass, the CLI is generated from it (tyro)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nmrl.errors import NmrlError
+from nmrl.sparsity.pattern import NMPattern
+
+
+@dataclass
+class TrainConfig:
+    """Defaults reproduce the published TD3 setup (Fujimoto et al. 2018, as in CleanRL/SB3), with
+    RNM-TD3's 2:4 sparsity in all six networks."""
+
+    env: str = "Hopper-v5"
+    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
+    algo: str = "td3"
+    """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
+    sparsity: str = "2:4"
+    """N:M pattern for every Linear of every network ('2:4', '1:4', '1:8', ...), 'dense', or a
+    fraction of weights to prune without structure ('0.9'; see --topology)."""
+    seed: int = 1
+    total_steps: int = 1_000_000
+    """Environment steps in all."""
+    learning_starts: int = 25_000
+    """Uniform-random warm-up steps before the first update."""
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of actor and critics."""
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    """Polyak factor of the target networks."""
+    policy_noise: float = 0.2
+    """Target policy smoothing noise (fraction of the action range's half-width)."""
+    noise_clip: float = 0.5
+    policy_delay: int = 2
+    """Critic updates per actor (and target) update."""
+    exploration_noise: float = 0.1
+    mask_interval: int = 1
+    """Recompute N:M masks every this many optimizer steps."""
+    srste_decay: float = 2e-4
+    """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    # -- unstructured sparse baselines (nmrl.train.sparse); ignored by N:M and dense runs --
+    topology: Literal["auto", "static", "set", "rigl"] = "auto"
+    """Unstructured mask over training: static (SS), set (DS-TD3/DS-SAC random regrowth), rigl
+    (gradient regrowth); auto = N:M masks for an N:M --sparsity, static for a fraction."""
+    topology_interval: int = 1000
+    """Gradient updates between topology updates (set, rigl)."""
+    drop_fraction: float = 0.05
+    """Fraction of each sparse layer's active weights dropped and regrown per topology update."""
+    topology_end_step: int = 0
+    """Gradient update after which the topology is frozen (0 = never for set, 75% of training for rigl)."""
+    density_allocation: Literal["erdos_renyi", "uniform"] = "erdos_renyi"
+    """How a global unstructured sparsity is split over the layers."""
+    sparse_layers: Literal["hidden", "all"] = "hidden"
+    """Unstructured layers: every Linear but each network's output layer (hidden, as DS-TD3), or all."""
+    optimizer: Literal["adam", "masked-adam"] = "adam"
+    """masked-adam (TowS) keeps gradient and Adam moments at zero where weights are inactive."""
+    activation_slope: float = 0.01
+    """Negative slope of --activation leaky_relu."""
+    # -- SAC --
+    alpha: float = 1.0
+    """SAC: initial entropy temperature (kept fixed with --no-autotune-alpha)."""
+    autotune_alpha: bool = True
+    """SAC: learn the temperature towards the target entropy -act_dim."""
+    eval_every: int = 5_000
+    eval_episodes: int = 10
+    stop_at_return: float | None = None
+    """Stop early once an evaluation's mean return reaches this (None = run all steps)."""
+    checkpoint_every: int = 50_000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+    """torch CPU threads (0 = leave torch's default)."""
+    runs_dir: Path = Path("runs")
+    """Parent folder of new run directories."""
+    run_name: str = ""
+    """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
+    progress: bool = True
+    """Show a progress bar (on a terminal)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Reserved for algorithm-specific settings stored with the run."""
+
+    def validate(self) -> None:
+        """Raise :class:`NmrlError` for settings that cannot work."""
+        from nmrl.train.sparse import validate_sparsity
+
+        validate_sparsity(self)
+        positive = ("total_steps", "batch_size", "buffer_size", "policy_delay", "mask_interval",
+                    "eval_every", "eval_episodes", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.learning_starts < self.batch_size:
+            raise NmrlError(
+                f"--learning-starts ({self.learning_starts}) must be at least --batch-size ({self.batch_size})"
+            )
+        if not self.hidden or any(width < 1 for width in self.hidden):
+            raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
+        if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
+            raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
+
+    @property
+    def pattern(self) -> NMPattern:
+        return NMPattern.parse(self.sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["runs_dir"] = str(self.runs_dir)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NmrlError(f"config has settings this nmrl does not know: {', '.join(unknown)}")
+        values = dict(data)
+        if "runs_dir" in values:
+            values["runs_dir"] = Path(values["runs_dir"])
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        from nmrl.train.checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise NmrlError(f"{path}: no such file (is this an nmrl run directory?)") from None
+        except json.JSONDecodeError as error:
+            raise NmrlError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise NmrlError(f"{path}: not an nmrl config")
+        return cls.from_dict(data)
+
+
+# Settings that fix the shapes and meaning of the saved networks: a checkpoint only loads into a
+# run whose config agrees on all of them.
+ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation", "sparse_layers")

@@ -1,0 +1,58 @@
+"""Closed-loop evaluation of any policy function: the one evaluation loop of nmrl."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from nmrl.envs import make_env
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Undiscounted episode returns and lengths of a deterministic evaluation."""
+
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
+
+
+def evaluate(
+    act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0
+) -> EvalResult:
+    """Run ``episodes`` episodes of ``env_id`` with ``act_fn`` (one obs -> one action).
+
+    Episode ``i`` resets with seed ``seed + i``, so two policies evaluated with the same seed see
+    the same initial states.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env = make_env(env_id)
+    returns, lengths = [], []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            episode_return, length, done = 0.0, 0, False
+            while not done:
+                action = np.asarray(act_fn(np.asarray(obs, dtype=np.float32)), dtype=np.float32)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                episode_return += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(episode_return)
+            lengths.append(length)
+    finally:
+        env.close()
+    return EvalResult(returns, lengths)

@@ -1,0 +1,337 @@
+"""The training loop shared by every algorithm: collect, update, evaluate, log, checkpoint.
+
+A run directory holds ``config.json``, ``checkpoints/last.pt`` (everything needed to resume:
+networks with shadow weights and masks, optimizers, replay buffer, RNG states, counters),
+``checkpoints/best.pt`` (the networks at the best evaluation), ``metrics.jsonl`` and TensorBoard
+``events.*`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmrl.envs import env_dims, make_env
+from nmrl.errors import NmrlError
+from nmrl.sparsity import layer_report
+from nmrl.train.algorithm import Algorithm, get_algorithm
+from nmrl.train.buffer import ReplayBuffer
+from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
+from nmrl.train.config import ARCHITECTURE_FIELDS, TrainConfig
+from nmrl.train.evaluate import EvalResult, evaluate
+from nmrl.train.sparse import log_costs
+
+LAST_CHECKPOINT = "checkpoints/last.pt"
+BEST_CHECKPOINT = "checkpoints/best.pt"
+# Evaluation episodes use seeds far from the training env's, so they are never training starts.
+EVAL_SEED_OFFSET = 10_000
+
+
+class TrainingDiverged(NmrlError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NmrlError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    return torch.device(name)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    sparsity = config.sparsity.replace(":", "of")
+    return f"{config.env}__{config.algo}__{sparsity}__s{config.seed}__{stamp}"
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+    requested = {"signal": None}
+
+    def handler(signum, _frame):
+        if requested["signal"] is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        requested["signal"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the RNG states, say where a run is."""
+
+    step: int = 0  # env steps taken
+    episodes: int = 0
+    best_eval: float = -math.inf
+    last_eval: float = float("nan")
+
+
+class Trainer:
+    """Owns one run: its env, algorithm, buffer, loggers and run directory."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool) -> None:
+        config.validate()
+        self.config, self.run_dir = config, run_dir
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.env = make_env(config.env, seed=config.seed)
+        obs_dim, act_dim, low, high = env_dims(self.env)
+        self.action_low, self.action_high = np.array(low, np.float32), np.array(high, np.float32)
+        self.algo: Algorithm = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, self.device)
+        self.buffer = ReplayBuffer(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
+        self.rng = np.random.default_rng(config.seed)  # warm-up actions
+        self.state = TrainState()
+        if resume:
+            self._restore(load_checkpoint(run_dir / LAST_CHECKPOINT))
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run logged after its last checkpoint.
+        self.writer = SummaryWriter(str(run_dir), purge_step=self.state.step if resume else None)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        if resume:
+            self._truncate_metrics(self.state.step)
+        else:
+            log_costs(run_dir, self.algo.networks(), self.log)  # params and FLOPs vs dense
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "algorithm": self.algo.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "train_state": vars(self.state).copy(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy_loop": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "env": self.env.unwrapped.np_random.bit_generator.state,
+            },
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.checkpoint_state())
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        check_compatible(state, self.config, self.run_dir / LAST_CHECKPOINT)
+        try:
+            self.algo.load_state_dict(state["algorithm"])
+            self.buffer.load_state_dict(state["buffer"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise NmrlError(f"{self.run_dir / LAST_CHECKPOINT}: does not fit this run ({error})") from None
+        self.state = TrainState(**state["train_state"])
+        rng = state["rng"]
+        random.setstate(_as_python_random_state(rng["python"]))
+        self.rng.bit_generator.state = rng["numpy_loop"]
+        torch.set_rng_state(rng["torch"])
+        if rng["torch_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["torch_cuda"])
+        self.env.unwrapped.np_random.bit_generator.state = rng["env"]
+
+    def _truncate_metrics(self, step: int) -> None:
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # ---- logging -----------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("step", "kind") and isinstance(value, int | float):
+                self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def log_sparsity(self) -> None:
+        for net_name, module in self.algo.networks().items():
+            for report in layer_report(module):
+                self.writer.add_scalar(f"sparsity/{net_name}/{report.name}", 1 - report.density, self.state.step)
+
+    def evaluate(self) -> EvalResult:
+        policy = self.algo.policy()
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return policy(torch.as_tensor(obs, device=self.device).unsqueeze(0))[0].cpu().numpy()
+
+        return evaluate(act, self.config.env, self.config.eval_episodes,
+                        seed=self.config.seed + EVAL_SEED_OFFSET)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        cfg, state = self.config, self.state
+        obs, _ = self.env.reset()
+        episode_return, episode_length = 0.0, 0
+        losses: dict[str, torch.Tensor] = {}
+        window_start, window_step = time.perf_counter(), state.step
+        steps_per_second = 0.0
+        with stop_on_signals() as stop, _progress(cfg, state.step) as progress:
+            while state.step < cfg.total_steps:
+                if state.step < cfg.learning_starts:
+                    action = self.rng.uniform(self.action_low, self.action_high).astype(np.float32)
+                else:
+                    obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+                    action = self.algo.act(obs_tensor, explore=True)[0].cpu().numpy()
+                next_obs, reward, terminated, truncated, _ = self.env.step(action)
+                self.buffer.add(obs, action, float(reward), next_obs, terminated)
+                obs = next_obs
+                episode_return += float(reward)
+                episode_length += 1
+                state.step += 1
+                if terminated or truncated:
+                    state.episodes += 1
+                    self.writer.add_scalar("train/episode_return", episode_return, state.step)
+                    self.writer.add_scalar("train/episode_length", episode_length, state.step)
+                    obs, _ = self.env.reset()
+                    episode_return, episode_length = 0.0, 0
+
+                if state.step > cfg.learning_starts:
+                    losses = self.algo.update(self.buffer.sample(cfg.batch_size))
+                    if not all(torch.isfinite(v) for v in losses.values()):
+                        raise TrainingDiverged(
+                            f"a loss became NaN/inf at step {state.step}; stopped, the last good checkpoint "
+                            f"({self.run_dir / LAST_CHECKPOINT}) is kept"
+                        )
+
+                if state.step % 1000 == 0:
+                    now = time.perf_counter()
+                    steps_per_second = (state.step - window_step) / (now - window_start)
+                    window_start, window_step = now, state.step
+                    record = {"kind": "train", "step": state.step, "steps_per_second": steps_per_second,
+                              "episodes": state.episodes, **{k: float(v) for k, v in losses.items()}}
+                    self.log(record)
+                solved = False
+                if state.step % cfg.eval_every == 0 or state.step == cfg.total_steps:
+                    self._evaluate_and_log(progress)
+                    solved = cfg.stop_at_return is not None and state.last_eval >= cfg.stop_at_return
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.total_steps or solved:
+                    self.save()
+                if solved:
+                    progress.message(f"eval return {state.last_eval:.1f} reached --stop-at-return "
+                                     f"{cfg.stop_at_return}: stopping at step {state.step}")
+                    break
+                progress.update(state.step, steps_per_second, state.last_eval)
+                if stop["signal"] is not None:
+                    self.save()
+                    progress.message(f"{stop['signal']}: checkpoint saved at step {state.step}; "
+                                     f"resume with: nmrl train --resume {self.run_dir}")
+                    break
+        self.writer.close()
+        self.env.close()
+
+    def _evaluate_and_log(self, progress: _Progress) -> None:
+        result = self.evaluate()
+        self.state.last_eval = result.mean
+        self.log({"kind": "eval", "step": self.state.step, "return_mean": result.mean,
+                  "return_std": result.std, "episode_length_mean": float(np.mean(result.lengths))})
+        self.log_sparsity()
+        progress.message(f"step {self.state.step:>9,}  eval return {result}")
+        if result.mean > self.state.best_eval:
+            self.state.best_eval = result.mean
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {
+                "config": self.config.to_dict(), "algorithm": self.algo.state_dict(),
+                "train_state": vars(self.state).copy(),
+            })
+
+
+def _as_python_random_state(saved: Any) -> tuple:
+    # weights_only loading turns the nested tuples of random.getstate() into lists.
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
+
+
+def check_compatible(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose networks were built from a different architecture."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise NmrlError(f"{path}: checkpoint has no config")
+    current = config.to_dict()
+    for name in ARCHITECTURE_FIELDS:
+        if saved.get(name) != current.get(name):
+            raise NmrlError(
+                f"{path}: checkpoint was trained with {name}={saved.get(name)!r}, this run has {current.get(name)!r}"
+            )
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain lines elsewhere (CI logs, pipes)."""
+
+    def __init__(self, config: TrainConfig, start: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.live = config.progress and self.console.is_terminal
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>6.0f} steps/s"), TextColumn("eval {task.fields[eval]}"),
+            TimeRemainingColumn(), console=self.console, disable=not self.live,
+        )
+        self.task = self.bar.add_task(f"{config.algo} {config.sparsity} {config.env}", total=config.total_steps,
+                                      completed=start, rate=0.0, eval="-")
+
+    def update(self, step: int, rate: float, last_eval: float) -> None:
+        if self.live and step % 100 == 0:
+            self.bar.update(self.task, completed=step, rate=rate,
+                            eval="-" if math.isnan(last_eval) else f"{last_eval:.1f}")
+
+    def message(self, text: str) -> None:
+        if self.live:
+            self.bar.console.log(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _progress(config: TrainConfig, start: int):
+    progress = _Progress(config, start)
+    with progress.bar:
+        yield progress
+
+
+def train(config: TrainConfig) -> Path:
+    """Start a new run; returns its directory."""
+    config.validate()
+    run_dir = Path(config.runs_dir) / (config.run_name or default_run_name(config))
+    if (run_dir / LAST_CHECKPOINT).exists():
+        raise NmrlError(f"{run_dir} already holds a run; resume it with: nmrl train --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    Trainer(config, run_dir, resume=False).run()
+    return run_dir
+
+
+def resume(run_dir: Path, total_steps: int | None = None) -> Path:
+    """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it)."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / "config.json")
+    if not (run_dir / LAST_CHECKPOINT).exists():
+        raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
+    if total_steps is not None and total_steps != config.total_steps:
+        config.total_steps = total_steps
+        config.save(run_dir / "config.json")
+    Trainer(config, run_dir, resume=True).run()
+    return run_dir

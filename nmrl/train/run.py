@@ -1,0 +1,65 @@
+"""Reading a run directory back: its config and the policy of one of its checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nmrl.envs import env_dims, make_env
+from nmrl.errors import NmrlError
+from nmrl.train.algorithm import get_algorithm
+from nmrl.train.checkpoint import load_checkpoint
+from nmrl.train.config import TrainConfig
+
+CHECKPOINTS = {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"}
+
+
+@dataclass
+class LoadedPolicy:
+    """A run's deterministic policy (CPU, eval mode) and what it was trained on."""
+
+    policy: nn.Module
+    config: TrainConfig
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: list[float]
+    action_high: list[float]
+    step: int
+    checkpoint: Path
+
+
+def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
+    run_dir = Path(run_dir)
+    if which not in CHECKPOINTS:
+        raise NmrlError(f"unknown checkpoint {which!r}: choose 'last' or 'best'")
+    if not (run_dir / "config.json").is_file():
+        raise NmrlError(f"{run_dir}: not an nmrl run directory (no config.json)")
+    path = run_dir / CHECKPOINTS[which]
+    if not path.is_file():
+        raise NmrlError(f"{run_dir}: has no {which} checkpoint yet ({CHECKPOINTS[which]})")
+    return path
+
+
+def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
+    """Load the policy of a run's ``last`` or ``best`` checkpoint."""
+    from nmrl.train.loop import check_compatible
+
+    path = checkpoint_path(run_dir, which)
+    config = TrainConfig.load(Path(run_dir) / "config.json")
+    state = load_checkpoint(path)
+    check_compatible(state, config, path)
+    env = make_env(config.env)
+    obs_dim, act_dim, low, high = env_dims(env)
+    env.close()
+    algo = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, torch.device("cpu"))
+    try:
+        algo.load_state_dict(state["algorithm"], modules_only=True)
+    except (KeyError, RuntimeError) as error:
+        raise NmrlError(f"{path}: does not fit its run's config ({str(error).splitlines()[0]})") from None
+    policy = algo.policy().eval()
+    return LoadedPolicy(policy, config, config.env, obs_dim, act_dim, low, high,
+                        int(state["train_state"]["step"]), path)
