@@ -45,7 +45,7 @@ def two_four_eligibility(weight: torch.Tensor) -> Eligibility:
             False,
             f"{len(violations)} of {groups} groups of 4 along K hold more than 2 nonzeros (e.g. row {worst.row}, "
             f"columns {4 * worst.group}-{4 * worst.group + 3}: {worst.nonzeros}); "
-            f"{sparsity:.1%} zeros without 2:4 structure",
+            f"{sparsity:.1%} zeros without 2:4 structure" if sparsity > 0 else "dense: no zeros",
             sparsity, len(violations), groups,
         )
     return Eligibility(True, "every group of 4 along K holds at most 2 nonzeros", sparsity, 0, groups)
