@@ -62,6 +62,9 @@ def test_a_tiny_grid_runs_in_workers_writes_table_and_plot_and_resumes(tmp_path,
     assert main(args) == 0
     assert "3 of 4 cells already finished; training 1" in capsys.readouterr().err
     assert finished.stat().st_mtime_ns == stamp
+    # The same folder with other settings is refused, not mixed in.
+    assert main([*args, "--batch-size", "16"]) == 1
+    assert "other settings (batch_size)" in capsys.readouterr().err
 
 
 def test_compare_refuses_a_bad_method_before_training(tmp_path, capsys):

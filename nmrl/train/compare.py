@@ -150,8 +150,29 @@ def build_grid(base: TrainConfig, methods: Sequence[Method], seeds: int, out: Pa
     return cells
 
 
+# Settings a finished or interrupted cell may differ in from a new invocation of the same grid.
+MAY_CHANGE = frozenset({"total_steps", "threads", "progress", "runs_dir", "device"})
+
+
+def check_same_settings(cell: Cell) -> None:
+    """Refuse to mix a grid's existing runs with different settings (their results would not be
+    comparable, and a resume keeps the saved settings)."""
+    saved_path = cell.run_dir / "config.json"
+    if not saved_path.exists():
+        return
+    saved, wanted = TrainConfig.load(saved_path).to_dict(), cell.config.to_dict()
+    changed = sorted(key for key in wanted if key not in MAY_CHANGE and saved.get(key) != wanted[key])
+    if changed:
+        raise NmrlError(
+            f"{cell.run_dir} was trained with other settings ({', '.join(changed)}); "
+            "use another --out for a different grid"
+        )
+
+
 def run_grid(cells: Sequence[Cell], workers: int) -> None:
     """Train every unfinished cell, ``workers`` at a time, each in its own process."""
+    for cell in cells:
+        check_same_settings(cell)
     todo = [cell for cell in cells if not is_finished(cell.run_dir, cell.config)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; training {len(todo)} "
           f"with {workers} worker process(es)", file=sys.stderr, flush=True)
