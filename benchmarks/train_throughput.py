@@ -31,10 +31,20 @@ def nmrl_steps_per_second(env_id: str, sparsity: str, steps: int, seed: int) -> 
     from nmrl.train.loop import train
 
     with tempfile.TemporaryDirectory() as runs:
-        config = TrainConfig(env=env_id, sparsity=sparsity, seed=seed, total_steps=WARMUP + steps,
-                             learning_starts=WARMUP, buffer_size=WARMUP + steps, eval_every=10**9,
-                             eval_episodes=1, checkpoint_every=10**9, runs_dir=Path(runs), run_name="bench",
-                             progress=False)
+        config = TrainConfig(
+            env=env_id,
+            sparsity=sparsity,
+            seed=seed,
+            total_steps=WARMUP + steps,
+            learning_starts=WARMUP,
+            buffer_size=WARMUP + steps,
+            eval_every=10**9,
+            eval_episodes=1,
+            checkpoint_every=10**9,
+            runs_dir=Path(runs),
+            run_name="bench",
+            progress=False,
+        )
         run_dir = train(config)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # windows that lie wholly after the warm-up (the last one is logged before the final eval)
@@ -58,15 +68,28 @@ def sb3_steps_per_second(env_id: str, steps: int, seed: int) -> float:
             return True
 
     env = gym.make(env_id)
-    model = TD3("MlpPolicy", env, learning_starts=WARMUP, batch_size=256, buffer_size=WARMUP + steps,
-                train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu",
-                verbose=0)
+    model = TD3(
+        "MlpPolicy",
+        env,
+        learning_starts=WARMUP,
+        batch_size=256,
+        buffer_size=WARMUP + steps,
+        train_freq=1,
+        gradient_steps=1,
+        policy_kwargs={"net_arch": [256, 256]},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
     clock = StepClock()
     model.learn(total_timesteps=WARMUP + steps, callback=clock)
     env.close()
     marks = sorted(clock.marks.items())
-    rates = [(b_step - a_step) / (b_time - a_time)
-             for (a_step, a_time), (b_step, b_time) in itertools.pairwise(marks) if a_step >= WARMUP]
+    rates = [
+        (b_step - a_step) / (b_time - a_time)
+        for (a_step, a_time), (b_step, b_time) in itertools.pairwise(marks)
+        if a_step >= WARMUP
+    ]
     return statistics.median(rates)
 
 
@@ -93,14 +116,19 @@ def main() -> None:
                 samples[name].append(measure(env_id, repeat))
                 print(f"{env_id:<16} {name:<18} repeat {repeat}: {samples[name][-1]:7.1f} steps/s", flush=True)
         median = {name: statistics.median(values) for name, values in samples.items()}
-        rows.append({
-            "env": env_id, **{f"{name} steps/s": round(value, 1) for name, value in median.items()},
-            "dense / sb3": round(median["nmrl td3 dense"] / median["sb3 td3"], 2),
-            "2:4 / dense": round(median["nmrl rnm-td3 2:4"] / median["nmrl td3 dense"], 2),
-        })
+        rows.append(
+            {
+                "env": env_id,
+                **{f"{name} steps/s": round(value, 1) for name, value in median.items()},
+                "dense / sb3": round(median["nmrl td3 dense"] / median["sb3 td3"], 2),
+                "2:4 / dense": round(median["nmrl rnm-td3 2:4"] / median["nmrl td3 dense"], 2),
+            }
+        )
 
-    print(f"\nTD3 training throughput, env steps/s (median of {args.repeats}, {args.steps} timed steps after "
-          f"{WARMUP} warm-up, 256-256, batch 256, {args.threads} threads)")
+    print(
+        f"\nTD3 training throughput, env steps/s (median of {args.repeats}, {args.steps} timed steps after "
+        f"{WARMUP} warm-up, 256-256, batch 256, {args.threads} threads)"
+    )
     header = list(rows[0])
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))

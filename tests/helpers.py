@@ -14,9 +14,20 @@ from nmrl.train.config import TrainConfig
 def tiny_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
     """A seconds-long run on a real MuJoCo task (small networks, short warm-up)."""
     settings: dict[str, Any] = dict(
-        env="InvertedPendulum-v5", sparsity="2:4", total_steps=400, learning_starts=200, batch_size=32,
-        buffer_size=2_000, hidden=(16, 16), eval_every=200, eval_episodes=2, checkpoint_every=200,
-        runs_dir=tmp_path / "runs", run_name="tiny", progress=False, threads=1,
+        env="InvertedPendulum-v5",
+        sparsity="2:4",
+        total_steps=400,
+        learning_starts=200,
+        batch_size=32,
+        buffer_size=2_000,
+        hidden=(16, 16),
+        eval_every=200,
+        eval_episodes=2,
+        checkpoint_every=200,
+        runs_dir=tmp_path / "runs",
+        run_name="tiny",
+        progress=False,
+        threads=1,
     )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _nmrl(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "nmrl", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmrl", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_resume_restores_everything_and_continues(tmp_path):
@@ -110,9 +116,31 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, how):
     runs = tmp_path / "runs"
-    process = _nmrl("train", "--env", "InvertedPendulum-v5", "--total-steps", "100000", "--learning-starts", "100",
-                    "--batch-size", "32", "--hidden", "16", "16", "--eval-every", "100000", "--checkpoint-every",
-                    "150", "--runs-dir", str(runs), "--run-name", "victim", "--no-progress", "--threads", "1")
+    process = _nmrl(
+        "train",
+        "--env",
+        "InvertedPendulum-v5",
+        "--total-steps",
+        "100000",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "16",
+        "16",
+        "--eval-every",
+        "100000",
+        "--checkpoint-every",
+        "150",
+        "--runs-dir",
+        str(runs),
+        "--run-name",
+        "victim",
+        "--no-progress",
+        "--threads",
+        "1",
+    )
     last = runs / "victim" / LAST_CHECKPOINT
     _wait_for(last, process)
     time.sleep(1.0)

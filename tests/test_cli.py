@@ -10,14 +10,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def nmrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "nmrl", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nmrl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_train_then_eval_through_the_cli(tmp_path):
-    train = nmrl("train", "--env", "Hopper-v5", "--sparsity", "1:4", "--total-steps", "300", "--learning-starts",
-                 "150", "--batch-size", "32", "--hidden", "32", "32", "--eval-every", "150", "--eval-episodes", "2",
-                 "--run-name", "cli", "--no-progress", "--seed", "3", cwd=tmp_path)
+    train = nmrl(
+        "train",
+        "--env",
+        "Hopper-v5",
+        "--sparsity",
+        "1:4",
+        "--total-steps",
+        "300",
+        "--learning-starts",
+        "150",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "32",
+        "32",
+        "--eval-every",
+        "150",
+        "--eval-episodes",
+        "2",
+        "--run-name",
+        "cli",
+        "--no-progress",
+        "--seed",
+        "3",
+        cwd=tmp_path,
+    )
     assert train.returncode == 0, train.stderr
     run_dir = tmp_path / "runs" / "cli"
     assert "run directory: runs/cli" in train.stdout

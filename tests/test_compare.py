@@ -21,8 +21,12 @@ def test_methods_map_to_the_papers_baselines():
     assert parse_method("ss-0.9").settings == {"sparsity": "0.9", "topology": "static"}
     assert parse_method("ds-0.5").settings == {"sparsity": "0.5", "topology": "set"}
     assert parse_method("rigl-0.8").settings["topology"] == "rigl"
-    assert parse_method("tows-0.9").settings == {"sparsity": "0.9", "topology": "set", "optimizer": "masked-adam",
-                                                 "activation": "leaky_relu"}
+    assert parse_method("tows-0.9").settings == {
+        "sparsity": "0.9",
+        "topology": "set",
+        "optimizer": "masked-adam",
+        "activation": "leaky_relu",
+    }
     for bad in ("ds", "ds-2:4", "foo-0.5", "ds-1.5", "3:2"):
         with pytest.raises(NmrlError):
             parse_method(bad)
@@ -32,10 +36,34 @@ def test_methods_map_to_the_papers_baselines():
 
 def test_a_tiny_grid_runs_in_workers_writes_table_and_plot_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--env", "InvertedPendulum-v5", "--methods", "dense,ds-0.5", "--seeds", "2",
-            "--workers", "2", "--total-steps", "300", "--learning-starts", "150", "--batch-size", "32",
-            "--hidden", "16", "16", "--eval-every", "150", "--eval-episodes", "1", "--topology-interval", "50",
-            "--out", str(out)]
+    args = [
+        "compare",
+        "--env",
+        "InvertedPendulum-v5",
+        "--methods",
+        "dense,ds-0.5",
+        "--seeds",
+        "2",
+        "--workers",
+        "2",
+        "--total-steps",
+        "300",
+        "--learning-starts",
+        "150",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "16",
+        "16",
+        "--eval-every",
+        "150",
+        "--eval-episodes",
+        "1",
+        "--topology-interval",
+        "50",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     first = capsys.readouterr()
     assert "0 of 4 cells already finished" in first.err

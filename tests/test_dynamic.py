@@ -30,8 +30,7 @@ shapes_strategy = st.lists(st.tuples(st.integers(1, 64), st.integers(1, 64)), mi
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=shapes_strategy, sparsity=st.floats(0.0, 0.95),
-       method=st.sampled_from(["erdos_renyi", "uniform"]))
+@given(shapes=shapes_strategy, sparsity=st.floats(0.0, 0.95), method=st.sampled_from(["erdos_renyi", "uniform"]))
 def test_allocation_keeps_the_global_budget(shapes, sparsity, method):
     densities = allocate_densities(shapes, sparsity, method)
     sizes = [o * i for o, i in shapes]
@@ -57,8 +56,15 @@ def test_allocation_refuses_impossible_sparsity(bad):
 
 
 def _layer(topology="set", density=0.3, interval=1, drop_fraction=0.2, end_step=0, shape=(24, 40)):
-    layer = UnstructuredLinear(shape[1], shape[0], density, topology=topology, interval=interval,
-                               drop_fraction=drop_fraction, end_step=end_step)
+    layer = UnstructuredLinear(
+        shape[1],
+        shape[0],
+        density,
+        topology=topology,
+        interval=interval,
+        drop_fraction=drop_fraction,
+        end_step=end_step,
+    )
     return layer
 
 
@@ -147,8 +153,9 @@ def _train_steps(net, optimizer, steps, x, y):
 def test_training_keeps_inactive_weights_zero_and_sparsity_exact(topology, masked):
     torch.manual_seed(0)
     net = mlp(6, 3, (32, 32))
-    sparsify_unstructured(net, 0.8, "erdos_renyi", skip=("4",), topology=topology, interval=4,
-                          drop_fraction=0.2, end_step=40)
+    sparsify_unstructured(
+        net, 0.8, "erdos_renyi", skip=("4",), topology=topology, interval=4, drop_fraction=0.2, end_step=40
+    )
     layers = [layer for _, layer in unstructured_layers(net)]
     assert len(layers) == 2 and isinstance(net[4], nn.Linear) and not isinstance(net[4], UnstructuredLinear)
     counts = [layer.active for layer in layers]
@@ -178,8 +185,11 @@ def test_masked_adam_gives_regrown_weights_fresh_moments_plain_adam_does_not():
     def run(masked):
         torch.manual_seed(1)
         layer = UnstructuredLinear(8, 8, 0.5, topology="set", interval=5, drop_fraction=0.5)
-        optimizer = MaskedAdam(layer.parameters(), [layer], lr=1e-2) if masked else \
-            torch.optim.Adam(layer.parameters(), lr=1e-2)
+        optimizer = (
+            MaskedAdam(layer.parameters(), [layer], lr=1e-2)
+            if masked
+            else torch.optim.Adam(layer.parameters(), lr=1e-2)
+        )
         x = torch.randn(32, 8)
         grown_state = None
         for step in range(1, 6):
@@ -237,8 +247,10 @@ def test_target_keeps_the_online_sparsity_by_magnitude():
         for (_, t_layer), (_, o_layer) in pairs:
             assert t_layer.active == o_layer.active
             assert bool((t_layer.weight[t_layer.mask == 0] == 0).all())
-            assert torch.equal(t_layer.mask, top_k_mask(t_layer.weight.abs(), t_layer.active)) or \
-                int((t_layer.weight != 0).sum()) <= t_layer.active
+            assert (
+                torch.equal(t_layer.mask, top_k_mask(t_layer.weight.abs(), t_layer.active))
+                or int((t_layer.weight != 0).sum()) <= t_layer.active
+            )
 
 
 def test_layer_state_round_trips_through_state_dict():

@@ -6,16 +6,31 @@ from hypothesis import strategies as st
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMPattern, check_nm, finest_nm, nm_mask
 
-patterns = st.sampled_from([NMPattern(1, 4), NMPattern(2, 4), NMPattern(3, 4), NMPattern(1, 8),
-                            NMPattern(2, 8), NMPattern(4, 8), NMPattern(1, 2), NMPattern(3, 16)])
+patterns = st.sampled_from(
+    [
+        NMPattern(1, 4),
+        NMPattern(2, 4),
+        NMPattern(3, 4),
+        NMPattern(1, 8),
+        NMPattern(2, 8),
+        NMPattern(4, 8),
+        NMPattern(1, 2),
+        NMPattern(3, 16),
+    ]
+)
 
 
 @st.composite
 def weights(draw):
     rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 21))
     # Few distinct values so that ties (incl. exact zeros) are common.
-    values = draw(st.lists(st.sampled_from([0.0, 0.5, -0.5, 1.0, -2.0, 3.0, 0.25]) | st.floats(-4, 4),
-                           min_size=rows * cols, max_size=rows * cols))
+    values = draw(
+        st.lists(
+            st.sampled_from([0.0, 0.5, -0.5, 1.0, -2.0, 3.0, 0.25]) | st.floats(-4, 4),
+            min_size=rows * cols,
+            max_size=rows * cols,
+        )
+    )
     return torch.tensor(values, dtype=torch.float32).reshape(rows, cols)
 
 

@@ -36,9 +36,7 @@ def _is_nm(bits: tuple[int, ...], n: int, m: int) -> bool:
 
 def _every_nm_row_is_2of4(n: int, m: int, width: int) -> bool:
     """Brute force: enumerate every 0/1 row of this width; every N:M one must be 2:4."""
-    return all(
-        _is_nm(bits, 2, 4) for bits in itertools.product((0, 1), repeat=width) if _is_nm(bits, n, m)
-    )
+    return all(_is_nm(bits, 2, 4) for bits in itertools.product((0, 1), repeat=width) if _is_nm(bits, n, m))
 
 
 @settings(deadline=None, max_examples=40)

@@ -24,13 +24,21 @@ from nmrl.train.sac import SAC
 
 pytestmark = pytest.mark.xdist_group("train")
 
-TINY = {"total_steps": 400, "learning_starts": 200, "batch_size": 32, "hidden": (16, 16), "eval_every": 400,
-        "eval_episodes": 1, "checkpoint_every": 400, "threads": 1, "progress": False}
+TINY = {
+    "total_steps": 400,
+    "learning_starts": 200,
+    "batch_size": 32,
+    "hidden": (16, 16),
+    "eval_every": 400,
+    "eval_episodes": 1,
+    "checkpoint_every": 400,
+    "threads": 1,
+    "progress": False,
+}
 
 
 def tiny_config(tmp_path, **settings) -> TrainConfig:
-    return TrainConfig(**{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run",
-                          **settings})
+    return TrainConfig(**{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run", **settings})
 
 
 def build(config: TrainConfig):
@@ -74,8 +82,9 @@ def test_sac_trains_on_mujoco_with_every_network_nm(tmp_path, sparsity):
     assert set(state["algorithm"]["optimizers"]) == {"actor", "critic", "temperature"}
     # The temperature was learned away from its start.
     assert float(algo.temperature.alpha.detach()) != pytest.approx(1.0)
-    layers = [layer for module in algo.networks().values() for layer in module.modules()
-              if isinstance(layer, torch.nn.Linear)]
+    layers = [
+        layer for module in algo.networks().values() for layer in module.modules() if isinstance(layer, torch.nn.Linear)
+    ]
     assert len(layers) == 5 * 3
     if sparsity == "2:4":
         assert all(isinstance(layer, NMLinear) for layer in layers)
@@ -103,8 +112,16 @@ def test_sac_policy_exports_to_onnx_and_matches(tmp_path):
         ("td3", {"sparsity": "0.8", "topology": "static"}),
         ("td3", {"sparsity": "0.5", "topology": "set"}),
         ("td3", {"sparsity": "0.8", "topology": "rigl", "topology_end_step": 150}),
-        ("sac", {"sparsity": "0.8", "topology": "set", "optimizer": "masked-adam", "activation": "leaky_relu",
-                 "activation_slope": 0.2}),
+        (
+            "sac",
+            {
+                "sparsity": "0.8",
+                "topology": "set",
+                "optimizer": "masked-adam",
+                "activation": "leaky_relu",
+                "activation_slope": 0.2,
+            },
+        ),
     ],
 )
 def test_unstructured_topologies_train_end_to_end(tmp_path, algo, settings):
@@ -152,8 +169,15 @@ def test_unstructured_topologies_train_end_to_end(tmp_path, algo, settings):
 
 
 def test_resume_continues_the_topology_schedule(tmp_path):
-    config = tiny_config(tmp_path, sparsity="0.7", topology="set", topology_interval=20, total_steps=300,
-                         eval_every=300, checkpoint_every=300)
+    config = tiny_config(
+        tmp_path,
+        sparsity="0.7",
+        topology="set",
+        topology_interval=20,
+        total_steps=300,
+        eval_every=300,
+        checkpoint_every=300,
+    )
     run_dir = train(config)
     resume(run_dir, total_steps=400)
     algo = build(config)

@@ -15,8 +15,13 @@ def _agent(tmp_path, sparsity="2:4", **overrides):
 
 
 def _batch(size=64, obs_dim=11, act_dim=3, terminated=0.0):
-    return Batch(torch.randn(size, obs_dim), torch.rand(size, act_dim) * 2 - 1, torch.randn(size),
-                 torch.randn(size, obs_dim), torch.full((size,), terminated))
+    return Batch(
+        torch.randn(size, obs_dim),
+        torch.rand(size, act_dim) * 2 - 1,
+        torch.randn(size),
+        torch.randn(size, obs_dim),
+        torch.full((size,), terminated),
+    )
 
 
 def _assert_all_nm(agent, pattern):
@@ -30,8 +35,7 @@ def _assert_all_nm(agent, pattern):
 
 def test_all_six_networks_stay_nm_through_updates(tmp_path):
     agent = _agent(tmp_path)
-    assert set(agent.networks()) == {"actor", "critic1", "critic2", "actor_target", "critic1_target",
-                                     "critic2_target"}
+    assert set(agent.networks()) == {"actor", "critic1", "critic2", "actor_target", "critic1_target", "critic2_target"}
     _assert_all_nm(agent, NMPattern(2, 4))
     for _ in range(6):
         agent.update(_batch())
@@ -47,8 +51,9 @@ def test_polyak_averages_shadow_weights(tmp_path):
     target_before = [p.clone() for p in agent.critic1_target.parameters()]
     agent.update(_batch())
     tau = agent.config.tau
-    for before, target, online in zip(target_before, agent.critic1_target.parameters(),
-                                      agent.critic1.parameters(), strict=True):
+    for before, target, online in zip(
+        target_before, agent.critic1_target.parameters(), agent.critic1.parameters(), strict=True
+    ):
         assert torch.allclose(target, (1 - tau) * before + tau * online, atol=1e-7)
 
 

@@ -124,11 +124,15 @@ class CostSummary:
 
     def to_dict(self) -> dict[str, float]:
         return {
-            "params": self.params, "dense_params": self.dense_params, "params_ratio": self.params_ratio,
+            "params": self.params,
+            "dense_params": self.dense_params,
+            "params_ratio": self.params_ratio,
             "sparsity": self.sparsity,
-            "inference_flops": self.inference_flops, "dense_inference_flops": self.dense_inference_flops,
+            "inference_flops": self.inference_flops,
+            "dense_inference_flops": self.dense_inference_flops,
             "inference_ratio": self.inference_ratio,
-            "training_flops": self.training_flops, "dense_training_flops": self.dense_training_flops,
+            "training_flops": self.training_flops,
+            "dense_training_flops": self.dense_training_flops,
             "training_ratio": self.training_ratio,
         }
 
@@ -136,7 +140,8 @@ class CostSummary:
 def summarize(costs: Iterable[LayerCost]) -> CostSummary:
     costs = list(costs)
     return CostSummary(
-        params=sum(c.params for c in costs), dense_params=sum(c.dense_params for c in costs),
+        params=sum(c.params for c in costs),
+        dense_params=sum(c.dense_params for c in costs),
         inference_flops=sum(c.inference_flops for c in costs),
         dense_inference_flops=sum(c.dense_inference_flops for c in costs),
         training_flops=sum(c.training_flops for c in costs),

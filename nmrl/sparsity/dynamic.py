@@ -136,8 +136,9 @@ class UnstructuredLinear(MaskedLinear):
         self.topology, self.interval = topology, interval
         self.drop_fraction, self.end_step = drop_fraction, end_step
         active = max(1, round(density * in_features * out_features))
-        self.register_buffer("mask", random_mask((out_features, in_features), active, generator, device)
-                             .to(self.weight.dtype))
+        self.register_buffer(
+            "mask", random_mask((out_features, in_features), active, generator, device).to(self.weight.dtype)
+        )
         # Optimizer steps so far; a buffer so that a resumed run keeps the schedule.
         self.register_buffer("topology_steps", torch.zeros((), dtype=torch.long, device=device))
         # The gradient w.r.t. the masked weight, at every position, from the last backward of a
@@ -184,8 +185,9 @@ class UnstructuredLinear(MaskedLinear):
         else:
             if self.dense_grad is None:
                 raise RuntimeError("rigl update without a dense gradient: no backward ran through the layer")
-            drop_and_grow(self, cosine_drop_fraction(self.drop_fraction, step, self.end_step),
-                          grow_scores=self.dense_grad.abs())
+            drop_and_grow(
+                self, cosine_drop_fraction(self.drop_fraction, step, self.end_step), grow_scores=self.dense_grad.abs()
+            )
             self.dense_grad = None
 
     @torch.no_grad()
@@ -196,8 +198,10 @@ class UnstructuredLinear(MaskedLinear):
 
     def extra_repr(self) -> str:
         density = self.active / self.weight.numel()
-        return (f"{super().extra_repr()}, density={density:.3f}, topology={self.topology}, "
-                f"interval={self.interval}, drop_fraction={self.drop_fraction}, end_step={self.end_step}")
+        return (
+            f"{super().extra_repr()}, density={density:.3f}, topology={self.topology}, "
+            f"interval={self.interval}, drop_fraction={self.drop_fraction}, end_step={self.end_step}"
+        )
 
 
 def unstructured_layers(module: nn.Module) -> list[tuple[str, UnstructuredLinear]]:
@@ -276,17 +280,26 @@ def sparsify_unstructured(
     UnstructuredLinear with the same weights, masked at random to the per-layer density that
     ``allocation`` gives for ``sparsity`` over the replaced layers; returns the layer report."""
     skipped = set(skip)
-    targets = [(name, layer) for name, layer in module.named_modules()
-               if type(layer) is nn.Linear and name not in skipped]
+    targets = [
+        (name, layer) for name, layer in module.named_modules() if type(layer) is nn.Linear and name not in skipped
+    ]
     if not targets or sparsity == 0.0:
         return layer_report(module)
     shapes = [(linear.out_features, linear.in_features) for _, linear in targets]
     densities = allocate_densities(shapes, sparsity, allocation)
     for (name, linear), density in zip(targets, densities, strict=True):
         sparse = UnstructuredLinear(
-            linear.in_features, linear.out_features, density, bias=linear.bias is not None,
-            topology=topology, interval=interval, drop_fraction=drop_fraction, end_step=end_step,
-            generator=generator, device=linear.weight.device, dtype=linear.weight.dtype,
+            linear.in_features,
+            linear.out_features,
+            density,
+            bias=linear.bias is not None,
+            topology=topology,
+            interval=interval,
+            drop_fraction=drop_fraction,
+            end_step=end_step,
+            generator=generator,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
         )
         with torch.no_grad():
             sparse.weight.copy_(linear.weight * sparse.mask)

@@ -37,15 +37,24 @@ def two_four_eligibility(weight: torch.Tensor) -> Eligibility:
     groups = out_features * -(-in_features // 4)
     violations = check_nm(weight, TWO_FOUR)
     if in_features % 4:
-        return Eligibility(False, f"K={in_features} is not a multiple of 4 (2:4 kernels need K % 4 == 0)",
-                           sparsity, len(violations), groups)
+        return Eligibility(
+            False,
+            f"K={in_features} is not a multiple of 4 (2:4 kernels need K % 4 == 0)",
+            sparsity,
+            len(violations),
+            groups,
+        )
     if violations:
         worst = max(violations, key=lambda v: v.nonzeros)
         return Eligibility(
             False,
             f"{len(violations)} of {groups} groups of 4 along K hold more than 2 nonzeros (e.g. row {worst.row}, "
             f"columns {4 * worst.group}-{4 * worst.group + 3}: {worst.nonzeros}); "
-            f"{sparsity:.1%} zeros without 2:4 structure" if sparsity > 0 else "dense: no zeros",
-            sparsity, len(violations), groups,
+            f"{sparsity:.1%} zeros without 2:4 structure"
+            if sparsity > 0
+            else "dense: no zeros",
+            sparsity,
+            len(violations),
+            groups,
         )
     return Eligibility(True, "every group of 4 along K holds at most 2 nonzeros", sparsity, 0, groups)

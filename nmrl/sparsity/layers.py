@@ -198,9 +198,7 @@ def sparsify(
     module unchanged."""
     if not pattern.is_dense:
         targets = [
-            (name, layer)
-            for name, layer in module.named_modules()
-            if type(layer) is nn.Linear and name not in skip
+            (name, layer) for name, layer in module.named_modules() if type(layer) is nn.Linear and name not in skip
         ]
         for name, linear in targets:
             sparse = NMLinear(

@@ -46,7 +46,12 @@ class ReplayBuffer:
         if self._cpu_views is not None:
             obs_v, action_v, reward_v, next_obs_v, terminated_v = self._cpu_views
             obs_v[i], action_v[i], reward_v[i], next_obs_v[i], terminated_v[i] = (
-                obs, action, reward, next_obs, float(terminated))
+                obs,
+                action,
+                reward,
+                next_obs,
+                float(terminated),
+            )
         else:
             self.obs[i] = torch.as_tensor(obs, dtype=torch.float32)
             self.action[i] = torch.as_tensor(action, dtype=torch.float32)
@@ -58,17 +63,22 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         index = torch.randint(0, self.size, (batch_size,), generator=self.generator).to(self.device)
-        return Batch(self.obs[index], self.action[index], self.reward[index], self.next_obs[index],
-                     self.terminated[index])
+        return Batch(
+            self.obs[index], self.action[index], self.reward[index], self.next_obs[index], self.terminated[index]
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The filled part only (a fresh run's buffer is mostly empty)."""
         filled = slice(0, self.size)
         return {
-            "obs": self.obs[filled].cpu().clone(), "action": self.action[filled].cpu().clone(),
-            "reward": self.reward[filled].cpu().clone(), "next_obs": self.next_obs[filled].cpu().clone(),
+            "obs": self.obs[filled].cpu().clone(),
+            "action": self.action[filled].cpu().clone(),
+            "reward": self.reward[filled].cpu().clone(),
+            "next_obs": self.next_obs[filled].cpu().clone(),
             "terminated": self.terminated[filled].cpu().clone(),
-            "position": self.position, "size": self.size, "capacity": self.capacity,
+            "position": self.position,
+            "size": self.size,
+            "capacity": self.capacity,
             "generator": self.generator.get_state(),
         }
 

@@ -20,6 +20,9 @@ def train(
 
     With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
     (only --total-steps may be given again, to extend it); other options are then ignored.
+
+    Args:
+        resume: a run directory to continue from its checkpoints/last.pt.
     """
     from nmrl.train.loop import resume as resume_run
     from nmrl.train.loop import train as train_run
@@ -38,7 +41,14 @@ def evaluate(
     checkpoint: Literal["last", "best"] = "last",
     seed: int = 0,
 ) -> None:
-    """Deterministic evaluation (no exploration noise) of a run's checkpoint."""
+    """Deterministic evaluation (no exploration noise) of a run's checkpoint.
+
+    Args:
+        run_dir: the run directory (runs/<run>).
+        episodes: episodes to run; episode i starts from seed + i.
+        checkpoint: 'last' (newest) or 'best' (best evaluation during training).
+        seed: seed of the first episode.
+    """
     from nmrl.train.evaluate import evaluate as run_episodes
     from nmrl.train.run import load_policy
 
@@ -49,7 +59,9 @@ def evaluate(
             return loaded.policy(torch.as_tensor(obs).unsqueeze(0))[0].numpy()
 
     result = run_episodes(act, loaded.env_id, episodes, seed)
-    print(f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
-          f"(step {loaded.step:,})")
+    print(
+        f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
+        f"(step {loaded.step:,})"
+    )
     print(f"return {result}")
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))

@@ -102,8 +102,10 @@ def read_evals(run_dir: Path) -> list[dict[str, Any]]:
 def is_finished(run_dir: Path, config: TrainConfig) -> bool:
     """The run evaluated at its last step, or stopped early at --stop-at-return."""
     target = config.stop_at_return
-    return any(record["step"] >= config.total_steps or (target is not None and record["return_mean"] >= target)
-               for record in read_evals(run_dir))
+    return any(
+        record["step"] >= config.total_steps or (target is not None and record["return_mean"] >= target)
+        for record in read_evals(run_dir)
+    )
 
 
 def run_cell(config_data: dict[str, Any], log_path: str) -> float:
@@ -142,9 +144,15 @@ def build_grid(base: TrainConfig, methods: Sequence[Method], seeds: int, out: Pa
     for method in methods:
         for seed in range(base.seed, base.seed + seeds):
             # One torch thread per worker unless asked otherwise: workers share the cores.
-            config = dataclasses.replace(base, **method.settings, seed=seed, runs_dir=out / "runs",
-                                         run_name=f"{method.slug}__s{seed}", progress=False,
-                                         threads=base.threads or 1)
+            config = dataclasses.replace(
+                base,
+                **method.settings,
+                seed=seed,
+                runs_dir=out / "runs",
+                run_name=f"{method.slug}__s{seed}",
+                progress=False,
+                threads=base.threads or 1,
+            )
             config.validate()
             cells.append(Cell(method, seed, config))
     return cells
@@ -174,8 +182,12 @@ def run_grid(cells: Sequence[Cell], workers: int) -> None:
     for cell in cells:
         check_same_settings(cell)
     todo = [cell for cell in cells if not is_finished(cell.run_dir, cell.config)]
-    print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; training {len(todo)} "
-          f"with {workers} worker process(es)", file=sys.stderr, flush=True)
+    print(
+        f"{len(cells) - len(todo)} of {len(cells)} cells already finished; training {len(todo)} "
+        f"with {workers} worker process(es)",
+        file=sys.stderr,
+        flush=True,
+    )
     if not todo:
         return
     # spawn: a fresh interpreter per worker (no forked torch/MuJoCo state, same on every OS).
@@ -198,8 +210,11 @@ def run_grid(cells: Sequence[Cell], workers: int) -> None:
                 error = future.exception()
                 if error is not None:
                     failures.append(f"{label}: {error}")
-                    print(f"{label}: FAILED ({error}); log: {cell.run_dir.parent / cell.config.run_name}.log",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"{label}: FAILED ({error}); log: {cell.run_dir.parent / cell.config.run_name}.log",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     continue
                 evals = read_evals(cell.run_dir)
                 final = f"final return {evals[-1]['return_mean']:.1f}" if evals else "no evaluation"
@@ -242,23 +257,39 @@ def collect(cells: Sequence[Cell], methods: Sequence[Method]) -> list[MethodResu
     return results
 
 
-TABLE_COLUMNS = ("method", "return_mean", "return_std", "seeds", "sparsity", "actor_params", "agent_params",
-                 "params_vs_dense", "training_flops_vs_dense", "inference_flops_vs_dense")
+TABLE_COLUMNS = (
+    "method",
+    "return_mean",
+    "return_std",
+    "seeds",
+    "sparsity",
+    "actor_params",
+    "agent_params",
+    "params_vs_dense",
+    "training_flops_vs_dense",
+    "inference_flops_vs_dense",
+)
 
 
 def table_rows(results: Sequence[MethodResult]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         agent, actor = result.costs.get("agent", {}), result.costs.get("actor", {})
-        rows.append({
-            "method": result.method.name, "return_mean": result.mean, "return_std": result.std,
-            "seeds": len(result.finals), "sparsity": agent.get("sparsity", math.nan),
-            "actor_params": actor.get("params", math.nan), "agent_params": agent.get("params", math.nan),
-            "params_vs_dense": agent.get("params_ratio", math.nan),
-            "training_flops_vs_dense": agent.get("training_ratio", math.nan),
-            # What a deployed policy costs: the actor's forward pass.
-            "inference_flops_vs_dense": actor.get("inference_ratio", math.nan),
-        })
+        rows.append(
+            {
+                "method": result.method.name,
+                "return_mean": result.mean,
+                "return_std": result.std,
+                "seeds": len(result.finals),
+                "sparsity": agent.get("sparsity", math.nan),
+                "actor_params": actor.get("params", math.nan),
+                "agent_params": agent.get("params", math.nan),
+                "params_vs_dense": agent.get("params_ratio", math.nan),
+                "training_flops_vs_dense": agent.get("training_ratio", math.nan),
+                # What a deployed policy costs: the actor's forward pass.
+                "inference_flops_vs_dense": actor.get("inference_ratio", math.nan),
+            }
+        )
     return rows
 
 
@@ -337,7 +368,11 @@ def default_out(base: TrainConfig) -> Path:
 
 
 def run_comparison(
-    base: TrainConfig, methods: str, seeds: int = 3, workers: int = 2, out: Path | None = None,
+    base: TrainConfig,
+    methods: str,
+    seeds: int = 3,
+    workers: int = 2,
+    out: Path | None = None,
     report_only: bool = False,
 ) -> Path:
     """Train (or continue) the grid, then write the results; returns the output folder."""
@@ -346,9 +381,17 @@ def run_comparison(
     out = Path(out) if out is not None else default_out(base)
     cells = build_grid(base, parse_methods(methods), seeds, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps({
-        "methods": [m.name for m in {c.method.name: c.method for c in cells}.values()], "seeds": seeds,
-        "base_config": base.to_dict()}, indent=2) + "\n")
+    (out / "grid.json").write_text(
+        json.dumps(
+            {
+                "methods": [m.name for m in {c.method.name: c.method for c in cells}.values()],
+                "seeds": seeds,
+                "base_config": base.to_dict(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if not report_only:
         run_grid(cells, workers)
     method_list = list({cell.method.name: cell.method for cell in cells}.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,16 +86,22 @@ class TrainConfig:
     """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
     progress: bool = True
     """Show a progress bar (on a terminal)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Reserved for algorithm-specific settings stored with the run."""
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
         from nmrl.train.sparse import validate_sparsity
 
         validate_sparsity(self)
-        positive = ("total_steps", "batch_size", "buffer_size", "policy_delay", "mask_interval",
-                    "eval_every", "eval_episodes", "checkpoint_every")
+        positive = (
+            "total_steps",
+            "batch_size",
+            "buffer_size",
+            "policy_delay",
+            "mask_interval",
+            "eval_every",
+            "eval_episodes",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

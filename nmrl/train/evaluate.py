@@ -29,9 +29,7 @@ class EvalResult:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
 
 
-def evaluate(
-    act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0
-) -> EvalResult:
+def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` with ``act_fn`` (one obs -> one action).
 
     Episode ``i`` resets with seed ``seed + i``, so two policies evaluated with the same seed see

@@ -153,8 +153,11 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> None:
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     # ---- logging -----------------------------------------------------------------------
@@ -177,8 +180,7 @@ class Trainer:
             with torch.no_grad():
                 return policy(torch.as_tensor(obs, device=self.device).unsqueeze(0))[0].cpu().numpy()
 
-        return evaluate(act, self.config.env, self.config.eval_episodes,
-                        seed=self.config.seed + EVAL_SEED_OFFSET)
+        return evaluate(act, self.config.env, self.config.eval_episodes, seed=self.config.seed + EVAL_SEED_OFFSET)
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -220,8 +222,13 @@ class Trainer:
                     now = time.perf_counter()
                     steps_per_second = (state.step - window_step) / (now - window_start)
                     window_start, window_step = now, state.step
-                    record = {"kind": "train", "step": state.step, "steps_per_second": steps_per_second,
-                              "episodes": state.episodes, **{k: float(v) for k, v in losses.items()}}
+                    record = {
+                        "kind": "train",
+                        "step": state.step,
+                        "steps_per_second": steps_per_second,
+                        "episodes": state.episodes,
+                        **{k: float(v) for k, v in losses.items()},
+                    }
                     self.log(record)
                 solved = False
                 if state.step % cfg.eval_every == 0 or state.step == cfg.total_steps:
@@ -230,14 +237,18 @@ class Trainer:
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.total_steps or solved:
                     self.save()
                 if solved:
-                    progress.message(f"eval return {state.last_eval:.1f} reached --stop-at-return "
-                                     f"{cfg.stop_at_return}: stopping at step {state.step}")
+                    progress.message(
+                        f"eval return {state.last_eval:.1f} reached --stop-at-return "
+                        f"{cfg.stop_at_return}: stopping at step {state.step}"
+                    )
                     break
                 progress.update(state.step, steps_per_second, state.last_eval)
                 if stop["signal"] is not None:
                     self.save()
-                    progress.message(f"{stop['signal']}: checkpoint saved at step {state.step}; "
-                                     f"resume with: nmrl train --resume {self.run_dir}")
+                    progress.message(
+                        f"{stop['signal']}: checkpoint saved at step {state.step}; "
+                        f"resume with: nmrl train --resume {self.run_dir}"
+                    )
                     break
         self.writer.close()
         self.env.close()
@@ -245,16 +256,27 @@ class Trainer:
     def _evaluate_and_log(self, progress: _Progress) -> None:
         result = self.evaluate()
         self.state.last_eval = result.mean
-        self.log({"kind": "eval", "step": self.state.step, "return_mean": result.mean,
-                  "return_std": result.std, "episode_length_mean": float(np.mean(result.lengths))})
+        self.log(
+            {
+                "kind": "eval",
+                "step": self.state.step,
+                "return_mean": result.mean,
+                "return_std": result.std,
+                "episode_length_mean": float(np.mean(result.lengths)),
+            }
+        )
         self.log_sparsity()
         progress.message(f"step {self.state.step:>9,}  eval return {result}")
         if result.mean > self.state.best_eval:
             self.state.best_eval = result.mean
-            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {
-                "config": self.config.to_dict(), "algorithm": self.algo.state_dict(),
-                "train_state": vars(self.state).copy(),
-            })
+            save_checkpoint(
+                self.run_dir / BEST_CHECKPOINT,
+                {
+                    "config": self.config.to_dict(),
+                    "algorithm": self.algo.state_dict(),
+                    "train_state": vars(self.state).copy(),
+                },
+            )
 
 
 def _as_python_random_state(saved: Any) -> tuple:
@@ -286,17 +308,28 @@ class _Progress:
         self.console = Console(stderr=True)
         self.live = config.progress and self.console.is_terminal
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>6.0f} steps/s"), TextColumn("eval {task.fields[eval]}"),
-            TimeRemainingColumn(), console=self.console, disable=not self.live,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>6.0f} steps/s"),
+            TextColumn("eval {task.fields[eval]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
         )
-        self.task = self.bar.add_task(f"{config.algo} {config.sparsity} {config.env}", total=config.total_steps,
-                                      completed=start, rate=0.0, eval="-")
+        self.task = self.bar.add_task(
+            f"{config.algo} {config.sparsity} {config.env}",
+            total=config.total_steps,
+            completed=start,
+            rate=0.0,
+            eval="-",
+        )
 
     def update(self, step: int, rate: float, last_eval: float) -> None:
         if self.live and step % 100 == 0:
-            self.bar.update(self.task, completed=step, rate=rate,
-                            eval="-" if math.isnan(last_eval) else f"{last_eval:.1f}")
+            self.bar.update(
+                self.task, completed=step, rate=rate, eval="-" if math.isnan(last_eval) else f"{last_eval:.1f}"
+            )
 
     def message(self, text: str) -> None:
         if self.live:

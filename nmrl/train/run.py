@@ -61,5 +61,6 @@ def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
     except (KeyError, RuntimeError) as error:
         raise NmrlError(f"{path}: does not fit its run's config ({str(error).splitlines()[0]})") from None
     policy = algo.policy().eval()
-    return LoadedPolicy(policy, config, config.env, obs_dim, act_dim, low, high,
-                        int(state["train_state"]["step"]), path)
+    return LoadedPolicy(
+        policy, config, config.env, obs_dim, act_dim, low, high, int(state["train_state"]["step"]), path
+    )

@@ -133,8 +133,11 @@ class SAC(Algorithm):
         self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=fused)
         self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config, fused=fused)
         self.modules = {
-            "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
-            "critic1_target": self.critic1_target, "critic2_target": self.critic2_target,
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "critic1_target": self.critic1_target,
+            "critic2_target": self.critic2_target,
             "temperature": self.temperature,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
@@ -145,8 +148,9 @@ class SAC(Algorithm):
         # The sparse layers refreshed after each update, listed once (walking modules every step costs).
         self.critic_sparse_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
         self.actor_sparse_layers = [layer for _, layer in masked_layers(self.actor)]
-        self.target_sparse_layers = [layer for net in (self.critic1_target, self.critic2_target)
-                                     for _, layer in masked_layers(net)]
+        self.target_sparse_layers = [
+            layer for net in (self.critic1_target, self.critic2_target) for _, layer in masked_layers(net)
+        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
@@ -159,10 +163,13 @@ class SAC(Algorithm):
         alpha = self.temperature.alpha.detach()
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(batch.next_obs)
-            next_q = torch.min(
-                self.critic1_target(batch.next_obs, next_action),
-                self.critic2_target(batch.next_obs, next_action),
-            ) - alpha * next_log_prob
+            next_q = (
+                torch.min(
+                    self.critic1_target(batch.next_obs, next_action),
+                    self.critic2_target(batch.next_obs, next_action),
+                )
+                - alpha * next_log_prob
+            )
             # Only true terminations stop bootstrapping; time-limit truncations do not.
             target_q = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_q
 
@@ -184,8 +191,13 @@ class SAC(Algorithm):
         self.actor_optimizer.step()
         refresh_masks(self.actor_sparse_layers)
 
-        metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q1.detach().mean(),
-                   "alpha": alpha, "entropy": -log_prob.detach().mean()}
+        metrics = {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q": q1.detach().mean(),
+            "alpha": alpha,
+            "entropy": -log_prob.detach().mean(),
+        }
         if cfg.autotune_alpha:
             alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             self.alpha_optimizer.zero_grad(set_to_none=True)

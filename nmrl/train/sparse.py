@@ -76,8 +76,10 @@ def validate_sparsity(config: TrainConfig) -> None:
             "follow the weights' magnitude every --mask-interval steps"
         )
     if isinstance(spec, NMPattern) and config.optimizer == "masked-adam":
-        raise NmrlError("--optimizer masked-adam is for unstructured sparsity: N:M training needs the "
-                        "straight-through gradients of pruned weights")
+        raise NmrlError(
+            "--optimizer masked-adam is for unstructured sparsity: N:M training needs the "
+            "straight-through gradients of pruned weights"
+        )
     if config.optimizer not in ("adam", "masked-adam"):
         raise NmrlError(f"unknown --optimizer {config.optimizer!r}; choose adam or masked-adam")
     if config.topology_interval < 1 or config.topology_end_step < 0:
@@ -118,9 +120,14 @@ def sparsify_network(module: nn.Module, config: TrainConfig, update_every: int =
     skip = linears[-1:] if config.sparse_layers == "hidden" else []
     end = rigl_end_step(config)
     sparsify_unstructured(
-        module, spec, config.density_allocation, skip=skip, topology=topology_of(config),
+        module,
+        spec,
+        config.density_allocation,
+        skip=skip,
+        topology=topology_of(config),
         interval=max(1, round(config.topology_interval / update_every)),
-        drop_fraction=config.drop_fraction, end_step=-(-end // update_every) if end else 0,
+        drop_fraction=config.drop_fraction,
+        end_step=-(-end // update_every) if end else 0,
     )
 
 
@@ -157,7 +164,8 @@ def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:
         else:
             agent.append(summary)
     summaries["agent"] = CostSummary(
-        params=sum(s.params for s in agent), dense_params=sum(s.dense_params for s in agent),
+        params=sum(s.params for s in agent),
+        dense_params=sum(s.dense_params for s in agent),
         inference_flops=sum(s.inference_flops for s in agent),
         dense_inference_flops=sum(s.dense_inference_flops for s in agent),
         training_flops=sum(s.training_flops for s in agent),
@@ -189,9 +197,14 @@ def log_costs(run_dir: Path, networks: dict[str, nn.Module], log: Callable[[dict
     """The run summary's cost block: writes ``costs.json`` (per network and per layer, with the
     ratios to dense), logs the agent's totals as a ``costs`` record and prints the table."""
     summaries = agent_costs(networks)
-    layers = {name: [{**asdict(cost), "training_ratio": cost.training_flops / cost.dense_training_flops}
-                     for cost in network_costs(module)]
-              for name, module in networks.items() if name in summaries}
+    layers = {
+        name: [
+            {**asdict(cost), "training_ratio": cost.training_flops / cost.dense_training_flops}
+            for cost in network_costs(module)
+        ]
+        for name, module in networks.items()
+        if name in summaries
+    }
     document = {"networks": {name: s.to_dict() for name, s in summaries.items()}, "layers": layers}
     atomic_write_text(Path(run_dir) / COSTS_FILE, json.dumps(document, indent=2) + "\n")
     log({"kind": "costs", "step": 0, **summaries["agent"].to_dict()})

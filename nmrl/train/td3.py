@@ -68,11 +68,15 @@ class TD3(Algorithm):
         self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
         self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
         self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=device.type != "mps")
-        self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config,
-                                               fused=device.type != "mps")
+        self.critic_optimizer = make_optimizer(
+            [self.critic1, self.critic2], config.critic_lr, config, fused=device.type != "mps"
+        )
         self.modules = {
-            "actor": self.actor, "critic1": self.critic1, "critic2": self.critic2,
-            "actor_target": self.actor_target, "critic1_target": self.critic1_target,
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "actor_target": self.actor_target,
+            "critic1_target": self.critic1_target,
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
@@ -81,8 +85,11 @@ class TD3(Algorithm):
         # (walking modules every step costs).
         self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
         self.actor_nm_layers = [layer for _, layer in masked_layers(self.actor)]
-        self.target_nm_layers = [layer for net in (self.actor_target, self.critic1_target, self.critic2_target)
-                                 for _, layer in masked_layers(net)]
+        self.target_nm_layers = [
+            layer
+            for net in (self.actor_target, self.critic1_target, self.critic2_target)
+            for _, layer in masked_layers(net)
+        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
