@@ -217,7 +217,12 @@ def run_grid(cells: Sequence[Cell], workers: int) -> None:
                     )
                     continue
                 evals = read_evals(cell.run_dir)
-                final = f"final return {evals[-1]['return_mean']:.1f}" if evals else "no evaluation"
+                if not evals:
+                    final = "no evaluation"
+                elif is_finished(cell.run_dir, cell.config):
+                    final = f"final return {evals[-1]['return_mean']:.1f}"
+                else:  # stopped by a signal: its checkpoint is kept, the next invocation resumes it
+                    final = f"stopped at step {evals[-1]['step']:,} (not finished; run again to resume)"
                 print(f"{label}: {final} ({future.result():.0f} s)", file=sys.stderr, flush=True)
     if failures:
         raise NmrlError(f"{len(failures)} cell(s) failed: " + "; ".join(failures))
