@@ -416,12 +416,15 @@ def compare(
 ) -> None:
     """Compare sparsity methods on one env: train methods x seeds in parallel worker processes,
     then write a results table (markdown + CSV) and learning curves (PNG) with a seed band.
+    Running the command again skips finished cells and resumes interrupted ones.
 
-    --methods: comma-separated, from dense, N:M patterns (2:4, 1:4, 1:8), ss-F (static sparse),
-    ds-F (SET, DS-TD3/DS-SAC), rigl-F and tows-F (SET + masked Adam + LeakyReLU), F = fraction of
-    weights pruned. Seeds are --seed, --seed+1, ... Every other training option applies to all
-    cells (--sparsity and --topology are set by each method). Running the command again skips
-    finished cells and resumes interrupted ones; --report-only just rebuilds the results.
-    Output: --out, default <runs-dir>/compare__<env>__<algo>.
+    Args:
+        config: Training settings shared by every cell; each method sets --sparsity and --topology.
+        methods: Comma-separated: dense, N:M patterns (2:4, 1:4, 1:8), ss-F (static sparse), ds-F (SET:
+            DS-TD3/DS-SAC), rigl-F, tows-F (SET + masked Adam + LeakyReLU); F = fraction of weights pruned.
+        seeds: Seeds per method: --seed, --seed+1, ...
+        workers: Parallel worker processes (one torch thread each unless --threads is given).
+        out: Output folder (default: <runs-dir>/compare__<env>__<algo>).
+        report_only: Only rebuild the table and plot from the runs already in --out.
     """
     run_comparison(config, methods, seeds=seeds, workers=workers, out=out, report_only=report_only)
