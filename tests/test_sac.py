@@ -168,9 +168,11 @@ def test_unstructured_topologies_train_end_to_end(tmp_path, algo, settings):
         assert costs["networks"][name]["sparsity"] < float(settings["sparsity"])
 
 
-def test_resume_continues_the_topology_schedule(tmp_path):
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_resume_continues_the_topology_schedule(tmp_path, algo):
     config = tiny_config(
         tmp_path,
+        algo=algo,
         sparsity="0.7",
         topology="set",
         topology_interval=20,
@@ -179,12 +181,18 @@ def test_resume_continues_the_topology_schedule(tmp_path):
         checkpoint_every=300,
     )
     run_dir = train(config)
+    at_interrupt = load_checkpoint(run_dir / LAST_CHECKPOINT)["algorithm"]["modules"]
     resume(run_dir, total_steps=400)
-    algo = build(config)
-    algo.load_state_dict(load_checkpoint(run_dir / LAST_CHECKPOINT)["algorithm"])
-    # 200 critic updates in all (300 + 100 steps after 200 warm-up), counted across the resume.
-    assert int(algo.critic1.net[0].topology_steps) == 200
-    assert int(algo.actor.net[0].topology_steps) == 100  # the actor steps every policy_delay=2 updates
+    final = load_checkpoint(run_dir / LAST_CHECKPOINT)["algorithm"]["modules"]
+    # 200 critic updates in all (400 steps after 200 warm-up), counted across the resume; TD3's
+    # actor steps once per policy_delay=2 updates.
+    assert int(final["critic1"]["net.0.topology_steps"]) == 200
+    assert int(final["actor"]["net.0.topology_steps"]) == (100 if algo == "td3" else 200)
+    # The resumed run went on moving connections (5 topology updates after the resume) at the
+    # same sparsity.
+    for key in ("net.0.mask", "net.2.mask"):
+        assert not torch.equal(final["critic1"][key], at_interrupt["critic1"][key])
+        assert int(final["critic1"][key].sum()) == int(at_interrupt["critic1"][key].sum())
 
 
 @pytest.mark.parametrize(
