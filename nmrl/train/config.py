@@ -157,4 +157,4 @@ class TrainConfig:
 
 # Settings that fix the shapes and meaning of the saved networks: a checkpoint only loads into a
 # run whose config agrees on all of them.
-ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation", "sparse_layers")
+ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation")
