@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nmrl.errors import NmrlError
 from nmrl.sparsity import masked_layers, refresh_masks
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
@@ -116,8 +117,6 @@ class SAC(Algorithm):
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
         if config.alpha <= 0:
-            from nmrl.errors import NmrlError
-
             raise NmrlError(f"--alpha must be positive, got {config.alpha}")
         self.actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
         self.critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
