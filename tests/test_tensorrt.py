@@ -326,9 +326,9 @@ def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
     assert report.env_id == "Ant-v5"
     twin = Path(report.dense_plan)
     assert trt_deploy._report_field(twin, "env_id") == "Ant-v5"  # the twin shares its sibling's report
-    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"
+    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"
     Path(report.plan + ".json").unlink()
-    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"  # from the name when no report is left
+    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"  # from the name when no report is left
 
 
 def _polygraphy() -> str | None:
@@ -450,3 +450,29 @@ def test_tensorrt10_builder_calls_for_an_fp16_graph(tmp_path):
     trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile())
     assert ("network", 1 << 1) in fake.calls  # STRONGLY_TYPED, no precision flag
     assert ("build", ["SPARSE_WEIGHTS"]) in fake.calls
+
+
+# ---- registered deploy backends -------------------------------------------------------------------
+
+
+def test_backends_are_registered_with_probes():
+    from nmrl.deploy.policy import BACKENDS, accepted_options, unavailable_reason
+
+    for name in ("tensorrt", "tensorrt-rtx", "torch-2:4"):
+        assert name in BACKENDS
+        # bench passes its common settings (threads) to every backend's loader.
+        assert accepted_options(name, {"threads": 1}) == {"threads": 1}
+    if not HAS_TRT:
+        assert "'tensorrt' is not installed" in unavailable_reason("tensorrt")
+    if not torch.cuda.is_available():
+        assert unavailable_reason("torch-2:4") is not None
+
+
+@needs_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_deploy_eval_of_an_engine_says_what_is_missing(tmp_path, capsys):
+    report = trt_deploy.build_engines(export_actor(tmp_path / "actor.onnx", "2:4", "fp16"), "tensorrt-rtx")
+    # No --backend: an engine file runs on its own TensorRT flavour, not on ONNX Runtime.
+    assert main(["deploy", "eval", report.plan, "--env", "Ant-v5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'tensorrt-rtx' cannot run here" in err and "CUDA" in err

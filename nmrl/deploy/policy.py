@@ -88,6 +88,21 @@ BACKENDS: dict[str, Backend] = {
         "nmrl.deploy.ort_backend:cuda_unavailable_reason",
         "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)",
     ),
+    "tensorrt": Backend(
+        "nmrl.deploy.tensorrt:load_tensorrt_policy",
+        "nmrl.deploy.tensorrt:tensorrt_unavailable_reason",
+        "TensorRT engine (.plan, or an .onnx built on first use) on an NVIDIA GPU",
+    ),
+    "tensorrt-rtx": Backend(
+        "nmrl.deploy.tensorrt:load_tensorrt_rtx_policy",
+        "nmrl.deploy.tensorrt:tensorrt_rtx_unavailable_reason",
+        "TensorRT-RTX engine (.rtx.plan, or an .onnx) on an RTX-class GPU (SM 8.0/8.6/8.9/12.x)",
+    ),
+    "torch-2:4": Backend(
+        "nmrl.deploy.torch_semi_structured:load_torch_semi_structured_policy",
+        "nmrl.deploy.torch_semi_structured:torch_semi_structured_unavailable_reason",
+        "a run's checkpoint in fp16 on the GPU, 2:4 layers on sparse tensor cores",
+    ),
 }
 
 
