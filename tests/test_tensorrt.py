@@ -31,7 +31,8 @@ needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX not installed (
 
 
 def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """An exported actor ONNX (opset 17, dynamic batch): dense, N:M-sparse or unstructured-sparse."""
+    """A quickly exported actor ONNX (TorchScript exporter, opset 17, dynamic batch): dense, N:M or
+    unstructured. The CI compile of every kind uses nmrl's own exporter (``nmrl_export``)."""
     torch.manual_seed(0)
     actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
     if kind == "unstructured":
@@ -58,6 +59,26 @@ def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256
             dynamo=False,
         )
     onnx.checker.check_model(str(path))
+    return path
+
+
+def nmrl_export(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """The same actor through nmrl's own exporter (torch.export, verified N:M, metadata): what
+    ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+    from nmrl.export.onnx_export import export_policy
+
+    torch.manual_seed(0)
+    actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
+    claimed = None
+    if kind == "unstructured":
+        with torch.no_grad():
+            for layer in actor.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)
+    elif kind != "dense":
+        claimed = NMPattern.parse(kind)
+        sparsify(actor.net, claimed)
+    export_policy(path, actor.eval(), OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
     return path
 
 
@@ -189,7 +210,7 @@ def test_unknown_flavour_and_missing_file(tmp_path):
 @pytest.mark.parametrize("kind", ["dense", "2:4", "unstructured"])
 def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     """NVIDIA's parser and builder must accept every graph nmrl exports; a rejection fails CI."""
-    onnx_path = export_actor(tmp_path / "actor.onnx", kind, dtype)
+    onnx_path = nmrl_export(tmp_path / "actor.onnx", kind, dtype)
     report = trt_deploy.build_engines(onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024))
 
     plan, twin = Path(report.plan), Path(report.dense_plan)
@@ -207,6 +228,7 @@ def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     assert [g["fits_2of4"] for g in saved["onnx_gemms"]] == [False, kind == "2:4", kind == "2:4"]
     assert saved["builder_picked"] is None  # RTX picks kernels on the target GPU, not here
     assert any("just in time" in note for note in saved["notes"])
+    assert saved["env_id"] == "Ant-v5"  # from the export's metadata
 
 
 @needs_rtx
