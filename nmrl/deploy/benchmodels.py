@@ -3,6 +3,7 @@ the dense twin of each; plus the results table."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from rich.console import Console
@@ -12,13 +13,17 @@ from nmrl.deploy.bench import BenchModel, Timing, ratios
 from nmrl.deploy.policy import accepted_options, load_policy
 from nmrl.errors import NmrlError
 
+# Backends that run a torch module rather than a file: bench gives them the actor itself.
+MODULE_BACKENDS = ("torch", "torch-2:4")
+
 
 def _onnx_loaders(path: Path, backends: list[str], threads: int) -> dict:
     return {
         backend: (lambda backend=backend: load_policy(path, backend, **accepted_options(backend, {"threads": threads})))
         for backend in backends
-        if backend != "torch"
+        if backend not in MODULE_BACKENDS
     }
+
 
 
 def _module_models(
@@ -49,6 +54,10 @@ def _module_models(
         loaders = _onnx_loaders(path, backends, threads)
         if "torch" in backends:
             loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
+        if "torch-2:4" in backends:  # converted in place, so each load gets its own copy
+            from nmrl.deploy.torch_semi_structured import SemiStructuredTorchPolicy
+
+            loaders["torch-2:4"] = lambda m=torch_module: SemiStructuredTorchPolicy(copy.deepcopy(m), obs_dim, act_dim)
         models.append(BenchModel(name, variant, loaders))
     return models
 
