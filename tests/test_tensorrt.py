@@ -498,3 +498,38 @@ def test_deploy_eval_of_an_engine_says_what_is_missing(tmp_path, capsys):
     assert main(["deploy", "eval", report.plan, "--env", "Ant-v5"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'tensorrt-rtx' cannot run here" in err and "CUDA" in err
+
+
+TORCH_BLOCKED = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch' (blocked: deploy-only install)")
+sys.meta_path.insert(0, NoTorch())
+from nmrl.cli import main
+codes = [main(argv) for argv in {argvs!r}]
+assert "torch" not in sys.modules
+print("codes", codes)
+"""
+
+
+@needs_rtx
+def test_deploy_verbs_run_without_pytorch(tmp_path):
+    """The Jetson image has no PyTorch: doctor, deploy build and bench of an ONNX file must not need it."""
+    onnx_path = str(export_actor(tmp_path / "actor.onnx", "2:4", "fp16"))
+    argvs = [
+        ["doctor"],
+        ["deploy", "build", onnx_path, "--backend", "tensorrt-rtx", "--no-dense-twin"],
+        ["bench", onnx_path, "--backends", "ort", "--batch", "1", "--out", str(tmp_path / "bench")],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_BLOCKED.format(argvs=argvs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "codes [0, 0, 0]" in result.stdout
+    assert (tmp_path / "actor.rtx.plan").is_file() and (tmp_path / "bench" / "bench.csv").is_file()

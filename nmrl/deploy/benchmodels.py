@@ -127,7 +127,8 @@ def build_models(
 def _onnx_file_models(
     path: Path, dtype: str, backends: list[str], threads: int, models_dir: Path, console: Console
 ) -> list[BenchModel]:
-    from nmrl.export.onnx_export import save_onnx
+    import onnx
+
     from nmrl.export.twin import dense_twin_onnx
     from nmrl.export.verify import load_onnx
 
@@ -137,7 +138,10 @@ def _onnx_file_models(
             "(pass the run directory instead)"
         )
     dense_path = models_dir / f"{path.stem}.dense.onnx"
-    save_onnx(dense_twin_onnx(load_onnx(path)), dense_path)
+    # onnx.save, not nmrl.export's save_onnx: that module needs PyTorch, and benching an ONNX file
+    # must work without it (the Jetson image has none); this scratch file needs no atomic write.
+    dense_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(dense_twin_onnx(load_onnx(path)), str(dense_path))
     return [
         BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, threads)),
         BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, threads)),
