@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("nmrl.export.commands", "inspect", "per-layer N:M / 2:4 report of an ONNX file (no torch)"),
     "deploy eval": ("nmrl.deploy.commands", "deploy_eval", "closed-loop return of a deployed policy file"),
     "bench": ("nmrl.deploy.commands", "bench", "latency of the sparse actor vs its dense twin per backend"),
+    "doctor": ("nmrl.doctor", "doctor", "what this machine can run (CUDA, 2:4, TensorRT, ORT)"),
+    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense twin"),
+    "compare": ("nmrl.train.compare", "compare", "train sparsity methods x seeds on one env; table and curves"),
 }
 
 

@@ -15,8 +15,10 @@ from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
 if TYPE_CHECKING:
     from nmrl.sparsity.layers import (
         LayerReport,
+        MaskedLinear,
         NMLinear,
         layer_report,
+        masked_layers,
         nm_layers,
         refresh_masks,
         sparsify,
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "LayerReport": "nmrl.sparsity.layers",
     "NMLinear": "nmrl.sparsity.layers",
+    "MaskedLinear": "nmrl.sparsity.layers",
+    "masked_layers": "nmrl.sparsity.layers",
     "layer_report": "nmrl.sparsity.layers",
     "nm_layers": "nmrl.sparsity.layers",
     "refresh_masks": "nmrl.sparsity.layers",
@@ -45,12 +49,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DENSE",
     "LayerReport",
+    "MaskedLinear",
     "NMLinear",
     "NMPattern",
     "check_nm",
     "finest_nm",
     "fits_2of4",
     "layer_report",
+    "masked_layers",
     "nm_layers",
     "nm_mask",
     "refresh_masks",

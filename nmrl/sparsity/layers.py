@@ -41,7 +41,36 @@ class _SparseRefinedSTE(torch.autograd.Function):
         return grad_weight, None, None
 
 
-class NMLinear(nn.Linear):
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` that computes with ``weight * mask``: the common base of every sparse layer.
+
+    Subclasses decide how the 0/1 ``mask`` buffer is chosen (N:M groups in :class:`NMLinear`,
+    unstructured in :class:`nmrl.sparsity.dynamic.UnstructuredLinear`) and implement the two
+    mask hooks that :func:`refresh_masks` calls: :meth:`step_mask` after each optimizer step and
+    :meth:`update_mask` to re-select the mask from the current weights now (target networks).
+    """
+
+    mask: torch.Tensor
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: ``weight * mask`` (exact zeros where pruned)."""
+        return self.weight.detach() * self.mask
+
+    @property
+    def sparsity_label(self) -> str:
+        """How the layer's reports name its sparsity (``"2:4"``, ``"unstructured"``)."""
+        raise NotImplementedError
+
+    def update_mask(self) -> None:
+        """Re-select the mask from the current weights, now."""
+        raise NotImplementedError
+
+    def step_mask(self) -> None:
+        """Count one optimizer step of this layer's weights."""
+        raise NotImplementedError
+
+
+class NMLinear(MaskedLinear):
     """``nn.Linear`` whose effective weight is N:M sparse at all times.
 
     Args:
@@ -90,9 +119,9 @@ class NMLinear(nn.Linear):
         if int(self.steps_since_refresh) >= self.mask_interval:
             self.update_mask()
 
-    def effective_weight(self) -> torch.Tensor:
-        """The weight the layer computes with: ``shadow * mask`` (exact zeros where pruned)."""
-        return self.weight.detach() * self.mask
+    @property
+    def sparsity_label(self) -> str:
+        return str(self.pattern)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = _SparseRefinedSTE.apply(self.weight, self.mask, self.srste_decay)
@@ -110,12 +139,18 @@ def nm_layers(module: nn.Module) -> list[tuple[str, NMLinear]]:
     return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, NMLinear)]
 
 
-def refresh_masks(layers: nn.Module | Iterable[NMLinear], now: bool = False) -> None:
-    """Call after each ``optimizer.step()``: counts the step in every NMLinear of ``layers`` (a
-    module, or a list of layers kept by a caller that refreshes often), recomputing masks that are
-    due; ``now=True`` recomputes them all regardless (for target networks after a Polyak update)."""
+def masked_layers(module: nn.Module) -> list[tuple[str, MaskedLinear]]:
+    """Every sparse layer (N:M or unstructured) inside ``module`` with its qualified name."""
+    return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, MaskedLinear)]
+
+
+def refresh_masks(layers: nn.Module | Iterable[MaskedLinear], now: bool = False) -> None:
+    """Call after each ``optimizer.step()``: counts the step in every sparse layer (N:M or
+    unstructured) of ``layers`` (a module, or a list of layers kept by a caller that refreshes
+    often), recomputing masks that are due; ``now=True`` recomputes them all regardless (for
+    target networks after a Polyak update)."""
     if isinstance(layers, nn.Module):
-        layers = [layer for _, layer in nm_layers(layers)]
+        layers = [layer for _, layer in masked_layers(layers)]
     for layer in layers:
         if now:
             layer.update_mask()
@@ -142,8 +177,8 @@ def layer_report(module: nn.Module) -> list[LayerReport]:
     for name, layer in module.named_modules():
         if not isinstance(layer, nn.Linear):
             continue
-        if isinstance(layer, NMLinear):
-            weight, pattern = layer.effective_weight(), str(layer.pattern)
+        if isinstance(layer, MaskedLinear):
+            weight, pattern = layer.effective_weight(), layer.sparsity_label
         else:
             weight, pattern = layer.weight.detach(), "dense"
         density = float((weight != 0).float().mean())

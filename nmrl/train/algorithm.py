@@ -82,6 +82,7 @@ def register(name: str):
 
 def get_algorithm(name: str) -> type[Algorithm]:
     # Importing the modules registers their algorithms.
+    import nmrl.train.sac
     import nmrl.train.td3  # noqa: F401
     from nmrl.errors import NmrlError
 

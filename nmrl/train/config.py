@@ -22,7 +22,8 @@ class TrainConfig:
     algo: str = "td3"
     """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
     sparsity: str = "2:4"
-    """N:M pattern for every Linear of every network ('2:4', '1:4', '1:8', ...), or 'dense'."""
+    """N:M pattern for every Linear of every network ('2:4', '1:4', '1:8', ...), 'dense', or a
+    fraction of weights to prune without structure ('0.9'; see --topology)."""
     seed: int = 1
     total_steps: int = 1_000_000
     """Environment steps in all."""
@@ -48,6 +49,33 @@ class TrainConfig:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    semi_structured: bool = False
+    """Run 2:4-compatible layers on sparse tensor cores (CUDA, Ampere or newer) under autocast."""
+    semi_structured_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
+    # -- unstructured sparse baselines (nmrl.train.sparse); ignored by N:M and dense runs --
+    topology: Literal["auto", "static", "set", "rigl"] = "auto"
+    """Unstructured mask over training: static (SS), set (DS-TD3/DS-SAC random regrowth), rigl
+    (gradient regrowth); auto = N:M masks for an N:M --sparsity, static for a fraction."""
+    topology_interval: int = 1000
+    """Gradient updates between topology updates (set, rigl)."""
+    drop_fraction: float = 0.05
+    """Fraction of each sparse layer's active weights dropped and regrown per topology update."""
+    topology_end_step: int = 0
+    """Gradient update after which the topology is frozen (0 = never for set, 75% of training for rigl)."""
+    density_allocation: Literal["erdos_renyi", "uniform"] = "erdos_renyi"
+    """How a global unstructured sparsity is split over the layers."""
+    sparse_layers: Literal["hidden", "all"] = "hidden"
+    """Unstructured layers: every Linear but each network's output layer (hidden, as DS-TD3), or all."""
+    optimizer: Literal["adam", "masked-adam"] = "adam"
+    """masked-adam (TowS) keeps gradient and Adam moments at zero where weights are inactive."""
+    activation_slope: float = 0.01
+    """Negative slope of --activation leaky_relu."""
+    # -- SAC --
+    alpha: float = 1.0
+    """SAC: initial entropy temperature (kept fixed with --no-autotune-alpha)."""
+    autotune_alpha: bool = True
+    """SAC: learn the temperature towards the target entropy -act_dim."""
     eval_every: int = 5_000
     eval_episodes: int = 10
     stop_at_return: float | None = None
@@ -65,10 +93,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
-        if self.sparsity.strip().lower() != "dense" and ":" in self.sparsity:
-            NMPattern.parse(self.sparsity)
-        elif self.sparsity.strip().lower() != "dense":
-            raise NmrlError(f"invalid --sparsity {self.sparsity!r}: expected an N:M pattern like '2:4' or 'dense'")
+        from nmrl.train.sparse import validate_sparsity
+
+        validate_sparsity(self)
         positive = (
             "total_steps",
             "batch_size",
@@ -88,8 +115,25 @@ class TrainConfig:
             )
         if not self.hidden or any(width < 1 for width in self.hidden):
             raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
+        if self.semi_structured:
+            self._validate_semi_structured()
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
+
+    def _validate_semi_structured(self) -> None:
+        """Fail before a run directory exists when the 2:4 fast path cannot run here."""
+        from nmrl.sparsity.pattern import fits_2of4
+        from nmrl.sparsity.semi_structured import probe_semi_structured
+
+        if self.pattern.is_dense or not fits_2of4(self.pattern):
+            raise NmrlError(
+                f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), not {self.sparsity!r}"
+            )
+        if self.device == "cpu":
+            raise NmrlError("--semi-structured needs --device cuda (or auto on a GPU machine)")
+        support = probe_semi_structured()
+        if not support.available:
+            raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
 
     @property
     def pattern(self) -> NMPattern:

@@ -31,6 +31,7 @@ from nmrl.train.buffer import ReplayBuffer
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
 from nmrl.train.config import ARCHITECTURE_FIELDS, TrainConfig
 from nmrl.train.evaluate import EvalResult, evaluate
+from nmrl.train.sparse import log_costs
 
 LAST_CHECKPOINT = "checkpoints/last.pt"
 BEST_CHECKPOINT = "checkpoints/best.pt"
@@ -111,6 +112,8 @@ class Trainer:
         self.metrics_path = run_dir / "metrics.jsonl"
         if resume:
             self._truncate_metrics(self.state.step)
+        else:
+            log_costs(run_dir, self.algo.networks(), self.log)  # params and FLOPs vs dense
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,9 @@ def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
     env = make_env(config.env)
     obs_dim, act_dim, low, high = env_dims(env)
     env.close()
-    algo = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, torch.device("cpu"))
+    # The deployed policy is the plain N:M network: no 2:4 GPU fast path when loading on the CPU.
+    cpu_config = replace(config, semi_structured=False)
+    algo = get_algorithm(config.algo)(obs_dim, act_dim, low, high, cpu_config, torch.device("cpu"))
     try:
         algo.load_state_dict(state["algorithm"], modules_only=True)
     except (KeyError, RuntimeError) as error:

@@ -8,6 +8,7 @@ weights and then re-mask, so they are N:M after every update too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,11 +16,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from nmrl.sparsity import nm_layers, refresh_masks, sparsify
+from nmrl.sparsity import masked_layers, refresh_masks
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
 from nmrl.train.networks import Actor, Critic
+from nmrl.train.sparse import make_optimizer, sparsify_network
 
 
 @contextmanager
@@ -57,15 +59,18 @@ class TD3(Algorithm):
         self.actor = Actor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
         self.critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
         self.critic2 = Critic(obs_dim, act_dim, config.hidden, config.activation)
+        # The actor steps once per policy_delay updates; topology schedules count updates.
+        sparsify_network(self.actor, config, update_every=config.policy_delay)
+        sparsify_network(self.critic1, config)
+        sparsify_network(self.critic2, config)
         for online in (self.actor, self.critic1, self.critic2):
-            sparsify(online, config.pattern, config.mask_interval, config.srste_decay)
             online.to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
         self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=device.type != "mps")
-        self.critic_optimizer = torch.optim.Adam(
-            [*self.critic1.parameters(), *self.critic2.parameters()], lr=config.critic_lr, fused=device.type != "mps"
+        self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=device.type != "mps")
+        self.critic_optimizer = make_optimizer(
+            [self.critic1, self.critic2], config.critic_lr, config, fused=device.type != "mps"
         )
         self.modules = {
             "actor": self.actor,
@@ -76,14 +81,24 @@ class TD3(Algorithm):
             "critic2_target": self.critic2_target,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        self.precision = contextlib.nullcontext
+        if config.semi_structured:  # 2:4 layers on sparse tensor cores, updates under autocast
+            from nmrl.sparsity.semi_structured import SemiStructuredTraining
+
+            fast_path = SemiStructuredTraining(
+                self.modules, config.semi_structured_dtype, device, measure_batch=config.batch_size
+            )
+            print(f"2:4 semi-structured layers ({config.semi_structured_dtype}):\n{fast_path.report()}")
+            self.precision = fast_path.autocast
         self.action_scale = self.actor.action_scale
-        # The N:M layers refreshed after each update, listed once (walking modules every step costs).
-        self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in nm_layers(net)]
-        self.actor_nm_layers = [layer for _, layer in nm_layers(self.actor)]
+        # The sparse layers (N:M or unstructured) refreshed after each update, listed once
+        # (walking modules every step costs).
+        self.critic_nm_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
+        self.actor_nm_layers = [layer for _, layer in masked_layers(self.actor)]
         self.target_nm_layers = [
             layer
             for net in (self.actor_target, self.critic1_target, self.critic2_target)
-            for _, layer in nm_layers(net)
+            for _, layer in masked_layers(net)
         ]
 
     @torch.no_grad()
@@ -95,6 +110,10 @@ class TD3(Algorithm):
         return action
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self.precision():
+            return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
             # Target policy smoothing: clipped noise on the target action.

@@ -1,0 +1,58 @@
+"""``nmrl deploy build``: compile an exported actor into an inference engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from nmrl.deploy.tensorrt import BatchProfile, build_engines
+
+
+def build(
+    onnx: tyro.conf.Positional[Path],
+    backend: Literal["tensorrt", "tensorrt-rtx"] = "tensorrt",
+    output: Path | None = None,
+    sparse: bool = True,
+    dense_twin: bool = True,
+    min_batch: int = 1,
+    opt_batch: int = 64,
+    max_batch: int = 4096,
+    compute_capability: tuple[str, ...] = (),
+    workspace_mib: int | None = None,
+) -> int:
+    """Build a TensorRT engine from an exported actor, with 2:4 sparse weights enabled, plus its
+    dense twin (same weights, sparse flag off) for comparison.
+
+    Writes actor.plan (TensorRT) or actor.rtx.plan (TensorRT-RTX) beside the ONNX, the dense twin
+    (*.dense.plan), the full builder log (*.plan.log) and a JSON report (*.plan.json) saying which
+    layers were 2:4 in the ONNX, which the builder found eligible for sparse math and which it
+    picked sparse kernels for. TensorRT 10 builds the fp32 ONNX with the FP16 flag; TensorRT 11 and
+    TensorRT-RTX are strongly typed and need the fp16 export for sparse kernels.
+
+    Args:
+        onnx: the exported actor (runs/<run>/actor.onnx).
+        backend: tensorrt (builds on the target NVIDIA GPU) or tensorrt-rtx (builds without a GPU,
+            runs on RTX-class GPUs of compute capability 8.0/8.6/8.9/12.x).
+        output: engine path (default: beside the ONNX).
+        sparse: set the SPARSE_WEIGHTS builder flag.
+        dense_twin: also build the same graph without the sparse flag.
+        min_batch: smallest batch of the dynamic-batch profile.
+        opt_batch: batch the builder tunes for.
+        max_batch: largest batch of the profile.
+        compute_capability: TensorRT-RTX targets, e.g. 8.6 8.9 (default: its portable set).
+        workspace_mib: builder workspace limit in MiB (default: TensorRT's).
+    """
+    report = build_engines(
+        onnx,
+        flavour=backend,
+        output=output,
+        sparse=sparse,
+        dense_twin=dense_twin,
+        profile=BatchProfile(min_batch, opt_batch, max_batch),
+        compute_capabilities=compute_capability,
+        workspace_mib=workspace_mib,
+    )
+    print(report.format())
+    return 0

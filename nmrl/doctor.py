@@ -1,0 +1,149 @@
+"""``nmrl doctor``: what this machine can run — CUDA, 2:4 sparse kernels, TensorRT, ONNX Runtime.
+
+Every check is a probe, not an assumption: the 2:4 row converts and multiplies a real matrix on
+the GPU; the TensorRT rows import the module. Nothing here fails on a machine that has none of
+it: each row then says what is missing, and the command still exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json as json_module
+import platform
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the doctor's table."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _module_version(module_name: str) -> tuple[bool, str]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or OSError from a missing shared library
+        missing = isinstance(error, ImportError)
+        return False, "not installed" if missing else f"installed but fails to load: {error}"
+    return True, str(getattr(module, "__version__", "unknown version"))
+
+
+def _torch():
+    """PyTorch, or None in a deploy-only install (the Jetson image has none)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def check_cuda() -> Check:
+    torch = _torch()
+    if torch is None:  # ask libcudart directly
+        from nmrl.deploy.tensorrt import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason()
+        return Check("CUDA", reason is None, reason or "a CUDA device is visible (PyTorch not installed)")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        return Check("CUDA", False, f"no CUDA device visible to PyTorch {torch.__version__} ({build})")
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    name = torch.cuda.get_device_name(index)
+    return Check(
+        "CUDA",
+        True,
+        f"{name}, compute capability {major}.{minor}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)",
+    )
+
+
+def check_semi_structured() -> Check:
+    if _torch() is None:
+        return Check("2:4 semi-structured (torch)", False, "PyTorch not installed")
+    from nmrl.sparsity.semi_structured import probe_semi_structured
+
+    support = probe_semi_structured()
+    if not support.available:
+        return Check("2:4 semi-structured (torch)", False, support.reason)
+    backend = support.backend or "?"
+    if support.cusparselt_version is not None:
+        backend = f"cuSPARSELt {support.cusparselt_version}"
+    elif backend == "cutlass":
+        backend = "CUTLASS"
+    return Check("2:4 semi-structured (torch)", True, f"{backend}: real matmul works for {', '.join(support.dtypes)}")
+
+
+def check_tensorrt() -> Check:
+    ok, version = _module_version("tensorrt")
+    detail = f"TensorRT {version} (engines build and run on this machine's GPU)" if ok else version
+    return Check("TensorRT", ok, detail)
+
+
+def check_tensorrt_rtx() -> Check:
+    ok, version = _module_version("tensorrt_rtx_bindings")
+    detail = (
+        f"TensorRT-RTX {version} (builds engines without a GPU; they run on SM 8.0/8.6/8.9/12.x)" if ok else version
+    )
+    return Check("TensorRT-RTX", ok, detail)
+
+
+def check_onnxruntime() -> Check:
+    try:
+        import onnxruntime
+    except ImportError:
+        return Check("ONNX Runtime", False, "not installed")
+    providers = onnxruntime.get_available_providers()
+    return Check("ONNX Runtime", True, f"{onnxruntime.__version__}; providers: {', '.join(providers)}")
+
+
+def check_polygraphy() -> Check:
+    ok, version = _module_version("polygraphy")
+    return Check("Polygraphy", ok, f"{version} (CUDA buffers for running engines)" if ok else version)
+
+
+def collect() -> list[Check]:
+    """Every check, in the order the table shows them."""
+    torch = _torch()
+    python = Check(
+        "Python / PyTorch",
+        torch is not None,
+        f"Python {platform.python_version()}, "
+        + (f"torch {torch.__version__}" if torch else "PyTorch not installed (deploy-only install)"),
+    )
+    return [
+        python,
+        check_cuda(),
+        check_semi_structured(),
+        check_tensorrt(),
+        check_tensorrt_rtx(),
+        check_onnxruntime(),
+        check_polygraphy(),
+    ]
+
+
+def doctor(json: bool = False) -> int:
+    """Print what this machine can run: CUDA device and compute capability, whether PyTorch's 2:4
+    semi-structured matmul works here (fp16/bf16, cuSPARSELt or CUTLASS), TensorRT and TensorRT-RTX
+    versions, ONNX Runtime providers. Always exits 0.
+
+    Args:
+        json: print the checks as JSON instead of a table.
+    """
+    checks = collect()
+    if json:
+        print(json_module.dumps([asdict(check) for check in checks], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="nmrl doctor")
+    table.add_column("check")
+    table.add_column("", justify="center")
+    table.add_column("detail", overflow="fold")
+    for check in checks:
+        table.add_row(check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail)
+    Console().print(table)
+    return 0

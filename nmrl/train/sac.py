@@ -1,0 +1,213 @@
+"""SAC (Haarnoja et al., 2018, with the learned temperature of the 2018 "applications" paper),
+dense, N:M (RNM-SAC) or unstructured (SS-SAC, DS-SAC, TowS-SAC).
+
+Standard settings: 256-256 MLPs, twin critics with Polyak-averaged targets (no actor target), a
+tanh-squashed Gaussian actor, the entropy temperature learned towards ``-act_dim``, one actor
+and one temperature update per critic update (``policy_delay`` is TD3's and is not used). The
+sparsity of every network follows the config exactly as for TD3 (nmrl.train.sparse).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nmrl.errors import NmrlError
+from nmrl.sparsity import masked_layers, refresh_masks
+from nmrl.train.algorithm import Algorithm, register
+from nmrl.train.buffer import Batch
+from nmrl.train.config import TrainConfig
+from nmrl.train.networks import Critic, mlp
+from nmrl.train.sparse import make_optimizer, sparsify_network
+from nmrl.train.td3 import frozen, polyak_update
+
+# The actor's log standard deviation is squashed into this range (as CleanRL and SpinningUp do):
+# wide enough for near-deterministic and near-uniform policies, bounded so exp() stays finite.
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class GaussianActor(nn.Module):
+    """A tanh-squashed Gaussian policy: one MLP outputs the mean and log-std of each action
+    dimension; actions are ``tanh(sample)`` rescaled to the action bounds."""
+
+    action_scale: torch.Tensor
+    action_bias: torch.Tensor
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, activation)
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-squash Gaussian."""
+        mean, log_std = self.net(obs).split(self.act_dim, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action in env units and its log-probability [batch]."""
+        mean, log_std = self(obs)
+        std = log_std.exp()
+        pre_squash = mean + std * torch.randn_like(mean)
+        squashed = torch.tanh(pre_squash)
+        # log N(pre_squash; mean, std) minus the log-determinant of the squash and rescale.
+        gaussian = -0.5 * ((pre_squash - mean) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        correction = torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)
+        log_prob = (gaussian - correction).sum(dim=-1)
+        return squashed * self.action_scale + self.action_bias, log_prob
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self(obs)
+        return torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class DeterministicPolicy(nn.Module):
+    """The actor's mean action, ``tanh(mean)`` rescaled: SAC's evaluated and exported policy.
+
+    It shares the actor's layers (no copy), so it always acts with the current weights; its only
+    input is the observation and its only output the action, as ONNX export expects.
+    """
+
+    def __init__(self, actor: GaussianActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.deterministic(obs)
+
+
+class Temperature(nn.Module):
+    """The entropy temperature, learned in log space (a module, so checkpoints carry it)."""
+
+    def __init__(self, initial: float) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(initial)))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+
+@register("sac")
+class SAC(Algorithm):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
+        if config.alpha <= 0:
+            raise NmrlError(f"--alpha must be positive, got {config.alpha}")
+        self.actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
+        self.critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
+        self.critic2 = Critic(obs_dim, act_dim, config.hidden, config.activation)
+        for online in (self.actor, self.critic1, self.critic2):
+            sparsify_network(online, config)
+            online.to(device)
+        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
+        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
+        self.temperature = Temperature(config.alpha).to(device)
+        self.target_entropy = -float(act_dim)
+        fused = device.type != "mps"
+        self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=fused)
+        self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config, fused=fused)
+        self.modules = {
+            "actor": self.actor,
+            "critic1": self.critic1,
+            "critic2": self.critic2,
+            "critic1_target": self.critic1_target,
+            "critic2_target": self.critic2_target,
+            "temperature": self.temperature,
+        }
+        self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        if config.autotune_alpha:
+            self.alpha_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=config.critic_lr)
+            self.optimizers["temperature"] = self.alpha_optimizer
+        self._policy = DeterministicPolicy(self.actor)
+        # The sparse layers refreshed after each update, listed once (walking modules every step costs).
+        self.critic_sparse_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
+        self.actor_sparse_layers = [layer for _, layer in masked_layers(self.actor)]
+        self.target_sparse_layers = [
+            layer for net in (self.critic1_target, self.critic2_target) for _, layer in masked_layers(net)
+        ]
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        if explore:
+            return self.actor.sample(obs)[0]
+        return self.actor.deterministic(obs)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        alpha = self.temperature.alpha.detach()
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            next_q = (
+                torch.min(
+                    self.critic1_target(batch.next_obs, next_action),
+                    self.critic2_target(batch.next_obs, next_action),
+                )
+                - alpha * next_log_prob
+            )
+            # Only true terminations stop bootstrapping; time-limit truncations do not.
+            target_q = batch.reward + cfg.gamma * (1.0 - batch.terminated) * next_q
+
+        q1 = self.critic1(batch.obs, batch.action)
+        q2 = self.critic2(batch.obs, batch.action)
+        critic_loss = nn.functional.mse_loss(q1, target_q) + nn.functional.mse_loss(q2, target_q)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        refresh_masks(self.critic_sparse_layers)
+        self.updates += 1
+
+        with frozen(self.critic1), frozen(self.critic2):
+            action, log_prob = self.actor.sample(batch.obs)
+            q = torch.min(self.critic1(batch.obs, action), self.critic2(batch.obs, action))
+            actor_loss = (alpha * log_prob - q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        refresh_masks(self.actor_sparse_layers)
+
+        metrics = {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q": q1.detach().mean(),
+            "alpha": alpha,
+            "entropy": -log_prob.detach().mean(),
+        }
+        if cfg.autotune_alpha:
+            alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            metrics["alpha_loss"] = alpha_loss.detach()
+
+        for target, online in ((self.critic1_target, self.critic1), (self.critic2_target, self.critic2)):
+            polyak_update(target, online, cfg.tau)
+        refresh_masks(self.target_sparse_layers, now=True)
+        return metrics
+
+    def policy(self) -> nn.Module:
+        return self._policy

@@ -1,0 +1,452 @@
+"""TensorRT deployment: builder settings per version, the ONNX the builder is fed, error paths, and
+real engine builds with TensorRT-RTX (which builds without a GPU) for every kind of exported actor."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nmrl.cli import main
+from nmrl.deploy import tensorrt as trt_deploy
+from nmrl.deploy.onnx_gemms import read_graph_info
+from nmrl.errors import NmrlError
+from nmrl.sparsity import NMPattern, sparsify
+from nmrl.train.networks import Actor
+
+OBS_DIM, ACT_DIM = 27, 8
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
+
+
+def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """An exported actor ONNX (opset 17, dynamic batch): dense, N:M-sparse or unstructured-sparse."""
+    torch.manual_seed(0)
+    actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
+    if kind == "unstructured":
+        with torch.no_grad():
+            for layer in actor.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)
+    elif kind != "dense":
+        sparsify(actor.net, NMPattern.parse(kind))
+    actor.eval()
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    actor.to(torch_dtype)
+    obs = torch.zeros(1, OBS_DIM, dtype=torch_dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            actor,
+            (obs,),
+            str(path),
+            input_names=["obs"],
+            output_names=["action"],
+            dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+# ---- builder settings per TensorRT version (pure logic) -------------------------------------------
+
+
+def test_tensorrt10_fp32_graph_gets_fp16_flag():
+    s = trt_deploy.build_settings("tensorrt", "10.13.3", "float32", sparse=True)
+    assert (s.strongly_typed, s.fp16_flag, s.sparse_weights, s.sparse_possible) == (False, True, True, True)
+    assert s.note == ""
+
+
+def test_tensorrt10_fp16_graph_is_strongly_typed():
+    s = trt_deploy.build_settings("tensorrt", "10.3.0", "float16", sparse=True)
+    assert (s.strongly_typed, s.fp16_flag, s.sparse_possible) == (True, False, True)
+
+
+@pytest.mark.parametrize(("flavour", "version"), [("tensorrt", "11.4.1"), ("tensorrt-rtx", "1.7.1.116")])
+def test_strongly_typed_builders_take_precision_from_the_graph(flavour, version):
+    fp16 = trt_deploy.build_settings(flavour, version, "float16", sparse=True)
+    assert (fp16.strongly_typed, fp16.fp16_flag, fp16.sparse_possible, fp16.note) == (True, False, True, "")
+    fp32 = trt_deploy.build_settings(flavour, version, "float32", sparse=True)
+    assert fp32.strongly_typed and not fp32.fp16_flag and not fp32.sparse_possible
+    assert "fp16" in fp32.note  # tells the user to build the fp16 export
+    dense = trt_deploy.build_settings(flavour, version, "float32", sparse=False)
+    assert not dense.sparse_weights and dense.note == ""
+
+
+def test_old_tensorrt_is_refused():
+    with pytest.raises(NmrlError, match="TensorRT 10 or newer"):
+        trt_deploy.build_settings("tensorrt", "8.6.1", "float32", sparse=True)
+
+
+def test_batch_profile_validation():
+    with pytest.raises(NmrlError, match="min <= opt <= max"):
+        trt_deploy.BatchProfile(8, 4, 16)
+
+
+def test_sparsity_log_parsing():
+    lines = [
+        "INFO: Detected 1 inputs and 1 output network tensors.",
+        "INFO: (Sparsity) Layers eligible for sparse math: /net/net.2/Gemm + /net/net.3/Relu, /net/net.4/Gemm",
+        "INFO: (Sparsity) TRT inference plan picked sparse implementation for layers: /net/net.4/Gemm",
+    ]
+    eligible, picked = trt_deploy.parse_sparsity_log(lines)
+    assert eligible == ["/net/net.2/Gemm + /net/net.3/Relu", "/net/net.4/Gemm"]
+    assert picked == ["/net/net.4/Gemm"]
+    empty = [
+        "INFO: (Sparsity) Layers eligible for sparse math:",
+        "INFO: (Sparsity) TRT inference plan picked sparse implementation for layers:",
+    ]
+    assert trt_deploy.parse_sparsity_log(empty) == ([], [])
+    assert trt_deploy.parse_sparsity_log(lines[:1]) == (None, None)
+
+
+def test_engine_file_names():
+    onnx_path = Path("runs/x/actor.onnx")
+    plan = trt_deploy.default_plan_path(onnx_path, "tensorrt")
+    rtx = trt_deploy.default_plan_path(onnx_path, "tensorrt-rtx")
+    assert plan == Path("runs/x/actor.plan") and rtx == Path("runs/x/actor.rtx.plan")
+    assert trt_deploy.dense_twin_path(plan) == Path("runs/x/actor.dense.plan")
+    assert trt_deploy.dense_twin_path(rtx) == Path("runs/x/actor.rtx.dense.plan")
+    assert trt_deploy.report_path(plan) == Path("runs/x/actor.plan.json")
+
+
+# ---- the ONNX fed to the builder ------------------------------------------------------------------
+
+
+def test_graph_info_reads_gemm_weights_along_k(tmp_path):
+    info = read_graph_info(export_actor(tmp_path / "a.onnx", "2:4"))
+    assert (info.input_name, info.input_dim, info.input_dtype, info.output_name) == (
+        "obs",
+        OBS_DIM,
+        "float32",
+        "action",
+    )
+    shapes = [(g.k, g.n, g.fits_2of4) for g in info.gemms]
+    # K = 27 is not a multiple of 4, so the first layer cannot use 2:4 kernels even though masked.
+    assert shapes == [(27, 256, False), (256, 256, True), (256, ACT_DIM, True)]
+    assert all(abs(g.density - 0.5) < 1e-6 for g in info.gemms[1:])
+    assert not info.reduced_precision
+
+
+@pytest.mark.parametrize(("kind", "fits"), [("dense", False), ("unstructured", False), ("1:4", True), ("4:8", False)])
+def test_graph_info_per_kind(tmp_path, kind, fits):
+    info = read_graph_info(export_actor(tmp_path / "a.onnx", kind))
+    assert info.gemms[1].fits_2of4 is fits
+
+
+def test_graph_info_fp16(tmp_path):
+    info = read_graph_info(export_actor(tmp_path / "a.onnx", "2:4", "fp16"))
+    assert info.compute_dtype == "float16" and info.reduced_precision
+    assert {g.dtype for g in info.gemms} == {"float16"}
+
+
+def test_not_onnx_is_a_user_error(tmp_path):
+    bogus = tmp_path / "actor.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(NmrlError, match="not a readable ONNX model"):
+        read_graph_info(bogus)
+
+
+# ---- error paths ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(HAS_TRT, reason="standard TensorRT is installed here")
+def test_missing_tensorrt_is_one_clear_line(tmp_path, capsys):
+    onnx_path = export_actor(tmp_path / "actor.onnx")
+    assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'tensorrt' is not installed" in err and "GPU" in err
+
+
+def test_unknown_flavour_and_missing_file(tmp_path):
+    with pytest.raises(NmrlError, match="unknown TensorRT backend"):
+        trt_deploy.import_tensorrt("tensorflow")
+    with pytest.raises(NmrlError, match="no such ONNX file"):
+        trt_deploy.build_engines(tmp_path / "missing.onnx", flavour="tensorrt-rtx")
+    with pytest.raises(NmrlError, match="no such engine file"):
+        trt_deploy.TensorRTPolicy(tmp_path / "missing.plan")
+
+
+# ---- real builds with TensorRT-RTX (no GPU needed) ------------------------------------------------
+
+
+@needs_rtx
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("kind", ["dense", "2:4", "unstructured"])
+def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
+    """NVIDIA's parser and builder must accept every graph nmrl exports; a rejection fails CI."""
+    onnx_path = export_actor(tmp_path / "actor.onnx", kind, dtype)
+    report = trt_deploy.build_engines(onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024))
+
+    plan, twin = Path(report.plan), Path(report.dense_plan)
+    assert plan == tmp_path / "actor.rtx.plan" and twin == tmp_path / "actor.rtx.dense.plan"
+    assert plan.stat().st_size > 10_000 and twin.stat().st_size > 10_000
+    assert report.flags == {"SPARSE_WEIGHTS": True, "STRONGLY_TYPED": True}
+    assert report.settings["sparse_possible"] is (dtype == "fp16")
+    # The builder's own log shows the dynamic-batch profile it compiled for.
+    log = (tmp_path / "actor.rtx.plan.log").read_text()
+    assert f"MinShape: [1,{OBS_DIM}], OptShape: [32,{OBS_DIM}], MaxShape: [1024,{OBS_DIM}]" in log
+    expected_dtype = "Half" if dtype == "fp16" else "Float"
+    assert f"Name: obs, IOMode: Input, DataType: {expected_dtype}" in log
+    saved = json.loads((tmp_path / "actor.rtx.plan.json").read_text())
+    assert saved["flavour"] == "tensorrt-rtx" and saved["version"] == report.version
+    assert [g["fits_2of4"] for g in saved["onnx_gemms"]] == [False, kind == "2:4", kind == "2:4"]
+    assert saved["builder_picked"] is None  # RTX picks kernels on the target GPU, not here
+    assert any("just in time" in note for note in saved["notes"])
+
+
+@needs_rtx
+def test_rtx_dense_twin_is_built_without_the_sparse_flag(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    trt = trt_deploy.import_tensorrt("tensorrt-rtx")
+    info = read_graph_info(onnx_path)
+    settings = trt_deploy.build_settings("tensorrt-rtx", trt.__version__, info.compute_dtype, sparse=False)
+    built = trt_deploy.build_plan(trt, onnx_path, info, settings, trt_deploy.BatchProfile())
+    assert built.flags["SPARSE_WEIGHTS"] is False and built.plan
+
+
+@needs_rtx
+def test_rtx_compute_capability_targets(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("8.6",), dense_twin=False)
+    assert report.dense_plan is None and Path(report.plan).is_file()
+    with pytest.raises(NmrlError, match=r"no compute capability 9\.0 target.*--backend tensorrt"):
+        trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("9.0",))
+
+
+@needs_rtx
+def test_rtx_parser_rejection_is_a_user_error(tmp_path):
+    # A graph TensorRT's ONNX parser cannot import: an op from a domain it does not know.
+    node = onnx.helper.make_node("Frobnicate", ["obs"], ["action"], domain="com.example")
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, ["batch", OBS_DIM])],
+        [onnx.helper.make_tensor_value_info("action", onnx.TensorProto.FLOAT, ["batch", ACT_DIM])],
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)]
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(NmrlError, match="ONNX parser rejected"):
+        trt_deploy.build_engines(path, "tensorrt-rtx")
+
+
+@needs_rtx
+def test_cli_deploy_build_prints_the_report(tmp_path, capsys):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt-rtx", "--max-batch", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "actor.rtx.plan" in out and "SPARSE_WEIGHTS" in out and "1/64/512" in out
+    assert "/net/net.2/Gemm" in out
+
+
+@needs_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_running_an_engine_without_a_gpu_is_one_clear_error(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", dense_twin=False)
+    with pytest.raises(NmrlError, match="could not load the engine"):
+        trt_deploy.load_tensorrt_policy(report.plan)
+
+
+# ---- on an NVIDIA GPU with standard TensorRT ------------------------------------------------------
+
+
+@pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason="needs TensorRT and an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_gpu_tensorrt_engine_matches_torch(tmp_path, dtype):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", dtype, hidden=(1024, 1024))
+    report = trt_deploy.build_engines(onnx_path, "tensorrt")
+    assert report.builder_eligible is not None and report.builder_picked is not None
+    policy = trt_deploy.load_tensorrt_policy(report.plan)
+    assert (policy.obs_dim, policy.act_dim) == (OBS_DIM, ACT_DIM)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    obs = np.random.default_rng(0).standard_normal((300, OBS_DIM)).astype(np.float32)
+    feed = obs.astype(np.float16) if dtype == "fp16" else obs
+    expected = session.run(None, {"obs": feed})[0].astype(np.float32)
+    np.testing.assert_allclose(policy.act(obs), expected, rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(policy.act(obs[0]), expected[0], rtol=3e-2, atol=3e-2)
+
+
+# ---- backend probes and loaders for deploy eval / bench -------------------------------------------
+
+
+def test_backend_probes_say_what_is_missing():
+    reason = trt_deploy.tensorrt_unavailable_reason()
+    if not HAS_TRT:
+        assert "'tensorrt' is not installed" in reason
+    if HAS_RTX and not torch.cuda.is_available():
+        assert "CUDA" in trt_deploy.tensorrt_rtx_unavailable_reason()
+
+
+@needs_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_loader_builds_the_engine_beside_an_onnx_once(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    with pytest.raises(NmrlError, match="could not load the engine"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path, max_batch=256)
+    plan, twin = tmp_path / "actor.rtx.plan", tmp_path / "actor.rtx.dense.plan"
+    assert plan.is_file() and not twin.exists()  # only the engine asked for
+    assert trt_deploy.BuildReport.load(tmp_path / "actor.rtx.plan.json").profile["max"] == 256
+    with pytest.raises(NmrlError, match="could not load the engine"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
+    assert twin.is_file()
+    built_at = plan.stat().st_mtime_ns, twin.stat().st_mtime_ns
+    for dense in (False, True):
+        with pytest.raises(NmrlError, match="could not load the engine"):
+            trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=dense)
+    assert (plan.stat().st_mtime_ns, twin.stat().st_mtime_ns) == built_at  # up to date: not rebuilt
+
+
+@needs_rtx
+def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    model = onnx.load(str(onnx_path))
+    model.metadata_props.add(key="nmrl.env_id", value="Ant-v5")
+    onnx.save(model, str(onnx_path))
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx")
+    assert report.env_id == "Ant-v5"
+    twin = Path(report.dense_plan)
+    assert trt_deploy._report_field(twin, "env_id") == "Ant-v5"  # the twin shares its sibling's report
+    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"
+    Path(report.plan + ".json").unlink()
+    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"  # from the name when no report is left
+
+
+def _polygraphy() -> str | None:
+    beside_python = Path(sys.executable).parent / "polygraphy"
+    return shutil.which("polygraphy") or (str(beside_python) if beside_python.is_file() else None)
+
+
+@pytest.mark.skipif(_polygraphy() is None, reason="polygraphy not installed")
+@pytest.mark.parametrize("kind", ["2:4", "unstructured"])
+def test_two_of_four_reading_agrees_with_polygraphy(tmp_path, kind):
+    """nmrl's reading of the weights along K matches NVIDIA's own checker."""
+    onnx_path = export_actor(tmp_path / "actor.onnx", kind)
+    result = subprocess.run(
+        [_polygraphy(), "inspect", "sparsity", str(onnx_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = set(re.findall(r"Found sparse tensor: (\S+)", result.stdout + result.stderr))
+    ours = {gemm.weight for gemm in read_graph_info(onnx_path).gemms if gemm.fits_2of4}
+    assert found == ours
+    assert bool(ours) is (kind == "2:4")
+
+
+class _FakeTensorRT10:
+    """Records what nmrl asks of a TensorRT 10 builder (no TensorRT 10 can run here): the API calls
+    of ``build_plan`` for a weakly typed network, which TensorRT-RTX cannot exercise."""
+
+    __version__ = "10.13.3.9"
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class BuilderFlag:
+        FP16, SPARSE_WEIGHTS = "FP16", "SPARSE_WEIGHTS"
+
+    class ProfilingVerbosity:
+        DETAILED = "DETAILED"
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    def __init__(self):
+        fake = self
+        self.calls: list[tuple] = []
+
+        class Config:
+            def __init__(self):
+                self.flags = set()
+
+            def set_flag(self, flag):
+                self.flags.add(flag)
+
+            def get_flag(self, flag):
+                return flag in self.flags
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("profile", profile.shapes))
+
+        class Profile:
+            def set_shape(self, name, low, opt, high):
+                self.shapes = (name, low, opt, high)
+
+        class Builder:
+            def __init__(self, logger):
+                logger.log("INFO", "(Sparsity) Layers eligible for sparse math: /net/net.2/Gemm")
+                logger.log("INFO", "(Sparsity) TRT inference plan picked sparse implementation for layers: ")
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                fake.config = Config()
+                return fake.config
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", sorted(config.flags)))
+                return b"plan-bytes"
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", path))
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_tensorrt10_builder_calls_for_an_fp32_graph(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp32")
+    info = read_graph_info(onnx_path)
+    fake = _FakeTensorRT10()
+    settings = trt_deploy.build_settings("tensorrt", fake.__version__, info.compute_dtype, sparse=True)
+    built = trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile(1, 64, 4096))
+    assert fake.calls == [
+        ("network", 0),  # weakly typed: TensorRT 10 picks fp16 kernels itself
+        ("parse", str(onnx_path)),
+        ("profile", ("obs", (1, OBS_DIM), (64, OBS_DIM), (4096, OBS_DIM))),
+        ("build", ["FP16", "SPARSE_WEIGHTS"]),
+    ]
+    assert built.plan == b"plan-bytes" and built.flags == {
+        "SPARSE_WEIGHTS": True,
+        "FP16": True,
+        "STRONGLY_TYPED": False,
+    }
+    assert trt_deploy.parse_sparsity_log(built.log) == (["/net/net.2/Gemm"], [])
+
+
+def test_tensorrt10_builder_calls_for_an_fp16_graph(tmp_path):
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    info = read_graph_info(onnx_path)
+    fake = _FakeTensorRT10()
+    settings = trt_deploy.build_settings("tensorrt", fake.__version__, info.compute_dtype, sparse=True)
+    trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile())
+    assert ("network", 1 << 1) in fake.calls  # STRONGLY_TYPED, no precision flag
+    assert ("build", ["SPARSE_WEIGHTS"]) in fake.calls
