@@ -168,3 +168,17 @@ def test_export_verb_on_a_trained_run(tmp_path_factory, capsys) -> None:
     assert json.loads(check.metadata["nmrl.action_low"]) == [-1.0, -1.0, -1.0]
     assert main(["export", str(tmp_path_factory.mktemp("empty"))]) == 1
     assert "not an nmrl run directory" in capsys.readouterr().err
+
+
+def test_sac_deterministic_actor_exports_with_parity(tmp_path) -> None:
+    """Export takes any obs -> action module: SAC's deterministic actor (tanh of the mean head)."""
+    from nmrl.train.algorithm import get_algorithm
+    from nmrl.train.config import TrainConfig
+
+    config = TrainConfig(env="Hopper-v5", algo="sac", sparsity="2:4", hidden=(32, 32))
+    algo = get_algorithm("sac")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    policy = algo.policy().eval()
+    result = export_policy(tmp_path / "sac.onnx", policy, HOPPER_OBS, 3, NMPattern(2, 4), {"algo": "sac"})
+    assert [layer.finest for layer in result.check.layers] == [NMPattern(2, 4)] * 3
+    (parity,) = check_parity(policy, result.path, HOPPER_OBS, "fp32", count=64)
+    assert parity.passed
