@@ -356,18 +356,3 @@ def test_copies_drop_the_compressed_weight_cache(monkeypatch):
     clone = copy.deepcopy(layer)
     assert layer._packed_cache is not None and clone._packed_cache is None
     torch.testing.assert_close(clone.packed_weight(torch.float16), layer.packed_weight(torch.float16))
-
-
-def test_bench_gives_torch_2of4_the_actor_module_not_a_file(tmp_path):
-    from nmrl.deploy.benchmodels import _module_models
-
-    actor = Actor(27, 8, [-1.0] * 8, [1.0] * 8, hidden=(32, 32))
-    sparsify(actor.net, NMPattern(2, 4))
-    models = _module_models("a", actor, 27, 8, NMPattern(2, 4), "fp32", 1, tmp_path, ["ort", "torch-2:4"], {})
-    assert [m.variant for m in models] == ["sparse", "dense"]
-    for model in models:
-        assert set(model.loaders) == {"ort", "torch-2:4"}
-        if not ss.probe_semi_structured().available:
-            with pytest.raises(NmrlError, match="2:4 semi-structured inference is not available here"):
-                model.loaders["torch-2:4"]()
-    assert all(isinstance(layer, NMLinear) for layer in (actor.net[0], actor.net[2]))  # loads work on copies

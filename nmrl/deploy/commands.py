@@ -147,7 +147,18 @@ def bench(
     if out is None:
         out = Path(target) / "bench" if target is not None and Path(target).is_dir() else Path("bench_results")
     models = build_models(
-        target, width_list, pattern, dtype, threads, out / "models", obs_dim, act_dim, checkpoint, usable, console
+        target,
+        width_list,
+        pattern,
+        dtype,
+        threads,
+        out / "models",
+        obs_dim,
+        act_dim,
+        checkpoint,
+        usable,
+        console,
+        max(batches),
     )
     with console.status("timing...") as status:
         timings, described = run_bench(
