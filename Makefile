@@ -17,6 +17,9 @@ test: install
 lint:
 	$(PY) -m ruff check .
 
+demo:
+	bash scripts/demo.sh
+
 bench:
 	$(PY) benchmarks/train_throughput.py
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 ENV_ID=${DEMO_ENV:-Hopper-v5}
-STEPS=${DEMO_STEPS:-10000}
+STEPS=${DEMO_STEPS:-8000}
 STARTS=${DEMO_LEARNING_STARTS:-2000}
 RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
 RUN=runs/$RUN_NAME
@@ -30,7 +30,7 @@ start=$(date +%s)
 
 step "1/6  train: RNM-TD3 with every layer of all six networks 2:4 sparse, $STEPS steps of $ENV_ID"
 nmrl train --env "$ENV_ID" --sparsity 2:4 --total-steps "$STEPS" --learning-starts "$STARTS" \
-    --eval-every 5000 --eval-episodes 5 --checkpoint-every "$STEPS" --threads "$THREADS" \
+    --eval-every 4000 --eval-episodes 5 --checkpoint-every "$STEPS" --threads "$THREADS" \
     --runs-dir runs --run-name "$RUN_NAME"
 
 step "2/6  export: effective weights (exact zeros) -> $RUN/actor.onnx, verified 2:4 along K, parity vs torch"

@@ -133,3 +133,16 @@ def exported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (run_dir / "actor.onnx").is_file():
         export_run(run_dir, parity_samples=32)
     return run_dir
+
+
+def load_run_backed_policy(path: Path, dense: bool = False, threads: int = 1):
+    """A stand-in for backends that load a run directory themselves (like torch-2:4): the run's
+    actor.onnx under ONNX Runtime, or the dense twin of it when ``dense``."""
+    from nmrl.deploy.ort_backend import OrtPolicy
+    from nmrl.export.twin import dense_twin_onnx
+    from nmrl.export.verify import load_onnx
+
+    model = load_onnx(Path(path) / "actor.onnx")
+    policy = OrtPolicy((dense_twin_onnx(model) if dense else model).SerializeToString(), threads=threads)
+    policy.backend = "run-backed"
+    return policy

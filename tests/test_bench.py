@@ -107,7 +107,7 @@ def test_bench_verb_on_an_onnx_file(tmp_path, capsys) -> None:
         == 0
     )
     text = capsys.readouterr().out
-    assert "torch backend skipped" in text and "dense/sparse" in text and "expected" in text
+    assert "torch skipped for an .onnx target" in text and "dense/sparse" in text and "expected" in text
     rows = read_csv(out / "bench.csv")
     assert {(r.backend, r.variant, r.batch) for r in rows} == {
         ("ort", v, b) for v in ("sparse", "dense") for b in (1, 4)
@@ -118,28 +118,39 @@ def test_bench_verb_on_an_onnx_file(tmp_path, capsys) -> None:
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) -> None:
+    from nmrl.deploy.policy import BACKENDS, register_backend
+
     run_dir = exported_run(tmp_path_factory)
-    assert (
-        main(
-            [
-                "bench",
-                str(run_dir),
-                "--backends",
-                "torch,ort",
-                "--batch",
-                "1,16",
-                "--widths",
-                "64",
-                "--calls",
-                "10",
-                "--warmup",
-                "2",
-            ]
-        )
-        == 0
-    )
+    # A backend that loads run directories itself (as torch-2:4 does on a GPU) gets the run for the
+    # sparse actor and dense=True for the twin, and is skipped for synthetic actors.
+    register_backend("run-backed", "deploy_support:load_run_backed_policy", takes="run")
+    argv = [
+        "--backends",
+        "torch,ort,run-backed,tensorrt",
+        "--batch",
+        "1,16",
+        "--widths",
+        "64",
+        "--calls",
+        "10",
+        "--warmup",
+        "2",
+    ]
+    try:
+        assert main(["bench", str(run_dir), *argv]) == 0
+    finally:
+        del BACKENDS["run-backed"]
     rows = read_csv(run_dir / "bench" / "bench.csv")
-    models = {r.model for r in rows}
-    assert models == {"Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"}
-    assert {r.backend for r in rows} == {"torch", "ort"} and len(rows) == 2 * 2 * 2 * 2
-    assert "PyTorch" in capsys.readouterr().out
+    run_model, synthetic = "Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"
+    assert {(r.model, r.backend) for r in rows} == {
+        (run_model, "torch"),
+        (run_model, "ort"),
+        (run_model, "run-backed"),
+        (synthetic, "torch"),
+        (synthetic, "ort"),
+    }
+    assert len(rows) == 5 * 2 * 2  # (model, backend) x variant x batch
+    dense_run_backed = [r for r in rows if r.backend == "run-backed" and r.variant == "dense"]
+    assert len(dense_run_backed) == 2
+    out = capsys.readouterr().out
+    assert "PyTorch" in out and "skipping backend tensorrt" in out and "run-backed skipped for synthetic" in out

@@ -54,7 +54,12 @@ def test_ort_policy_with_fp16_io_returns_float32(actor_file, tmp_path) -> None:
 
 def test_registry_probes_loads_and_accepts_new_backends(actor_file, tmp_path) -> None:
     _, path = actor_file
-    assert {"torch", "ort", "ort-cuda"} <= set(BACKENDS)
+    assert {"torch", "ort", "ort-cuda", "tensorrt", "tensorrt-rtx", "torch-2:4"} <= set(BACKENDS)
+    for gpu_backend in ("tensorrt", "tensorrt-rtx", "torch-2:4"):
+        reason = unavailable_reason(gpu_backend)  # probes import their modules: the entries are real
+        if reason is not None:
+            with pytest.raises(NmrlError, match="cannot run here"):
+                load_policy(path, gpu_backend)
     assert unavailable_reason("nope") is not None
     with pytest.raises(NmrlError, match="unknown backend"):
         load_policy(path, "nope")

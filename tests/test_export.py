@@ -168,3 +168,37 @@ def test_export_verb_on_a_trained_run(tmp_path_factory, capsys) -> None:
     assert json.loads(check.metadata["nmrl.action_low"]) == [-1.0, -1.0, -1.0]
     assert main(["export", str(tmp_path_factory.mktemp("empty"))]) == 1
     assert "not an nmrl run directory" in capsys.readouterr().err
+
+
+def test_sac_deterministic_actor_exports_with_parity(tmp_path) -> None:
+    """Export takes any obs -> action module: SAC's deterministic actor (tanh of the mean head)."""
+    from nmrl.train.algorithm import get_algorithm
+    from nmrl.train.config import TrainConfig
+
+    config = TrainConfig(env="Hopper-v5", algo="sac", sparsity="2:4", hidden=(32, 32))
+    algo = get_algorithm("sac")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    policy = algo.policy().eval()
+    result = export_policy(tmp_path / "sac.onnx", policy, HOPPER_OBS, 3, NMPattern(2, 4), {"algo": "sac"})
+    assert [layer.finest for layer in result.check.layers] == [NMPattern(2, 4)] * 3
+    (parity,) = check_parity(policy, result.path, HOPPER_OBS, "fp32", count=64)
+    assert parity.passed
+
+
+def test_unstructured_actor_exports_its_masked_weights_without_a_claim(tmp_path) -> None:
+    from nmrl.export.verify import claimed_pattern
+    from nmrl.sparsity import masked_layers
+    from nmrl.train.algorithm import get_algorithm
+    from nmrl.train.config import TrainConfig
+
+    config = TrainConfig(env="Hopper-v5", sparsity="0.9", hidden=(32, 32))
+    algo = get_algorithm("td3")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    policy = algo.policy().eval()
+    assert masked_layers(policy) and claimed_pattern(config.sparsity) is None
+    result = export_policy(tmp_path / "u.onnx", policy, HOPPER_OBS, 3, claimed_pattern(config.sparsity))
+    assert result.check.metadata["nmrl.sparsity"] == "none"
+    weights = {init.name: numpy_helper.to_array(init) for init in result.model.graph.initializer}
+    for name, layer in masked_layers(policy):
+        np.testing.assert_array_equal(weights[f"{name}.weight"], layer.effective_weight().numpy())
+    total_zeros = sum((weights[f"{name}.weight"] == 0).sum() for name, _ in masked_layers(policy))
+    total = sum(weights[f"{name}.weight"].size for name, _ in masked_layers(policy))
+    assert total_zeros / total == pytest.approx(0.9, abs=0.02)

@@ -120,12 +120,19 @@ def test_inspect_cli_reports_and_fails_on_a_broken_claim(tmp_path, capsys) -> No
     assert "not an ONNX model" in capsys.readouterr().err
 
 
-def test_verify_imports_no_torch() -> None:
+def test_inspect_and_the_ort_policy_never_load_torch(tmp_path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(gemm_model(nm_along((8, 16), axis=1, n=2, m=4), trans_b=1), path)
     code = (
-        "import sys; import nmrl.export.verify, nmrl.export.report, nmrl.export.packed, "
-        "nmrl.export.twin, nmrl.deploy.ort_backend; assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys, numpy as np\n"
+        "from nmrl.cli import main\n"
+        f"assert main(['inspect', {str(path)!r}]) == 0\n"
+        "from nmrl.deploy.ort_backend import OrtPolicy\n"
+        f"assert OrtPolicy(__import__('pathlib').Path({str(path)!r})).act(np.zeros(16)).shape == (8,)\n"
+        "import nmrl.export.packed, nmrl.export.twin\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 @settings(max_examples=40, deadline=None)

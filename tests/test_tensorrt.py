@@ -31,7 +31,8 @@ needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX not installed (
 
 
 def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """An exported actor ONNX (opset 17, dynamic batch): dense, N:M-sparse or unstructured-sparse."""
+    """A quickly exported actor ONNX (TorchScript exporter, opset 17, dynamic batch): dense, N:M or
+    unstructured. The CI compile of every kind uses nmrl's own exporter (``nmrl_export``)."""
     torch.manual_seed(0)
     actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
     if kind == "unstructured":
@@ -58,6 +59,26 @@ def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256
             dynamo=False,
         )
     onnx.checker.check_model(str(path))
+    return path
+
+
+def nmrl_export(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """The same actor through nmrl's own exporter (torch.export, verified N:M, metadata): what
+    ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+    from nmrl.export.onnx_export import export_policy
+
+    torch.manual_seed(0)
+    actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
+    claimed = None
+    if kind == "unstructured":
+        with torch.no_grad():
+            for layer in actor.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)
+    elif kind != "dense":
+        claimed = NMPattern.parse(kind)
+        sparsify(actor.net, claimed)
+    export_policy(path, actor.eval(), OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
     return path
 
 
@@ -189,7 +210,7 @@ def test_unknown_flavour_and_missing_file(tmp_path):
 @pytest.mark.parametrize("kind", ["dense", "2:4", "unstructured"])
 def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     """NVIDIA's parser and builder must accept every graph nmrl exports; a rejection fails CI."""
-    onnx_path = export_actor(tmp_path / "actor.onnx", kind, dtype)
+    onnx_path = nmrl_export(tmp_path / "actor.onnx", kind, dtype)
     report = trt_deploy.build_engines(onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024))
 
     plan, twin = Path(report.plan), Path(report.dense_plan)
@@ -207,6 +228,7 @@ def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     assert [g["fits_2of4"] for g in saved["onnx_gemms"]] == [False, kind == "2:4", kind == "2:4"]
     assert saved["builder_picked"] is None  # RTX picks kernels on the target GPU, not here
     assert any("just in time" in note for note in saved["notes"])
+    assert saved["env_id"] == "Ant-v5"  # from the export's metadata
 
 
 @needs_rtx
@@ -326,9 +348,9 @@ def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
     assert report.env_id == "Ant-v5"
     twin = Path(report.dense_plan)
     assert trt_deploy._report_field(twin, "env_id") == "Ant-v5"  # the twin shares its sibling's report
-    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"
+    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"
     Path(report.plan + ".json").unlink()
-    assert trt_deploy._flavour_of(twin) == "tensorrt-rtx"  # from the name when no report is left
+    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"  # from the name when no report is left
 
 
 def _polygraphy() -> str | None:
@@ -450,3 +472,64 @@ def test_tensorrt10_builder_calls_for_an_fp16_graph(tmp_path):
     trt_deploy.build_plan(fake, onnx_path, info, settings, trt_deploy.BatchProfile())
     assert ("network", 1 << 1) in fake.calls  # STRONGLY_TYPED, no precision flag
     assert ("build", ["SPARSE_WEIGHTS"]) in fake.calls
+
+
+# ---- registered deploy backends -------------------------------------------------------------------
+
+
+def test_backends_are_registered_with_probes():
+    from nmrl.deploy.policy import BACKENDS, accepted_options, unavailable_reason
+
+    for name in ("tensorrt", "tensorrt-rtx", "torch-2:4"):
+        assert name in BACKENDS
+        # bench passes its common settings (threads) to every backend's loader.
+        assert accepted_options(name, {"threads": 1}) == {"threads": 1}
+    if not HAS_TRT:
+        assert "'tensorrt' is not installed" in unavailable_reason("tensorrt")
+    if not torch.cuda.is_available():
+        assert unavailable_reason("torch-2:4") is not None
+
+
+@needs_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_deploy_eval_of_an_engine_says_what_is_missing(tmp_path, capsys):
+    report = trt_deploy.build_engines(export_actor(tmp_path / "actor.onnx", "2:4", "fp16"), "tensorrt-rtx")
+    # No --backend: an engine file runs on its own TensorRT flavour, not on ONNX Runtime.
+    assert main(["deploy", "eval", report.plan, "--env", "Ant-v5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'tensorrt-rtx' cannot run here" in err and "CUDA" in err
+
+
+TORCH_BLOCKED = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch' (blocked: deploy-only install)")
+sys.meta_path.insert(0, NoTorch())
+from nmrl.cli import main
+codes = [main(argv) for argv in {argvs!r}]
+assert "torch" not in sys.modules
+print("codes", codes)
+"""
+
+
+@needs_rtx
+def test_deploy_verbs_run_without_pytorch(tmp_path):
+    """The Jetson image has no PyTorch: doctor, deploy build and bench of an ONNX file must not need it."""
+    onnx_path = str(export_actor(tmp_path / "actor.onnx", "2:4", "fp16"))
+    argvs = [
+        ["doctor"],
+        ["deploy", "build", onnx_path, "--backend", "tensorrt-rtx", "--no-dense-twin"],
+        ["bench", onnx_path, "--backends", "ort", "--batch", "1", "--out", str(tmp_path / "bench")],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_BLOCKED.format(argvs=argvs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "codes [0, 0, 0]" in result.stdout
+    assert (tmp_path / "actor.rtx.plan").is_file() and (tmp_path / "bench" / "bench.csv").is_file()

@@ -257,8 +257,13 @@ def verdict(found: list[Ratio], described: dict[str, str]) -> str:
         f"dense/sparse median-latency ratio over {len(found)} cells: median {np.median(speedups):.2f}x "
         f"(range {speedups.min():.2f}-{speedups.max():.2f}x)."
     )
-    sparse_capable = [b for b in described if b.startswith(("trt", "tensorrt"))]
-    if not sparse_capable:
+    sparse_capable = [b for b in described if b.startswith(("tensorrt", "torch-2:4"))]
+    if sparse_capable:
+        text += (
+            f" {', '.join(sparse_capable)} can run 2:4 layers on sparse tensor cores: a ratio above 1 there is "
+            "what the sparsity buys; the other backends multiply the zeros like any weight."
+        )
+    else:
         text += (
             " None of these backends has 2:4 sparse kernels (PyTorch eager and ONNX Runtime CPU/CUDA "
             "multiply the zeros like any weight), so ~1.0x is the expected result: differences are noise. "

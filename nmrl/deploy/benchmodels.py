@@ -3,22 +3,39 @@ the dense twin of each; plus the results table."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from nmrl.deploy.bench import BenchModel, Timing, ratios
-from nmrl.deploy.policy import accepted_options, load_policy
+from nmrl.deploy.policy import BACKENDS, Policy, accepted_options, load_policy
 from nmrl.errors import NmrlError
 
 
-def _onnx_loaders(path: Path, backends: list[str], threads: int) -> dict:
-    return {
-        backend: (lambda backend=backend: load_policy(path, backend, **accepted_options(backend, {"threads": threads})))
-        for backend in backends
-        if backend != "torch"
-    }
+def _loader(path: Path, backend: str, options: dict) -> Callable[[], Policy]:
+    return lambda: load_policy(path, backend, **accepted_options(backend, options))
+
+
+def _onnx_loaders(path: Path, backends: list[str], options: dict) -> dict[str, Callable[[], Policy]]:
+    """Loaders of the backends that run an .onnx file (``options``: threads, max_batch, ... as each
+    loader accepts them)."""
+    return {backend: _loader(path, backend, options) for backend in backends if BACKENDS[backend].takes == "onnx"}
+
+
+def _run_loaders(run_dir: Path | None, backends: list[str], options: dict, dense: bool) -> dict:
+    """Loaders of the backends other than torch that load a run directory themselves (e.g. torch-2:4);
+    their dense twin is ``dense=True``. Without a run directory (synthetic actors) there are none."""
+    loaders = {}
+    for backend in backends:
+        if backend == "torch" or BACKENDS[backend].takes != "run" or run_dir is None:
+            continue
+        wanted = {**options, "dense": dense}
+        if dense and "dense" not in accepted_options(backend, wanted):
+            continue  # the backend has no dense twin of its own
+        loaders[backend] = _loader(run_dir, backend, wanted)
+    return loaders
 
 
 def _module_models(
@@ -32,8 +49,11 @@ def _module_models(
     models_dir: Path,
     backends: list[str],
     metadata: dict,
+    options: dict,
+    run_dir: Path | None = None,
 ) -> list[BenchModel]:
-    """Sparse model and dense twin from a torch policy: torch loaders plus exported ONNX files."""
+    """Sparse model and dense twin from a torch policy: torch loaders, exported ONNX files for the
+    ONNX backends, and the run directory for backends that load runs themselves."""
     from nmrl.deploy.torch_backend import TorchPolicy
     from nmrl.export.onnx_export import dense_twin_module, export_policy, save_onnx
     from nmrl.export.twin import dense_twin_onnx
@@ -46,7 +66,8 @@ def _module_models(
     twin = dense_twin_module(module)
     models = []
     for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
-        loaders = _onnx_loaders(path, backends, threads)
+        loaders = _onnx_loaders(path, backends, options)
+        loaders.update(_run_loaders(run_dir, backends, options, dense=variant == "dense"))
         if "torch" in backends:
             loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
         models.append(BenchModel(name, variant, loaders))
@@ -65,16 +86,19 @@ def build_models(
     checkpoint: str,
     backends: list[str],
     console: Console,
+    max_batch: int = 4096,
 ) -> list[BenchModel]:
-    """Sparse + dense-twin BenchModels for the target and each synthetic width."""
+    """Sparse + dense-twin BenchModels for the target and each synthetic width. Loaders get
+    ``threads`` and ``max_batch`` (the largest batch timed) when they take them."""
     from nmrl.export.verify import claimed_pattern
 
+    options = {"threads": threads, "max_batch": max_batch}
     models: list[BenchModel] = []
     run_pattern = None
     if target is not None:
         target = Path(target)
         if target.suffix == ".onnx":
-            models += _onnx_file_models(target, dtype, backends, threads, models_dir, console)
+            models += _onnx_file_models(target, backends, options, models_dir, console)
         else:
             from nmrl.export.onnx_export import run_metadata
             from nmrl.train.run import load_policy as load_run
@@ -94,6 +118,8 @@ def build_models(
                 models_dir,
                 backends,
                 run_metadata(loaded),
+                options,
+                run_dir=target,
             )
             obs_dim, act_dim = loaded.obs_dim, loaded.act_dim
     if widths:
@@ -111,27 +137,39 @@ def build_models(
             actor = Actor(obs_dim, act_dim, [-1.0] * act_dim, [1.0] * act_dim, hidden=(width, width))
             sparsify(actor, synthetic)
             name = f"synthetic {obs_dim}-{width}-{width}-{act_dim} {synthetic}"
-            models += _module_models(name, actor, obs_dim, act_dim, synthetic, dtype, threads, models_dir, backends, {})
+            models += _module_models(
+                name, actor, obs_dim, act_dim, synthetic, dtype, threads, models_dir, backends, {}, options
+            )
+        skipped = [b for b in backends if b != "torch" and BACKENDS[b].takes == "run"]
+        if skipped:
+            console.print(
+                f"[yellow]{', '.join(skipped)} skipped for synthetic actors[/]: it loads run directories only"
+            )
     return models
 
 
 def _onnx_file_models(
-    path: Path, dtype: str, backends: list[str], threads: int, models_dir: Path, console: Console
+    path: Path, backends: list[str], options: dict, models_dir: Path, console: Console
 ) -> list[BenchModel]:
-    from nmrl.export.onnx_export import save_onnx
+    import onnx
+
     from nmrl.export.twin import dense_twin_onnx
     from nmrl.export.verify import load_onnx
 
-    if "torch" in backends:
+    skipped = [b for b in backends if BACKENDS[b].takes == "run"]
+    if skipped:
         console.print(
-            "[yellow]torch backend skipped for an .onnx target[/]: it needs the run's checkpoint "
+            f"[yellow]{', '.join(skipped)} skipped for an .onnx target[/]: it needs the run's checkpoint "
             "(pass the run directory instead)"
         )
     dense_path = models_dir / f"{path.stem}.dense.onnx"
-    save_onnx(dense_twin_onnx(load_onnx(path)), dense_path)
+    # onnx.save, not nmrl.export's save_onnx: that module needs PyTorch, and benching an ONNX file
+    # must work without it (the Jetson image has none); this scratch file needs no atomic write.
+    dense_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(dense_twin_onnx(load_onnx(path)), str(dense_path))
     return [
-        BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, threads)),
-        BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, threads)),
+        BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, options)),
+        BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, options)),
     ]
 
 

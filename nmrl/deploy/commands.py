@@ -46,13 +46,18 @@ def deploy_eval(
         env: Gymnasium id (default: the file's nmrl.env_id).
         episodes: number of episodes.
         seed: seed of the first episode.
-        backend: torch, ort, ort-cuda, or any registered backend.
+        backend: torch, ort, ort-cuda, tensorrt, tensorrt-rtx, torch-2:4, or any registered backend
+            (a .plan engine runs on its TensorRT flavour).
         threads: CPU threads of the runtime.
     """
     from nmrl.deploy.policy import load_policy
     from nmrl.envs import env_dims, make_env
     from nmrl.train.evaluate import evaluate
 
+    if model.suffix == ".plan" and backend == "ort":  # ONNX Runtime cannot read an engine file
+        from nmrl.deploy.tensorrt import engine_flavour
+
+        backend = engine_flavour(model)
     policy = load_policy(model, backend, threads=threads)
     env_id = env or policy.env_id
     if not env_id:
@@ -142,7 +147,18 @@ def bench(
     if out is None:
         out = Path(target) / "bench" if target is not None and Path(target).is_dir() else Path("bench_results")
     models = build_models(
-        target, width_list, pattern, dtype, threads, out / "models", obs_dim, act_dim, checkpoint, usable, console
+        target,
+        width_list,
+        pattern,
+        dtype,
+        threads,
+        out / "models",
+        obs_dim,
+        act_dim,
+        checkpoint,
+        usable,
+        console,
+        max(batches),
     )
     with console.status("timing...") as status:
         timings, described = run_bench(

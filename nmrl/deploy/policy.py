@@ -66,12 +66,14 @@ class Backend:
     """A registry entry: ``loader``/``probe`` are ``"module:function"`` paths, imported on use.
 
     ``loader(path, **options) -> Policy``; ``probe() -> str | None`` returns why the backend
-    cannot run here (None when it can).
+    cannot run here (None when it can). ``takes`` says what ``path`` is: ``"onnx"`` (an exported
+    .onnx file) or ``"run"`` (a run directory; such loaders take ``dense=True`` for the dense twin).
     """
 
     loader: str
     probe: str | None
     help: str
+    takes: str = "onnx"
 
 
 BACKENDS: dict[str, Backend] = {
@@ -79,21 +81,40 @@ BACKENDS: dict[str, Backend] = {
         "nmrl.deploy.torch_backend:load_torch_policy",
         None,
         "PyTorch eager on a run directory's checkpoint (the reference)",
+        takes="run",
     ),
     "ort": Backend(
-        "nmrl.deploy.ort_backend:load_ort_policy", None, "ONNX Runtime, CPU execution provider (the embedded default)"
+        "nmrl.deploy.ort_backend:load_ort_policy",
+        None,
+        "ONNX Runtime, CPU execution provider (the embedded default)",
     ),
     "ort-cuda": Backend(
         "nmrl.deploy.ort_backend:load_ort_cuda_policy",
         "nmrl.deploy.ort_backend:cuda_unavailable_reason",
         "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)",
     ),
+    "tensorrt": Backend(
+        "nmrl.deploy.tensorrt:load_tensorrt_policy",
+        "nmrl.deploy.tensorrt:tensorrt_unavailable_reason",
+        "TensorRT engine (2:4 sparse tactics); an .onnx gets its engine built beside it",
+    ),
+    "tensorrt-rtx": Backend(
+        "nmrl.deploy.tensorrt:load_tensorrt_rtx_policy",
+        "nmrl.deploy.tensorrt:tensorrt_rtx_unavailable_reason",
+        "TensorRT for RTX engine (RTX-class GPU to run)",
+    ),
+    "torch-2:4": Backend(
+        "nmrl.deploy.torch_semi_structured:load_torch_semi_structured_policy",
+        "nmrl.deploy.torch_semi_structured:torch_semi_structured_unavailable_reason",
+        "PyTorch fp16 on CUDA with 2:4 layers as semi-structured sparse tensors",
+        takes="run",
+    ),
 }
 
 
-def register_backend(name: str, loader: str, probe: str | None = None, help: str = "") -> None:
+def register_backend(name: str, loader: str, probe: str | None = None, help: str = "", takes: str = "onnx") -> None:
     """Add or replace a backend (``loader``/``probe`` as ``"module:function"``)."""
-    BACKENDS[name] = Backend(loader, probe, help)
+    BACKENDS[name] = Backend(loader, probe, help, takes)
 
 
 def _resolve(target: str) -> Callable[..., Any]:

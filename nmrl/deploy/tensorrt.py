@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from nmrl.deploy.onnx_gemms import OnnxGraphInfo, read_graph_info
+from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
 
 
@@ -446,7 +447,7 @@ def _report_field(plan_path: Path, key: str) -> Any:
     return None
 
 
-def _flavour_of(plan_path: Path) -> str:
+def engine_flavour(plan_path: Path) -> str:
     """The flavour recorded in the engine's report, else guessed from its name."""
     recorded = _report_field(plan_path, "flavour")
     if recorded in FLAVOURS:
@@ -490,7 +491,7 @@ def tensorrt_rtx_unavailable_reason() -> str | None:
     return _unavailable_reason("tensorrt-rtx")
 
 
-class TensorRTPolicy:
+class TensorRTPolicy(Policy):
     """Runs a TensorRT (or TensorRT-RTX) engine as a policy: ``act(obs[batch, obs_dim]) -> actions``.
 
     The same interface as every deploy backend (``obs_dim``, ``act_dim``, ``act``). Device buffers
@@ -502,7 +503,7 @@ class TensorRTPolicy:
         plan_path = Path(plan_path)
         if not plan_path.is_file():
             raise NmrlError(f"{plan_path}: no such engine file")
-        self.flavour = flavour or _flavour_of(plan_path)
+        self.flavour = flavour or engine_flavour(plan_path)
         trt = import_tensorrt(self.flavour)
         self._trt = trt
         self._logger = _capturing_logger(trt)
@@ -538,12 +539,9 @@ class TensorRTPolicy:
         self._device_in = cuda.DeviceArray(shape=(1, self.obs_dim), dtype=DataType.from_dtype(self._input_dtype))
         self._device_out = cuda.DeviceArray(shape=(1, self.act_dim), dtype=DataType.from_dtype(self._output_dtype))
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions (float32) for a batch of observations; a single 1-D observation gives one action."""
-        single = np.ndim(obs) == 1
-        batch = np.ascontiguousarray(np.atleast_2d(obs), dtype=self._input_dtype)
-        if batch.ndim != 2 or batch.shape[1] != self.obs_dim:
-            raise ValueError(f"expected observations [batch, {self.obs_dim}], got {np.shape(obs)}")
+    def _act_batch(self, obs: np.ndarray) -> np.ndarray:
+        """Actions for a float32 batch [rows, obs_dim] (``Policy.act`` checks shapes and dtypes)."""
+        batch = np.ascontiguousarray(obs, dtype=self._input_dtype)
         rows = batch.shape[0]
         if not self.batch_range[0] <= rows <= self.batch_range[1]:
             raise NmrlError(
@@ -560,8 +558,7 @@ class TensorRTPolicy:
         actions = np.empty((rows, self.act_dim), dtype=self._output_dtype)
         self._device_out.copy_to(actions, self._stream)
         self._stream.synchronize()
-        actions = actions.astype(np.float32, copy=False)
-        return actions[0] if single else actions
+        return actions.astype(np.float32, copy=False)
 
     def describe(self) -> str:
         """One line: engine, flavour and version, input precision, batch range."""
@@ -604,7 +601,7 @@ def load_tensorrt_policy(
     ``max_batch`` sizes the profile of an engine built here. Settings meant for other backends
     (``threads``) are ignored."""
     path = Path(path)
-    flavour = flavour or ("tensorrt" if path.suffix == ".onnx" else _flavour_of(path))
+    flavour = flavour or ("tensorrt" if path.suffix == ".onnx" else engine_flavour(path))
     build = {}
     if max_batch is not None:
         build["profile"] = BatchProfile(min=1, opt=min(BatchProfile.opt, max_batch), max=max_batch)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
 
 
@@ -23,7 +24,7 @@ def torch_semi_structured_unavailable_reason() -> str | None:
     return None if support.available else support.reason
 
 
-class SemiStructuredTorchPolicy:
+class SemiStructuredTorchPolicy(Policy):
     """A converted actor behind the deploy ``Policy`` interface (float32 numpy in and out)."""
 
     backend = "torch-2:4"
@@ -47,18 +48,13 @@ class SemiStructuredTorchPolicy:
         self.obs_dim, self.act_dim, self.env_id, self.compress = obs_dim, act_dim, env_id, compress
         self.layer_report = format_choices(self.choices)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def _act_batch(self, obs: np.ndarray) -> np.ndarray:
         import torch
 
-        single = np.ndim(obs) == 1
-        batch = np.atleast_2d(np.asarray(obs, dtype=np.float32))
-        if batch.ndim != 2 or batch.shape[1] != self.obs_dim:
-            raise ValueError(f"expected observations [batch, {self.obs_dim}], got {np.shape(obs)}")
         with torch.inference_mode():
-            inputs = torch.from_numpy(batch).to("cuda", self.dtype)
+            inputs = torch.from_numpy(obs).to("cuda", self.dtype)
             # .float().cpu() waits for the GPU, so timings of act() are synchronised.
-            actions = self.module(inputs).float().cpu().numpy()
-        return actions[0] if single else actions
+            return self.module(inputs).float().cpu().numpy()
 
     def describe(self) -> str:
         import torch

@@ -74,17 +74,19 @@ def nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     # after every optimizer step, so it matters). Only ties at that threshold can keep more than
     # N; the few groups where that happens are settled exactly by index order.
     threshold = _nth_largest(magnitude, pattern.n)
-    keep = magnitude >= threshold
+    # Comparing straight into a float tensor and counting with a float sum avoids bool tensors,
+    # which are several times slower on a CPU here.
+    keep = torch.ge(magnitude, threshold, out=torch.empty_like(magnitude))
     # Each group keeps >= N entries; a total above the expected one means ties. A tail group
     # shorter than N keeps all M of its slots (real and padding), which is expected.
     rows, groups, _ = keep.shape
     tail = weight.shape[1] % pattern.m
     kept_per_row = pattern.n * groups + ((pattern.m - pattern.n) if 0 < tail < pattern.n else 0)
-    if int(keep.count_nonzero()) != rows * kept_per_row:
+    if int(keep.sum(dtype=torch.float64)) != rows * kept_per_row:
         overfull = keep.sum(dim=-1) > pattern.n
         if 0 < tail < pattern.n:
             overfull[:, -1] = False
-        keep[overfull] = _rank_keep(magnitude[overfull], pattern.n)
+        keep[overfull] = _rank_keep(magnitude[overfull], pattern.n).to(keep.dtype)
     return keep.reshape(weight.shape[0], -1)[:, : weight.shape[1]].to(weight.dtype)
 
 
