@@ -45,9 +45,13 @@ def summary_lines(check: ModelCheck) -> list[str]:
     lines = []
     meta = nmrl_metadata(check)
     if check.is_nmrl:
+        # The training config names unstructured runs too ("0.9"); nmrl.sparsity holds only N:M claims.
+        config = meta.get("config")
+        trained = config.get("sparsity") if isinstance(config, dict) else None
+        trained_text = f"{trained} (N:M claim: {meta.get('sparsity')})" if trained else str(meta.get("sparsity"))
         lines.append(
             f"nmrl policy: env {meta.get('env_id', '?')}, obs {meta.get('obs_dim')} -> act {meta.get('act_dim')}, "
-            f"{meta.get('algo', '?')} trained with sparsity {meta.get('sparsity')}, dtype {meta.get('dtype')} "
+            f"{meta.get('algo', '?')} trained with sparsity {trained_text}, dtype {meta.get('dtype')} "
             f"(I/O {meta.get('io_dtype')}), opset {check.opset}"
         )
     else:
