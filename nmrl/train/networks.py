@@ -23,6 +23,15 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "rel
     return nn.Sequential(*layers)
 
 
+def register_action_bounds(module: nn.Module, action_low: Sequence[float], action_high: Sequence[float]) -> None:
+    """Give a policy the buffers ``action_scale`` and ``action_bias`` that map tanh's (-1, 1) onto
+    the env's action bounds (buffers, so they follow ``.to(device)`` and land in checkpoints)."""
+    low = torch.as_tensor(action_low, dtype=torch.float32)
+    high = torch.as_tensor(action_high, dtype=torch.float32)
+    module.register_buffer("action_scale", (high - low) / 2)
+    module.register_buffer("action_bias", (high + low) / 2)
+
+
 class Actor(nn.Module):
     """Deterministic policy: ``tanh(mlp(obs))`` rescaled to the action bounds."""
 
@@ -40,10 +49,7 @@ class Actor(nn.Module):
     ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden, activation)
-        low = torch.as_tensor(action_low, dtype=torch.float32)
-        high = torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
+        register_action_bounds(self, action_low, action_high)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias

@@ -21,7 +21,7 @@ from nmrl.sparsity import masked_layers, refresh_masks
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
-from nmrl.train.networks import Critic, mlp
+from nmrl.train.networks import Critic, mlp, register_action_bounds
 from nmrl.train.sparse import make_optimizer, sparsify_network
 from nmrl.train.td3 import frozen, polyak_update
 
@@ -49,10 +49,7 @@ class GaussianActor(nn.Module):
         super().__init__()
         self.act_dim = act_dim
         self.net = mlp(obs_dim, 2 * act_dim, hidden, activation)
-        low = torch.as_tensor(action_low, dtype=torch.float32)
-        high = torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
+        register_action_bounds(self, action_low, action_high)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of the pre-squash Gaussian."""
