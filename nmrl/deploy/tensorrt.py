@@ -37,6 +37,7 @@ import numpy as np
 from nmrl.deploy.onnx_gemms import OnnxGraphInfo, read_graph_info
 from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
+from nmrl.files import atomic_write_bytes, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ class BuildReport:
     env_id: str | None = None  # from the ONNX metadata (nmrl.env_id), for deploy eval
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> BuildReport:
@@ -389,7 +390,7 @@ def build_engines(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
 
     built = build_plan(trt, onnx_path, info, settings, profile, compute_capabilities, workspace_mib)
-    plan_path.write_bytes(built.plan)
+    atomic_write_bytes(plan_path, built.plan)  # loaders rebuild only missing/stale plans
     plan_path.with_name(plan_path.name + ".log").write_text("\n".join(built.log) + "\n")
     eligible, picked = parse_sparsity_log(built.log)
 
@@ -398,7 +399,7 @@ def build_engines(
         dense_settings = build_settings(flavour, trt.__version__, info.compute_dtype, sparse=False)
         twin = build_plan(trt, onnx_path, info, dense_settings, profile, compute_capabilities, workspace_mib)
         twin_path = dense_twin_path(plan_path)
-        twin_path.write_bytes(twin.plan)
+        atomic_write_bytes(twin_path, twin.plan)
 
     notes = [settings.note] if settings.note else []
     if sparse and not any(gemm.fits_2of4 for gemm in info.gemms):

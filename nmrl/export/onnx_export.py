@@ -17,8 +17,6 @@ import copy
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 import nmrl
 from nmrl.errors import NmrlError
 from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model, nm_violations
+from nmrl.files import atomic_write_bytes
 from nmrl.sparsity.pattern import NMPattern
 
 DType = Literal["fp32", "fp16"]
@@ -197,18 +196,8 @@ class ExportResult:
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Write ``model`` to ``path`` atomically."""
-    # A half-written .onnx under the real name would be picked up by deployment; write beside it
-    # and rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(model.SerializeToString())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``model`` to ``path`` atomically (deployment must never pick up a half-written file)."""
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def build_policy_onnx(

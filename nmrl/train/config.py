@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nmrl.errors import NmrlError
+from nmrl.files import atomic_write_text
 from nmrl.sparsity.pattern import NMPattern
 
 
@@ -159,8 +160,6 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        from nmrl.train.checkpoint import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

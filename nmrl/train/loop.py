@@ -25,6 +25,7 @@ import torch
 
 from nmrl.envs import env_dims, make_env
 from nmrl.errors import NmrlError
+from nmrl.files import atomic_write_text
 from nmrl.sparsity import layer_report
 from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
@@ -158,7 +159,7 @@ class Trainer:
             for line in self.metrics_path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # ---- logging -----------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
+from nmrl.files import atomic_write_text
 from nmrl.sparsity import NMPattern, sparsify
 from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, summarize
 from nmrl.sparsity.dynamic import TOPOLOGIES, make_adam, sparsify_unstructured, unstructured_layers
-from nmrl.train.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from nmrl.train.config import TrainConfig
