@@ -31,6 +31,7 @@ import nmrl
 from nmrl.errors import NmrlError
 from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model, nm_violations
 from nmrl.files import atomic_write_bytes
+from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.pattern import NMPattern
 
 DType = Literal["fp32", "fp16"]
@@ -66,8 +67,7 @@ def materialize(policy: nn.Module) -> nn.Module:
                 linear.bias.copy_(module.bias)
         replacements.append((name, linear))
     for name, linear in replacements:
-        parent_name, _, child = name.rpartition(".")
-        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, linear)
+        replace_submodule(plain, name, linear)
     if not any(isinstance(m, nn.Linear) for m in plain.modules()):
         raise NmrlError(f"cannot export {type(policy).__name__}: it has no Linear layers")
     return plain.requires_grad_(False)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
-from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report
+from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report, replace_submodule
 
 Allocation = Literal["erdos_renyi", "uniform"]
 Topology = Literal["static", "set", "rigl"]
@@ -305,9 +305,7 @@ def sparsify_unstructured(
             sparse.weight.copy_(linear.weight * sparse.mask)
             if linear.bias is not None:
                 sparse.bias.copy_(linear.bias)
-        parent_name, _, child_name = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child_name, sparse)
+        replace_submodule(module, name, sparse)
     return layer_report(module)
 
 

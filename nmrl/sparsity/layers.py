@@ -186,6 +186,13 @@ def layer_report(module: nn.Module) -> list[LayerReport]:
     return reports
 
 
+def replace_submodule(root: nn.Module, name: str, replacement: nn.Module) -> None:
+    """Put ``replacement`` where ``root``'s submodule ``name`` (dotted, e.g. ``net.2``) is."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child_name, replacement)
+
+
 def sparsify(
     module: nn.Module,
     pattern: NMPattern,
@@ -216,7 +223,5 @@ def sparsify(
                 if linear.bias is not None:
                     sparse.bias.copy_(linear.bias)
             sparse.update_mask()
-            parent_name, _, child_name = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, child_name, sparse)
+            replace_submodule(module, name, sparse)
     return layer_report(module)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
-from nmrl.sparsity.layers import NMLinear, nm_layers
+from nmrl.sparsity.layers import NMLinear, nm_layers, replace_submodule
 from nmrl.sparsity.mask import check_nm
 from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
 
@@ -385,9 +385,7 @@ def to_semi_structured(
         plain.weight = nn.Parameter(weight, requires_grad=False)
         if layer.bias is not None:
             plain.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
-        parent_name, _, child_name = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child_name, plain)
+        replace_submodule(module, name, plain)
     return choices
 
 
