@@ -5,6 +5,8 @@ from hypothesis import strategies as st
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMPattern, check_nm, finest_nm, nm_mask
+from nmrl.sparsity.cpu_kernel import group4_mask
+from nmrl.sparsity.mask import tensor_nm_mask
 
 patterns = st.sampled_from(
     [
@@ -59,6 +61,33 @@ def test_mask_properties(weight, pattern):
     assert check_nm(masked, pattern) == []
     assert torch.equal(nm_mask(masked, pattern) * masked, masked)
     assert torch.equal(nm_mask(weight, pattern), mask)  # deterministic
+
+
+@settings(deadline=None, max_examples=200)
+@given(weight=weights(), n=st.integers(1, 3), double=st.booleans())
+def test_cpu_kernel_matches_tensor_code(weight, n, double):
+    """The compiled N:4 kernel and the tensor code (GPUs, other dtypes) give the same mask."""
+    weight = weight.double() if double else weight
+    kernel_mask = group4_mask(weight, n)
+    assert kernel_mask is not None, "numba is a dependency: the CPU kernel must be available"
+    assert kernel_mask.dtype == weight.dtype
+    assert torch.equal(kernel_mask, tensor_nm_mask(weight, NMPattern(n, 4)))
+
+
+def test_cpu_kernel_on_training_shapes():
+    torch.manual_seed(0)
+    for shape in [(256, 256), (256, 35), (8, 256), (1, 3)]:
+        weight = torch.randn(shape)
+        weight[:, :8] = 0.5  # ties across whole groups
+        for n in (1, 2, 3):
+            assert torch.equal(group4_mask(weight, n), tensor_nm_mask(weight, NMPattern(n, 4)))
+    # writing into a layer's mask buffer moves its version counter, as an in-place op does
+    mask = torch.zeros(8, 8)
+    version = mask._version
+    assert nm_mask(torch.randn(8, 8), NMPattern(2, 4), out=mask) is mask
+    assert mask._version > version and mask.sum() == 32
+    # other devices and dtypes go to the tensor code
+    assert group4_mask(torch.randn(4, 8, dtype=torch.float16), 2) is None
 
 
 def test_tail_group_and_exact_values():

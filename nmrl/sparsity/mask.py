@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from nmrl.errors import NmrlError
+from nmrl.sparsity.cpu_kernel import group4_mask
 from nmrl.sparsity.pattern import NMPattern
 
 
@@ -57,16 +58,29 @@ def _nth_largest(magnitude: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the N largest-magnitude weights of every group of M along the input dim.
 
-    Returns a 0/1 tensor of ``weight``'s shape, dtype and device. Ties go to the lower
-    column index, so the mask is the same on every device and every call.
+    Returns a 0/1 tensor of ``weight``'s shape, dtype and device (written into ``out`` when
+    given, e.g. a layer's mask buffer). Ties go to the lower column index, so the mask is the
+    same on every device and every call.
     """
     if weight.dim() != 2:
         raise NmrlError(f"N:M masks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+    if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype):
+        raise ValueError(f"out must match the weight: {tuple(out.shape)} {out.dtype} vs {tuple(weight.shape)}")
     if pattern.is_dense:
-        return torch.ones_like(weight)
+        mask = torch.ones_like(weight)
+    elif pattern.m == 4 and (mask := group4_mask(weight, pattern.n, out)) is not None:
+        return mask  # the compiled CPU kernel: the same mask in one pass
+    else:
+        mask = tensor_nm_mask(weight, pattern)
+    return mask if out is None else out.copy_(mask)
+
+
+@torch.no_grad()
+def tensor_nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """:func:`nm_mask` in tensor operations, for any device and dtype (``pattern`` not dense)."""
     # Padding with -1 (below any magnitude) means padded slots are only "kept" when the tail
     # group is shorter than N, and they are cropped away below.
     magnitude = _grouped(weight.detach().abs(), pattern.m, fill=-1.0)

@@ -1,0 +1,75 @@
+"""A compiled CPU kernel for masks with groups of 4 (2:4, 1:4, 3:4).
+
+RNM training recomputes the masks of all six TD3 networks after (almost) every update, so on a
+CPU the mask is a large share of a 2:4 update. Tensor code needs a dozen passes over the weight
+(magnitudes, a threshold per group broadcast back, a tie check); this kernel ranks each group of
+four in registers in one pass, several times faster. It gives exactly :func:`nm_mask`'s result
+(ties to the lower index, short tail groups keep min(N, length)), which the tests check.
+
+numba compiles it on first use (cached on disk afterwards); without numba, ``nm_mask`` keeps to
+its tensor code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.autograd.graph
+
+
+@functools.cache
+def _compile() -> Callable | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def keep_top_n_of_4(weight, n, out):  # pragma: no cover - compiled; tested through nm_mask
+        rows, cols = weight.shape
+        full = cols - cols % 4
+        for r in range(rows):
+            for g in range(0, full, 4):
+                a, b, c, d = abs(weight[r, g]), abs(weight[r, g + 1]), abs(weight[r, g + 2]), abs(weight[r, g + 3])
+                # How many entries of the group beat each one: larger, or equal and earlier.
+                # int32 sums instead of bool logic let LLVM keep this branch-free.
+                beat_a = np.int32(b > a) + np.int32(c > a) + np.int32(d > a)
+                beat_b = np.int32(a >= b) + np.int32(c > b) + np.int32(d > b)
+                beat_c = np.int32(a >= c) + np.int32(b >= c) + np.int32(d > c)
+                beat_d = np.int32(a >= d) + np.int32(b >= d) + np.int32(c >= d)
+                out[r, g] = beat_a < n
+                out[r, g + 1] = beat_b < n
+                out[r, g + 2] = beat_c < n
+                out[r, g + 3] = beat_d < n
+            for i in range(full, cols):  # the short tail group, if any
+                mag = abs(weight[r, i])
+                beaten = 0
+                for j in range(full, cols):
+                    other = abs(weight[r, j])
+                    beaten += (other > mag) or (other == mag and j < i)
+                out[r, i] = beaten < n
+
+    return keep_top_n_of_4
+
+
+def group4_mask(weight: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The N:4 magnitude mask of a CPU float32/float64 ``weight [out, in]`` (written into ``out``
+    when given: a contiguous tensor of the weight's shape and dtype), or None when the kernel does
+    not apply here (other device or dtype, numba missing)."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+        return None
+    kernel = _compile()
+    if kernel is None:
+        return None
+    source = weight.detach().contiguous()
+    mask = out if out is not None and out.is_contiguous() else torch.empty_like(source)
+    kernel(source.numpy(), n, mask.numpy())
+    if mask is out:
+        # Written through numpy, behind torch's back: move the version counter as an in-place
+        # op would, so caches keyed on it (the compressed 2:4 weight) see the new mask.
+        torch.autograd.graph.increment_version(out)
+        return out
+    return mask if out is None else out.copy_(mask)
