@@ -20,25 +20,20 @@ from nmrl.sparsity.mask import nm_mask
 from nmrl.sparsity.pattern import NMPattern
 
 
-class _SparseRefinedSTE(torch.autograd.Function):
-    """Forward ``weight * mask``; backward passes the gradient straight through to the dense
-    weight and adds the SR-STE decay on the pruned entries."""
+def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """``weight * mask`` whose gradient reaches every shadow weight unchanged (straight-through),
+    plus ``decay * weight`` on the pruned entries (SR-STE).
 
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-        ctx.save_for_backward(weight, mask)
-        ctx.decay = decay
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        weight, mask = ctx.saved_tensors
-        grad_weight = grad_output
-        if ctx.decay:
-            grad_weight = torch.addcmul(grad_output, weight, 1.0 - mask, value=ctx.decay)
-        return grad_weight, None, None
+    Built from native autograd ops: a Python ``autograd.Function`` here cost about 1 ms of a
+    10 ms TD3 update on a CPU.
+    """
+    pruned_negated = (weight.detach() * mask).sub_(weight.detach())  # -w where pruned, 0 where kept
+    # The value is weight * mask; the derivative with respect to ``weight`` is the identity.
+    effective = weight + pruned_negated
+    if decay:
+        # grad + decay * (1 - mask) * weight, on its way back to ``weight``
+        effective.register_hook(lambda grad: grad.sub(pruned_negated, alpha=decay))
+    return effective
 
 
 class MaskedLinear(nn.Linear):
@@ -109,12 +104,15 @@ class NMLinear(MaskedLinear):
     @torch.no_grad()
     def update_mask(self) -> None:
         """Recompute the mask from the current shadow weight, now."""
-        self.mask.copy_(nm_mask(self.weight, self.pattern))
+        nm_mask(self.weight, self.pattern, out=self.mask)
         self.steps_since_refresh.zero_()
 
     @torch.no_grad()
     def step_mask(self) -> None:
         """Count one optimizer step; recompute the mask when ``mask_interval`` steps have passed."""
+        if self.mask_interval == 1:  # the default: skip the counter's tensor ops
+            self.update_mask()
+            return
         self.steps_since_refresh += 1
         if int(self.steps_since_refresh) >= self.mask_interval:
             self.update_mask()
@@ -124,7 +122,10 @@ class NMLinear(MaskedLinear):
         return str(self.pattern)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _SparseRefinedSTE.apply(self.weight, self.mask, self.srste_decay)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            weight = _sparse_refined_ste(self.weight, self.mask, self.srste_decay)
+        else:  # target networks, acting, and critics frozen for the actor loss
+            weight = self.weight * self.mask
         return nn.functional.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:

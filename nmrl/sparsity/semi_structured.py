@@ -240,7 +240,7 @@ class _SemiStructuredLinearFn(torch.autograd.Function):
     """``y = x @ (W*mask)^T + b`` with the forward GEMM on sparse tensor cores.
 
     Backward (exact): grad_x = grad_y @ (W*mask) densely; grad_W = grad_y^T @ x, plus SR-STE's decay
-    on the pruned entries (as ``_SparseRefinedSTE``); grad_b = sum of grad_y.
+    on the pruned entries (as ``NMLinear``'s SR-STE); grad_b = sum of grad_y.
     """
 
     @staticmethod
