@@ -177,7 +177,7 @@ def test_graph_info_fp16(tmp_path):
 def test_not_onnx_is_a_user_error(tmp_path):
     bogus = tmp_path / "actor.onnx"
     bogus.write_bytes(b"not a model")
-    with pytest.raises(NmrlError, match="not a readable ONNX model"):
+    with pytest.raises(NmrlError, match="not an ONNX model"):
         read_graph_info(bogus)
 
 

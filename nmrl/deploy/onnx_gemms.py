@@ -2,29 +2,25 @@
 
 TensorRT considers a ``Gemm`` or ``MatMul`` for sparse math when its weight operand is a constant
 whose groups of 4 along K (the reduction dim) hold at most 2 nonzeros, K is a multiple of 4, and
-the layer runs in reduced precision. This module reads the weights straight from the ONNX
-initializers so that ``nmrl deploy build`` can say, before and independently of the builder,
-which layers were candidates; the builder's own log then says which of them it picked.
+the layer runs in reduced precision. The layers come from :func:`nmrl.export.verify.inspect_model`
+(the checks ``nmrl inspect`` prints); this module adds what the builder needs besides (the input
+and output, the compute dtype) so that ``nmrl deploy build`` can say, before and independently of
+the builder, which layers were candidates; the builder's own log then says which of them it picked.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
-
 from nmrl.errors import NmrlError
-
-# ONNX element types that sparse tensor cores can run (fp32 has no sparse kernels).
-REDUCED_PRECISION = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+from nmrl.export.verify import REDUCED_PRECISION, LayerCheck, inspect_model, load_onnx
 
 
 @dataclass(frozen=True)
 class GemmWeight:
-    """One constant weight matrix of the graph, oriented as [K, N]."""
+    """One constant weight matrix of the graph, as [K, N]."""
 
     node: str
     op: str
@@ -34,6 +30,19 @@ class GemmWeight:
     dtype: str
     fits_2of4: bool  # every group of 4 along K holds at most 2 nonzeros, and K % 4 == 0
     density: float
+
+    @classmethod
+    def from_check(cls, layer: LayerCheck) -> GemmWeight:
+        return cls(
+            node=layer.node,
+            op=layer.op,
+            weight=layer.weight_name,
+            k=layer.k,
+            n=math.prod(layer.shape) // layer.k if layer.k else 0,
+            dtype=layer.dtype,
+            fits_2of4=layer.pattern_2of4 and layer.k % 4 == 0,
+            density=layer.density,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,27 +68,14 @@ class OnnxGraphInfo:
 
     @property
     def reduced_precision(self) -> bool:
-        return self.compute_dtype in REDUCED_PRECISION.values()
-
-
-def _kn_2of4(weight_kn: np.ndarray) -> bool:
-    k = weight_kn.shape[0]
-    if k % 4:
-        return False
-    groups = (weight_kn != 0).reshape(k // 4, 4, -1).sum(axis=1)
-    return bool((groups <= 2).all())
-
-
-def _dtype_name(elem_type: int) -> str:
-    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "unknown"
+        return self.compute_dtype in REDUCED_PRECISION
 
 
 def read_graph_info(onnx_path: Path) -> OnnxGraphInfo:
     """The input/output of the graph and every Gemm/MatMul with a constant 2-D weight."""
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as error:  # onnx raises DecodeError, OSError, ... for files that are not ONNX
-        raise NmrlError(f"{onnx_path}: not a readable ONNX model ({error.__class__.__name__})") from error
+    import onnx
+
+    model = load_onnx(Path(onnx_path))
     graph = model.graph
     initializer_names = {init.name for init in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initializer_names]
@@ -92,40 +88,13 @@ def read_graph_info(onnx_path: Path) -> OnnxGraphInfo:
     dims = tensor_type.shape.dim
     if len(dims) != 2 or not dims[1].HasField("dim_value"):
         raise NmrlError(f"{onnx_path}: the input must be [batch, obs_dim] with a fixed obs_dim")
-
-    constants = {init.name: init for init in graph.initializer}
-    for node in graph.node:  # torch sometimes stores weights as Constant nodes
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-
-    gemms = []
-    for node in graph.node:
-        if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in constants:
-            continue
-        tensor = constants[node.input[1]]
-        weight = numpy_helper.to_array(tensor)
-        if weight.ndim != 2:
-            continue
-        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-        # Gemm(transB=1) stores W[N, K] (a torch Linear's [out, in]); otherwise B is [K, N].
-        weight_kn = weight.T if (node.op_type == "Gemm" and trans_b) else weight
-        gemms.append(
-            GemmWeight(
-                node=node.name,
-                op=node.op_type,
-                weight=node.input[1],
-                k=int(weight_kn.shape[0]),
-                n=int(weight_kn.shape[1]),
-                dtype=_dtype_name(tensor.data_type),
-                fits_2of4=_kn_2of4(weight_kn),
-                density=float(np.count_nonzero(weight_kn)) / weight_kn.size,
-            )
-        )
+    input_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else ""
+    check = inspect_model(model)
     return OnnxGraphInfo(
         input_name=inputs[0].name,
         input_dim=int(dims[1].dim_value),
-        input_dtype=_dtype_name(tensor_type.elem_type),
+        input_dtype=input_dtype or "unknown",
         output_name=graph.output[0].name,
-        gemms=gemms,
-        metadata={prop.key: prop.value for prop in model.metadata_props},
+        gemms=[GemmWeight.from_check(layer) for layer in check.layers if len(layer.shape) == 2],
+        metadata=check.metadata,
     )
