@@ -76,6 +76,27 @@ def check_semi_structured() -> Check:
     return Check("2:4 semi-structured (torch)", True, f"{backend}: real matmul works for {', '.join(support.dtypes)}")
 
 
+def check_cpu_mask_kernel() -> Check:
+    """The compiled N:4 mask kernel that keeps 2:4 training fast on a CPU: compiled, run on a small
+    weight and compared with the tensor code."""
+    name = "CPU mask kernel (numba)"
+    torch = _torch()
+    if torch is None:
+        return Check(name, False, "PyTorch not installed (deploy-only install)")
+    ok, version = _module_version("numba")
+    if not ok:
+        return Check(name, False, f"numba {version}: N:4 masks fall back to the slower tensor code")
+    from nmrl.sparsity.cpu_kernel import group4_mask
+    from nmrl.sparsity.mask import tensor_nm_mask
+    from nmrl.sparsity.pattern import NMPattern
+
+    weight = torch.randn(8, 14, generator=torch.Generator().manual_seed(0))
+    kernel_mask = group4_mask(weight, 2)
+    if kernel_mask is None or not torch.equal(kernel_mask, tensor_nm_mask(weight, NMPattern(2, 4))):
+        return Check(name, False, f"numba {version}: the kernel's mask differs from the tensor code's")
+    return Check(name, True, f"numba {version}: 2:4 and 1:4 masks compiled for CPU training")
+
+
 def check_tensorrt() -> Check:
     ok, version = _module_version("tensorrt")
     detail = f"TensorRT {version} (engines build and run on this machine's GPU)" if ok else version
@@ -115,6 +136,7 @@ def collect() -> list[Check]:
     )
     return [
         python,
+        check_cpu_mask_kernel(),
         check_cuda(),
         check_semi_structured(),
         check_tensorrt(),
@@ -125,7 +147,7 @@ def collect() -> list[Check]:
 
 
 def doctor(json: bool = False) -> int:
-    """Print what this machine can run: CUDA device and compute capability, whether PyTorch's 2:4
+    """Print what this machine can run: the CPU mask kernel, CUDA device and compute capability, whether PyTorch's 2:4
     semi-structured matmul works here (fp16/bf16, cuSPARSELt or CUTLASS), TensorRT and TensorRT-RTX
     versions, ONNX Runtime providers. Always exits 0.
 

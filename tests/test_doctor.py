@@ -17,6 +17,7 @@ def test_collect_names_every_capability():
     names = [check.name for check in checks]
     assert names == [
         "Python / PyTorch",
+        "CPU mask kernel (numba)",
         "CUDA",
         "2:4 semi-structured (torch)",
         "TensorRT",
@@ -25,6 +26,8 @@ def test_collect_names_every_capability():
         "Polygraphy",
     ]
     by_name = {check.name: check for check in checks}
+    # numba is a dependency: the kernel compiles here and agrees with the tensor code
+    assert by_name["CPU mask kernel (numba)"].ok, by_name["CPU mask kernel (numba)"].detail
     assert by_name["CUDA"].ok == torch.cuda.is_available()
     if not torch.cuda.is_available():
         # Without CUDA the 2:4 probe must say so rather than claim support.
@@ -70,11 +73,18 @@ def test_cli_json(capsys):
     assert all(isinstance(row["ok"], bool) for row in rows)
 
 
+def test_cpu_mask_kernel_row_without_numba(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)
+    row = doctor.check_cpu_mask_kernel()
+    assert not row.ok and "not installed" in row.detail and "tensor code" in row.detail
+
+
 def test_deploy_only_install_without_pytorch(monkeypatch):
     """The Jetson image has no PyTorch: every row must still be produced, none may raise."""
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     checks = {check.name: check for check in doctor.collect()}
     assert not checks["Python / PyTorch"].ok and "PyTorch not installed" in checks["Python / PyTorch"].detail
     assert checks["2:4 semi-structured (torch)"].detail == "PyTorch not installed"
+    assert not checks["CPU mask kernel (numba)"].ok
     cuda = checks["CUDA"]
     assert cuda.ok or "CUDA" in cuda.detail
