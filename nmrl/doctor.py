@@ -77,24 +77,25 @@ def check_semi_structured() -> Check:
 
 
 def check_cpu_mask_kernel() -> Check:
-    """The compiled N:4 mask kernel that keeps 2:4 training fast on a CPU: compiled, run on a small
-    weight and compared with the tensor code."""
+    """The compiled mask kernels that keep N:4 and 1:M training fast on a CPU: compiled, run on a
+    small weight and compared with the tensor code."""
     name = "CPU mask kernel (numba)"
     torch = _torch()
     if torch is None:
         return Check(name, False, "PyTorch not installed (deploy-only install)")
     ok, version = _module_version("numba")
     if not ok:
-        return Check(name, False, f"numba {version}: N:4 masks fall back to the slower tensor code")
-    from nmrl.sparsity.cpu_kernel import group4_mask
+        return Check(name, False, f"numba {version}: N:M masks fall back to the slower tensor code")
+    from nmrl.sparsity.cpu_kernel import cpu_mask
     from nmrl.sparsity.mask import tensor_nm_mask
     from nmrl.sparsity.pattern import NMPattern
 
     weight = torch.randn(8, 14, generator=torch.Generator().manual_seed(0))
-    kernel_mask = group4_mask(weight, 2)
-    if kernel_mask is None or not torch.equal(kernel_mask, tensor_nm_mask(weight, NMPattern(2, 4))):
-        return Check(name, False, f"numba {version}: the kernel's mask differs from the tensor code's")
-    return Check(name, True, f"numba {version}: 2:4 and 1:4 masks compiled for CPU training")
+    for pattern in (NMPattern(2, 4), NMPattern(1, 8)):
+        kernel_mask = cpu_mask(weight, pattern.n, pattern.m)
+        if kernel_mask is None or not torch.equal(kernel_mask, tensor_nm_mask(weight, pattern)):
+            return Check(name, False, f"numba {version}: the kernel's {pattern} mask differs from the tensor code's")
+    return Check(name, True, f"numba {version}: N:4 and 1:M masks compiled for CPU training")
 
 
 def check_tensorrt() -> Check:

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMPattern, check_nm, finest_nm, nm_mask
-from nmrl.sparsity.cpu_kernel import group4_mask
+from nmrl.sparsity.cpu_kernel import cpu_mask
 from nmrl.sparsity.mask import tensor_nm_mask
 
 patterns = st.sampled_from(
@@ -64,30 +64,35 @@ def test_mask_properties(weight, pattern):
 
 
 @settings(deadline=None, max_examples=200)
-@given(weight=weights(), n=st.integers(1, 3), double=st.booleans())
-def test_cpu_kernel_matches_tensor_code(weight, n, double):
-    """The compiled N:4 kernel and the tensor code (GPUs, other dtypes) give the same mask."""
+@given(
+    weight=weights(),
+    pattern=st.sampled_from([NMPattern(1, 4), NMPattern(2, 4), NMPattern(3, 4), NMPattern(1, 2), NMPattern(1, 8)]),
+    double=st.booleans(),
+)
+def test_cpu_kernels_match_tensor_code(weight, pattern, double):
+    """The compiled N:4 and 1:M kernels and the tensor code (GPUs, other dtypes) give the same mask."""
     weight = weight.double() if double else weight
-    kernel_mask = group4_mask(weight, n)
-    assert kernel_mask is not None, "numba is a dependency: the CPU kernel must be available"
+    kernel_mask = cpu_mask(weight, pattern.n, pattern.m)
+    assert kernel_mask is not None, "numba is a dependency: the CPU kernels must be available"
     assert kernel_mask.dtype == weight.dtype
-    assert torch.equal(kernel_mask, tensor_nm_mask(weight, NMPattern(n, 4)))
+    assert torch.equal(kernel_mask, tensor_nm_mask(weight, pattern))
 
 
-def test_cpu_kernel_on_training_shapes():
+def test_cpu_kernels_on_training_shapes():
     torch.manual_seed(0)
     for shape in [(256, 256), (256, 35), (8, 256), (1, 3)]:
         weight = torch.randn(shape)
         weight[:, :8] = 0.5  # ties across whole groups
-        for n in (1, 2, 3):
-            assert torch.equal(group4_mask(weight, n), tensor_nm_mask(weight, NMPattern(n, 4)))
+        for pattern in (NMPattern(1, 4), NMPattern(2, 4), NMPattern(3, 4), NMPattern(1, 8), NMPattern(1, 16)):
+            assert torch.equal(cpu_mask(weight, pattern.n, pattern.m), tensor_nm_mask(weight, pattern))
     # writing into a layer's mask buffer moves its version counter, as an in-place op does
     mask = torch.zeros(8, 8)
     version = mask._version
     assert nm_mask(torch.randn(8, 8), NMPattern(2, 4), out=mask) is mask
     assert mask._version > version and mask.sum() == 32
     # other devices and dtypes go to the tensor code
-    assert group4_mask(torch.randn(4, 8, dtype=torch.float16), 2) is None
+    assert cpu_mask(torch.randn(4, 8, dtype=torch.float16), 2, 4) is None
+    assert cpu_mask(torch.randn(4, 8), 2, 8) is None  # 2:8 has no kernel
 
 
 def test_tail_group_and_exact_values():

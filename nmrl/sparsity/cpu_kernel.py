@@ -1,13 +1,13 @@
-"""A compiled CPU kernel for masks with groups of 4 (2:4, 1:4, 3:4).
+"""Compiled CPU kernels for the N:M masks RNM training uses most: N:4 (2:4, 1:4, 3:4) and 1:M.
 
 RNM training recomputes the masks of all six TD3 networks after (almost) every update, so on a
-CPU the mask is a large share of a 2:4 update. Tensor code needs a dozen passes over the weight
-(magnitudes, a threshold per group broadcast back, a tie check); this kernel ranks each group of
-four in registers in one pass, several times faster. It gives exactly :func:`nm_mask`'s result
-(ties to the lower index, short tail groups keep min(N, length)), which the tests check.
+CPU the mask is a large share of a sparse update. Tensor code needs a dozen passes over the weight
+(magnitudes, a threshold per group broadcast back, a tie check); these kernels settle each group
+in one pass, several times faster. They give exactly :func:`nm_mask`'s result (ties to the lower
+index, short tail groups keep min(N, length)), which the tests check.
 
-numba compiles it on first use (cached on disk afterwards); without numba, ``nm_mask`` keeps to
-its tensor code.
+numba compiles them on first use (cached on disk afterwards); without numba, or for other
+patterns, devices and dtypes, ``nm_mask`` keeps to its tensor code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch.autograd.graph
 
 
 @functools.cache
-def _compile() -> Callable | None:
+def _compile() -> tuple[Callable, Callable] | None:
+    """(N:4 kernel, 1:M kernel), or None without numba."""
     try:
         import numba
     except ImportError:
@@ -52,21 +53,40 @@ def _compile() -> Callable | None:
                     beaten += (other > mag) or (other == mag and j < i)
                 out[r, i] = beaten < n
 
-    return keep_top_n_of_4
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def keep_largest_of_m(weight, m, out):  # pragma: no cover - compiled; tested through nm_mask
+        rows, cols = weight.shape
+        for r in range(rows):
+            for start in range(0, cols, m):
+                # the first largest magnitude of the group (strictly larger replaces: ties stay earlier)
+                best, best_mag = start, abs(weight[r, start])
+                out[r, start] = 0.0
+                for j in range(start + 1, min(start + m, cols)):
+                    mag = abs(weight[r, j])
+                    out[r, j] = 0.0
+                    if mag > best_mag:
+                        best, best_mag = j, mag
+                out[r, best] = 1.0
+
+    return keep_top_n_of_4, keep_largest_of_m
 
 
-def group4_mask(weight: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The N:4 magnitude mask of a CPU float32/float64 ``weight [out, in]`` (written into ``out``
-    when given: a contiguous tensor of the weight's shape and dtype), or None when the kernel does
-    not apply here (other device or dtype, numba missing)."""
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64):
+def cpu_mask(weight: torch.Tensor, n: int, m: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The N:M magnitude mask of a CPU float32/float64 ``weight [out, in]`` for N:4 and 1:M
+    patterns (written into ``out`` when given: a tensor of the weight's shape and dtype), or None
+    when no kernel applies here (other pattern, device or dtype; numba missing)."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64) or not (m == 4 or n == 1):
         return None
-    kernel = _compile()
-    if kernel is None:
+    kernels = _compile()
+    if kernels is None:
         return None
+    keep_top_n_of_4, keep_largest_of_m = kernels
     source = weight.detach().contiguous()
     mask = out if out is not None and out.is_contiguous() else torch.empty_like(source)
-    kernel(source.numpy(), n, mask.numpy())
+    if m == 4:
+        keep_top_n_of_4(source.numpy(), n, mask.numpy())
+    else:
+        keep_largest_of_m(source.numpy(), m, mask.numpy())
     if mask is out:
         # Written through numpy, behind torch's back: move the version counter as an in-place
         # op would, so caches keyed on it (the compressed 2:4 weight) see the new mask.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from nmrl.errors import NmrlError
-from nmrl.sparsity.cpu_kernel import group4_mask
+from nmrl.sparsity.cpu_kernel import cpu_mask
 from nmrl.sparsity.pattern import NMPattern
 
 
@@ -71,8 +71,8 @@ def nm_mask(weight: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None =
         raise ValueError(f"out must match the weight: {tuple(out.shape)} {out.dtype} vs {tuple(weight.shape)}")
     if pattern.is_dense:
         mask = torch.ones_like(weight)
-    elif pattern.m == 4 and (mask := group4_mask(weight, pattern.n, out)) is not None:
-        return mask  # the compiled CPU kernel: the same mask in one pass
+    elif (mask := cpu_mask(weight, pattern.n, pattern.m, out)) is not None:
+        return mask  # a compiled CPU kernel (N:4, 1:M): the same mask in one pass
     else:
         mask = tensor_nm_mask(weight, pattern)
     return mask if out is None else out.copy_(mask)
