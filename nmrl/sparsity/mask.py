@@ -68,7 +68,9 @@ def nm_mask(weight: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None =
     if weight.dim() != 2:
         raise NmrlError(f"N:M masks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
     if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype):
-        raise ValueError(f"out must match the weight: {tuple(out.shape)} {out.dtype} vs {tuple(weight.shape)}")
+        raise ValueError(
+            f"out must match the weight: {tuple(out.shape)} {out.dtype} vs {tuple(weight.shape)} {weight.dtype}"
+        )
     if pattern.is_dense:
         mask = torch.ones_like(weight)
     elif (mask := cpu_mask(weight, pattern.n, pattern.m, out)) is not None:
