@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -93,6 +95,22 @@ def test_cpu_kernels_on_training_shapes():
     # other devices and dtypes go to the tensor code
     assert cpu_mask(torch.randn(4, 8, dtype=torch.float16), 2, 4) is None
     assert cpu_mask(torch.randn(4, 8), 2, 8) is None  # 2:8 has no kernel
+
+
+def test_without_numba_masks_come_from_the_tensor_code(monkeypatch):
+    from nmrl.sparsity import cpu_kernel
+
+    weight = torch.randn(16, 35)
+    expected = tensor_nm_mask(weight, NMPattern(2, 4))
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    cpu_kernel._compile.cache_clear()
+    try:
+        assert cpu_mask(weight, 2, 4) is None
+        assert torch.equal(nm_mask(weight, NMPattern(2, 4)), expected)
+    finally:
+        monkeypatch.undo()
+        cpu_kernel._compile.cache_clear()  # later tests compile (or load) the real kernels again
+    assert cpu_mask(weight, 2, 4) is not None
 
 
 def test_tail_group_and_exact_values():
