@@ -30,19 +30,27 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)")
 
 
-def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """A quickly exported actor ONNX (TorchScript exporter, opset 17, dynamic batch): dense, N:M or
-    unstructured. The CI compile of every kind uses nmrl's own exporter (``nmrl_export``)."""
+def sparse_actor(kind: str, hidden=(256, 256)) -> tuple[Actor, NMPattern | None]:
+    """A seeded actor in eval mode, dense, N:M (``"2:4"``...) or with half its weights zeroed at
+    random (``"unstructured"``), and the N:M pattern it claims (None unless N:M)."""
     torch.manual_seed(0)
     actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
+    claimed = None
     if kind == "unstructured":
         with torch.no_grad():
             for layer in actor.net:
                 if isinstance(layer, torch.nn.Linear):
                     layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)
     elif kind != "dense":
-        sparsify(actor.net, NMPattern.parse(kind))
-    actor.eval()
+        claimed = NMPattern.parse(kind)
+        sparsify(actor.net, claimed)
+    return actor.eval(), claimed
+
+
+def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """A quickly exported actor ONNX (TorchScript exporter, opset 17, dynamic batch): dense, N:M or
+    unstructured. The CI compile of every kind uses nmrl's own exporter (``nmrl_export``)."""
+    actor, _ = sparse_actor(kind, hidden)
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     actor.to(torch_dtype)
     obs = torch.zeros(1, OBS_DIM, dtype=torch_dtype)
@@ -67,18 +75,8 @@ def nmrl_export(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256,
     ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
     from nmrl.export.onnx_export import export_policy
 
-    torch.manual_seed(0)
-    actor = Actor(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [2.0] * ACT_DIM, hidden=hidden)
-    claimed = None
-    if kind == "unstructured":
-        with torch.no_grad():
-            for layer in actor.net:
-                if isinstance(layer, torch.nn.Linear):
-                    layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)
-    elif kind != "dense":
-        claimed = NMPattern.parse(kind)
-        sparsify(actor.net, claimed)
-    export_policy(path, actor.eval(), OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+    actor, claimed = sparse_actor(kind, hidden)
+    export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
     return path
 
 
