@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +54,25 @@ class SemiStructuredSupport:
     dtypes: tuple[str, ...] = ()  # fp16/bf16 names for which a real conversion + matmul worked
 
 
-def _backend_name() -> str:
+def semi_structured_backend(compute_capability: tuple[int, int]) -> tuple[str | None, str]:
+    """The 2:4 kernels ``to_sparse_semi_structured`` will really use on a device of this compute
+    capability, and why: (``"cusparselt"`` | ``"cutlass"`` | None, reason).
+
+    PyTorch picks its subclass from one switch: cuSPARSELt unless
+    ``SparseSemiStructuredTensor._FORCE_CUTLASS`` is set. It never falls back to CUTLASS when
+    cuSPARSELt is missing, and the CUTLASS 2:4 kernels are built for compute capability 8.x only
+    (Hopper and newer run 2:4 through cuSPARSELt alone).
+    """
     from torch.sparse import SparseSemiStructuredTensor
 
-    if SparseSemiStructuredTensor._FORCE_CUTLASS or not torch.backends.cusparselt.is_available():
-        return "cutlass"
-    return "cusparselt"
+    if SparseSemiStructuredTensor._FORCE_CUTLASS:
+        if compute_capability[0] == 8:
+            return "cutlass", "CUTLASS (forced by SparseSemiStructuredTensor._FORCE_CUTLASS)"
+        major, minor = compute_capability
+        return None, f"CUTLASS is forced, but its 2:4 kernels run on compute capability 8.x only (not {major}.{minor})"
+    if not torch.backends.cusparselt.is_available():
+        return None, "this PyTorch build has no cuSPARSELt, and PyTorch uses CUTLASS 2:4 kernels only when forced"
+    return "cusparselt", f"cuSPARSELt {torch.backends.cusparselt.version()}"
 
 
 def _tiny_check(dtype: torch.dtype, device: torch.device) -> str | None:
@@ -95,7 +108,7 @@ def probe_semi_structured(device_index: int | None = None) -> SemiStructuredSupp
     device = torch.device("cuda", index)
     name = torch.cuda.get_device_name(index)
     capability = torch.cuda.get_device_capability(index)
-    backend = _backend_name()
+    backend, backend_reason = semi_structured_backend(capability)
     version = torch.backends.cusparselt.version() if backend == "cusparselt" else None
     common = dict(device=name, compute_capability=capability, backend=backend, cusparselt_version=version)
     if capability < (8, 0):
@@ -104,6 +117,8 @@ def probe_semi_structured(device_index: int | None = None) -> SemiStructuredSupp
             f"compute capability {capability[0]}.{capability[1]} < 8.0: no sparse tensor cores",
             **common,
         )
+    if backend is None:
+        return SemiStructuredSupport(False, f"no 2:4 kernels will run: {backend_reason}", **common)
     working, failures = [], []
     for dtype_name, dtype in FAST_DTYPES.items():
         failure = _tiny_check(dtype, device)
@@ -210,7 +225,8 @@ def time_cuda(fn: Callable[[], object], repeats: int = 50, warmup: int = 10) -> 
 def measure_speedup(
     out_features: int, in_features: int, batch: int, dtype: torch.dtype = torch.float16, repeats: int = 50
 ) -> float:
-    """Dense time / 2:4 time of one ``linear`` with this weight shape and batch, on the current GPU."""
+    """Dense time / 2:4 time of one inference ``linear`` with this weight shape and batch, on the
+    current GPU (the weight compressed once, as a deployed actor holds it)."""
     weight = torch.randn(out_features, in_features, device="cuda", dtype=dtype)
     weight = weight * _two_of_four_mask(weight)
     inputs = torch.randn(batch, in_features, device="cuda", dtype=dtype)
@@ -220,19 +236,58 @@ def measure_speedup(
     return dense_ms / sparse_ms
 
 
+def layer_training_step(
+    shape: tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device | str, sparse: bool
+) -> Callable[[], None]:
+    """One training step of a 2:4 layer of ``shape`` (out, in), as training runs it: for the fast
+    path, recompress ``shadow * mask`` (the optimizer moved the weights since the last step), the
+    forward on sparse tensor cores and the exact backward; for the masked-dense layer, its forward
+    and backward. Both under ``dtype`` autocast."""
+    device = torch.device(device)
+    out_features, in_features = shape
+    layer = NMLinear(in_features, out_features, NMPattern(2, 4), device=device)
+    if sparse:
+        layer.__class__ = SemiStructuredNMLinear
+        layer.drop_compressed()
+    inputs = torch.randn(batch, in_features, device=device, requires_grad=True)
+    upstream = torch.randn(batch, out_features, device=device, dtype=dtype)
+
+    def step() -> None:
+        if sparse:
+            layer.drop_compressed()
+        with torch.autocast(device.type, dtype=dtype):
+            out = layer(inputs)
+        out.backward(upstream)
+
+    return step
+
+
 def measure_layers(
-    layers: list[tuple[str, nn.Linear]], batch: int, dtype: torch.dtype = torch.float16
+    layers: list[tuple[str, nn.Linear]],
+    batch: int,
+    dtype: torch.dtype = torch.float16,
+    training: bool = False,
+    device: torch.device | str = "cuda",
 ) -> dict[str, float]:
-    """Measured dense/2:4 speedup of every layer whose shape the kernels take, at ``batch`` rows."""
-    backend = _backend_name()
+    """Measured dense/2:4 speedup of every layer whose shape the kernels take, at ``batch`` rows;
+    each distinct shape is timed once. ``training`` times a whole training step of the layer
+    (:func:`layer_training_step`: recompress + forward + backward) instead of one inference matmul."""
+    backend = semi_structured_backend(torch.cuda.get_device_capability())[0] if torch.cuda.is_available() else None
+    backend = backend or "cusparselt"
     by_shape: dict[tuple[int, int], float] = {}  # networks repeat shapes: time each once
     speedups = {}
     for name, layer in layers:
         shape = (layer.out_features, layer.in_features)
-        if fits_2of4(layer_pattern(layer)) and shape_supported(*shape, backend):
-            if shape not in by_shape:
+        if not (fits_2of4(layer_pattern(layer)) and shape_supported(*shape, backend)):
+            continue
+        if shape not in by_shape:
+            if training:
+                dense_ms = time_cuda(layer_training_step(shape, batch, dtype, device, sparse=False))
+                sparse_ms = time_cuda(layer_training_step(shape, batch, dtype, device, sparse=True))
+                by_shape[shape] = dense_ms / sparse_ms
+            else:
                 by_shape[shape] = measure_speedup(*shape, batch, dtype)
-            speedups[name] = by_shape[shape]
+        speedups[name] = by_shape[shape]
     return speedups
 
 
@@ -290,10 +345,15 @@ class SemiStructuredNMLinear(NMLinear):
         return state
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        if not x.is_cuda:
-            return None
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         return dtype if dtype in FAST_DTYPES.values() else None
+
+    def drop_compressed(self) -> None:
+        """Forget the compressed weight: the next forward compresses ``shadow * mask`` afresh.
+        Called after every optimizer step (a fused optimizer writes the weight without moving its
+        version counter, so the cache key alone would keep a stale weight)."""
+        self._packed_cache = None
 
     def packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The compressed ``shadow * mask``; recompressed only when the weight, the mask or the
@@ -312,7 +372,7 @@ class SemiStructuredNMLinear(NMLinear):
         dtype = self._compute_dtype(x)
         if dtype is None:
             return super().forward(x)
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return _SemiStructuredLinearFn.apply(
                 x, self.weight, self.mask, self.bias, self.srste_decay, self.packed_weight(dtype), dtype
             )
@@ -335,7 +395,7 @@ def enable_semi_structured(
     for (_, layer), choice in zip(layers, choices, strict=True):
         if choice.sparse and not isinstance(layer, SemiStructuredNMLinear):
             layer.__class__ = SemiStructuredNMLinear
-            layer._packed_cache = None
+            layer.drop_compressed()
         elif not choice.sparse and isinstance(layer, SemiStructuredNMLinear):
             layer.__class__ = NMLinear
     return choices
@@ -389,11 +449,26 @@ def to_semi_structured(
     return choices
 
 
+def device_support(device: torch.device) -> SemiStructuredSupport:
+    """What the 2:4 fast path can do on the device a run trains on."""
+    if device.type != "cuda":
+        return SemiStructuredSupport(False, f"needs a CUDA device (training on {device})")
+    return probe_semi_structured(device.index)
+
+
+def drop_compressed(layers: Iterable[nn.Module]) -> None:
+    """Make every fast-path layer in ``layers`` recompress its weight on its next forward."""
+    for layer in layers:
+        if isinstance(layer, SemiStructuredNMLinear):
+            layer.drop_compressed()
+
+
 class SemiStructuredTraining:
     """The fast path for a training run: switches every network's eligible layers to 2:4 kernels
-    (those measured faster at ``measure_batch`` rows, when given) and provides the autocast
-    context the update runs under. Fails with one clear NmrlError when
-    the device cannot do it, rather than silently training masked-dense."""
+    (those whose whole training step, recompression included, measured faster at
+    ``measure_batch`` rows, when given; each layer shape timed once for all networks) and provides
+    the autocast context the update runs under. Fails with one clear NmrlError when the device
+    cannot do it, rather than silently training masked-dense."""
 
     def __init__(
         self,
@@ -404,23 +479,41 @@ class SemiStructuredTraining:
     ) -> None:
         if dtype_name not in FAST_DTYPES:
             raise NmrlError(f"2:4 training runs in {' or '.join(FAST_DTYPES)}, not {dtype_name!r}")
-        if device.type != "cuda":
-            raise NmrlError(f"--semi-structured needs a CUDA device (training on {device})")
-        support = probe_semi_structured(device.index)
+        support = device_support(device)
         if not support.available:
             raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
         if dtype_name not in support.dtypes:
             raise NmrlError(f"--semi-structured: 2:4 {dtype_name} does not work here ({support.reason})")
         self.dtype = FAST_DTYPES[dtype_name]
+        self.device_type = device.type
+        layers = {name: nm_layers(net) for name, net in networks.items()}
         speedups: dict[str, float] | None = None
+        if measure_batch is not None:  # keep masked-dense the layers where 2:4 measured slower
+            every_layer = [(f"{network}.{name}", layer) for network, named in layers.items() for name, layer in named]
+            speedups = measure_layers(every_layer, measure_batch, self.dtype, training=True, device=device)
         self.choices = {}
-        for name, net in networks.items():
-            if measure_batch is not None:  # keep masked-dense the layers where 2:4 measured slower
-                speedups = measure_layers(nm_layers(net), measure_batch, self.dtype)
-            self.choices[name] = enable_semi_structured(net, support, speedups)
+        for network, net in networks.items():
+            own = (
+                None
+                if speedups is None
+                else {
+                    name: speedups[f"{network}.{name}"]
+                    for name, _ in layers[network]
+                    if f"{network}.{name}" in speedups
+                }
+            )
+            self.choices[network] = enable_semi_structured(net, support, own)
+        if not self.engaged:
+            reasons = sorted({choice.reason for choices in self.choices.values() for choice in choices})
+            raise NmrlError(f"--semi-structured: no layer would run on 2:4 kernels ({'; '.join(reasons)})")
+
+    @property
+    def engaged(self) -> bool:
+        """Whether any layer runs on 2:4 kernels."""
+        return any(choice.sparse for choices in self.choices.values() for choice in choices)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast("cuda", dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def report(self) -> str:
         lines = []

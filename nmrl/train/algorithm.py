@@ -10,14 +10,17 @@ from torch import nn
 
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
+from nmrl.train.sparse_training import SparseTraining
 
 
 class Algorithm:
     """An off-policy actor-critic learner.
 
-    Subclasses build their networks and optimizers in ``__init__`` and list them in
-    ``self.modules`` / ``self.optimizers`` (name -> object); checkpointing and sparsity logging
-    come from those two dicts.
+    Subclasses build their networks and optimizers in ``__init__`` through ``self.sparse`` (the
+    :class:`~nmrl.train.sparse_training.SparseTraining` that keeps every sparse-training rule),
+    list them in ``self.modules`` / ``self.optimizers`` (name -> object), call
+    ``self.sparse.enable_fast_path(self.modules)`` last, and implement :meth:`learn`;
+    checkpointing and sparsity logging come from the two dicts.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class Algorithm:
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.updates = 0  # gradient updates so far (critic steps)
+        self.sparse = SparseTraining(config, device)
 
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
         """Actions for a batch of observations, in env units; ``explore`` adds exploration."""
@@ -42,6 +46,12 @@ class Algorithm:
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient update; returns losses as 0-d tensors (read them only when logging)."""
+        with self.sparse.autocast():
+            return self.learn(batch)
+
+    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The algorithm's update, as its paper writes it (:meth:`update` runs it in the fast
+        path's precision)."""
         raise NotImplementedError
 
     def policy(self) -> nn.Module:

@@ -9,7 +9,6 @@ sparsity of every network follows the config exactly as for TD3 (nmrl.train.spar
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
@@ -17,13 +16,11 @@ import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
-from nmrl.sparsity import masked_layers, refresh_masks
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
 from nmrl.train.networks import Critic, mlp, register_action_bounds
-from nmrl.train.sparse import make_optimizer, sparsify_network
-from nmrl.train.td3 import frozen, polyak_update
+from nmrl.train.td3 import frozen
 
 # The actor's log standard deviation is squashed into this range (as CleanRL and SpinningUp do):
 # wide enough for near-deterministic and near-uniform policies, bounded so exp() stays finite.
@@ -115,19 +112,18 @@ class SAC(Algorithm):
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
         if config.alpha <= 0:
             raise NmrlError(f"--alpha must be positive, got {config.alpha}")
-        self.actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
-        self.critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
-        self.critic2 = Critic(obs_dim, act_dim, config.hidden, config.activation)
-        for online in (self.actor, self.critic1, self.critic2):
-            sparsify_network(online, config)
-            online.to(device)
-        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
-        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
+        sparse = self.sparse
+        actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
+        critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
+        critic2 = Critic(obs_dim, act_dim, config.hidden, config.activation)
+        self.actor = sparse.sparsify(actor)
+        self.critic1, self.critic2 = sparse.sparsify(critic1), sparse.sparsify(critic2)
+        self.critic1_target = sparse.target(self.critic1)
+        self.critic2_target = sparse.target(self.critic2)
         self.temperature = Temperature(config.alpha).to(device)
         self.target_entropy = -float(act_dim)
-        fused = device.type != "mps"
-        self.actor_optimizer = make_optimizer(self.actor, config.actor_lr, config, fused=fused)
-        self.critic_optimizer = make_optimizer([self.critic1, self.critic2], config.critic_lr, config, fused=fused)
+        self.actor_optimizer = sparse.optimizer(self.actor, config.actor_lr)
+        self.critic_optimizer = sparse.optimizer([self.critic1, self.critic2], config.critic_lr)
         self.modules = {
             "actor": self.actor,
             "critic1": self.critic1,
@@ -140,13 +136,8 @@ class SAC(Algorithm):
         if config.autotune_alpha:
             self.alpha_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=config.critic_lr)
             self.optimizers["temperature"] = self.alpha_optimizer
+        sparse.enable_fast_path(self.modules)
         self._policy = DeterministicPolicy(self.actor)
-        # The sparse layers refreshed after each update, listed once (walking modules every step costs).
-        self.critic_sparse_layers = [layer for net in (self.critic1, self.critic2) for _, layer in masked_layers(net)]
-        self.actor_sparse_layers = [layer for _, layer in masked_layers(self.actor)]
-        self.target_sparse_layers = [
-            layer for net in (self.critic1_target, self.critic2_target) for _, layer in masked_layers(net)
-        ]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
@@ -154,7 +145,7 @@ class SAC(Algorithm):
             return self.actor.sample(obs)[0]
         return self.actor.deterministic(obs)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         alpha = self.temperature.alpha.detach()
         with torch.no_grad():
@@ -172,20 +163,14 @@ class SAC(Algorithm):
         q1 = self.critic1(batch.obs, batch.action)
         q2 = self.critic2(batch.obs, batch.action)
         critic_loss = nn.functional.mse_loss(q1, target_q) + nn.functional.mse_loss(q2, target_q)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        refresh_masks(self.critic_sparse_layers)
+        self.sparse.minimize(critic_loss, self.critic_optimizer)
         self.updates += 1
 
         with frozen(self.critic1), frozen(self.critic2):
             action, log_prob = self.actor.sample(batch.obs)
             q = torch.min(self.critic1(batch.obs, action), self.critic2(batch.obs, action))
             actor_loss = (alpha * log_prob - q).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
-        refresh_masks(self.actor_sparse_layers)
+        self.sparse.minimize(actor_loss, self.actor_optimizer)
 
         metrics = {
             "critic_loss": critic_loss.detach(),
@@ -196,14 +181,10 @@ class SAC(Algorithm):
         }
         if cfg.autotune_alpha:
             alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
+            self.sparse.minimize(alpha_loss, self.alpha_optimizer)
             metrics["alpha_loss"] = alpha_loss.detach()
 
-        for target, online in ((self.critic1_target, self.critic1), (self.critic2_target, self.critic2)):
-            polyak_update(target, online, cfg.tau)
-        refresh_masks(self.target_sparse_layers, now=True)
+        self.sparse.soft_update()
         return metrics
 
     def policy(self) -> nn.Module:

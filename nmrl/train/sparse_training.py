@@ -1,0 +1,146 @@
+"""The rules every algorithm's sparse training follows, kept by one object: :class:`SparseTraining`.
+
+An algorithm builds its networks dense and hands them to its ``SparseTraining``; from then on
+this object, not the update body, keeps them sparse and correct:
+
+- :meth:`SparseTraining.sparsify` makes an online network N:M or unstructured as the config says
+  (:mod:`nmrl.train.sparse`) and moves it to the training device;
+- :meth:`SparseTraining.target` makes the frozen copy that :class:`SoftUpdate` Polyak-averages
+  (shadow weights) and then re-masks, so every target is sparse after every update;
+- :meth:`SparseTraining.optimizer` makes the Adam of some networks and registers a step post-hook
+  on it: after each ``step()`` every sparse layer of those networks counts the step (its mask is
+  recomputed every ``--mask-interval`` steps) and drops its compressed 2:4 weight. The hook is what
+  keeps the compressed weight fresh: a fused Adam writes parameters without advancing their
+  ``_version``, so a cache keyed on versions alone would keep multiplying by the old weight;
+- :meth:`SparseTraining.enable_fast_path` switches, with ``--semi-structured``, the eligible layers
+  of every network to 2:4 sparse tensor cores (or fails with one line where they cannot run);
+  :meth:`SparseTraining.autocast` is the precision context updates run under, and
+  :meth:`SparseTraining.minimize` the backward + step, loss-scaled under fp16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nmrl.sparsity import MaskedLinear, masked_layers, refresh_masks
+from nmrl.train.sparse import make_optimizer, sparsify_network
+
+if TYPE_CHECKING:
+    from nmrl.sparsity.semi_structured import SemiStructuredTraining
+    from nmrl.train.config import TrainConfig
+
+
+def _sparse_layers(networks: nn.Module | Iterable[nn.Module]) -> list[MaskedLinear]:
+    modules = [networks] if isinstance(networks, nn.Module) else list(networks)
+    return [layer for module in modules for _, layer in masked_layers(module)]
+
+
+class SoftUpdate:
+    """Target networks that trail their online networks: ``target <- (1 - tau) target + tau online``
+    over every parameter (dense shadow weights included), then each target re-selects its masks
+    from its own averaged weights, so targets are sparse after every update."""
+
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+        self.target_params: list[torch.Tensor] = []
+        self.online_params: list[torch.Tensor] = []
+        self.target_layers: list[MaskedLinear] = []
+
+    def add(self, target: nn.Module, online: nn.Module) -> None:
+        self.target_params += list(target.parameters())
+        self.online_params += list(online.parameters())
+        self.target_layers += _sparse_layers(target)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if not self.target_params:
+            return
+        torch._foreach_lerp_(self.target_params, self.online_params, self.tau)
+        refresh_masks(self.target_layers, now=True)
+        _drop_compressed(self.target_layers)
+
+
+def _drop_compressed(layers: list[MaskedLinear]) -> None:
+    # Only fast-path layers hold a compressed weight; the import stays lazy so that CPU-only
+    # training never loads the CUDA module.
+    if "nmrl.sparsity.semi_structured" in sys.modules:
+        sys.modules["nmrl.sparsity.semi_structured"].drop_compressed(layers)
+
+
+class SparseTraining:
+    """One algorithm's sparse-training bookkeeping (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.soft_update = SoftUpdate(config.tau)
+        self.fast_path: SemiStructuredTraining | None = None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self._precision: Any = contextlib.nullcontext
+
+    def sparsify(self, network: nn.Module, update_every: int = 1) -> nn.Module:
+        """``network`` (built dense) made sparse as the config says and moved to the device.
+        ``update_every``: its optimizer steps once per this many gradient updates (TD3's actor)."""
+        sparsify_network(network, self.config, update_every=update_every)
+        return network.to(self.device)
+
+    def target(self, online: nn.Module) -> nn.Module:
+        """A frozen copy of ``online`` that :attr:`soft_update` keeps trailing it."""
+        target = copy.deepcopy(online).requires_grad_(False)
+        self.soft_update.add(target, online)
+        return target
+
+    def optimizer(self, networks: nn.Module | Iterable[nn.Module], lr: float) -> torch.optim.Optimizer:
+        """Adam over ``networks`` (masked with ``--optimizer masked-adam``); after each of its steps
+        the sparse layers of ``networks`` refresh their masks and drop their compressed weights."""
+        networks = [networks] if isinstance(networks, nn.Module) else list(networks)
+        optimizer = make_optimizer(networks, lr, self.config, fused=self.device.type != "mps")
+        layers = _sparse_layers(networks)
+        if layers:
+
+            def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                refresh_masks(layers)
+                _drop_compressed(layers)
+
+            optimizer.register_step_post_hook(after_step)
+        return optimizer
+
+    def enable_fast_path(self, networks: Mapping[str, nn.Module]) -> None:
+        """With ``--semi-structured``: run the 2:4 layers of ``networks`` (all of the algorithm's,
+        targets included) on sparse tensor cores, or raise one NmrlError saying why they cannot.
+        Call once, after every network exists. Without the flag: nothing."""
+        if not self.config.semi_structured:
+            return
+        from nmrl.sparsity.semi_structured import SemiStructuredTraining
+
+        self.fast_path = SemiStructuredTraining(
+            networks, self.config.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
+        )
+        print(f"2:4 semi-structured layers ({self.config.semi_structured_dtype}):\n{self.fast_path.report()}")
+        self._precision = self.fast_path.autocast
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.dtype == torch.float16)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of an update: fp16/bf16 autocast on the fast path, else nothing."""
+        if self.config.semi_structured and self.fast_path is None:
+            raise RuntimeError("--semi-structured: the algorithm never called SparseTraining.enable_fast_path")
+        return self._precision()
+
+    def minimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """One gradient step on ``loss``: zero the gradients, backpropagate, step (under fp16,
+        through the GradScaler: a step whose gradients overflowed is skipped)."""
+        optimizer.zero_grad(set_to_none=True)
+        if not self.scaler.is_enabled():
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
