@@ -356,3 +356,84 @@ def test_copies_drop_the_compressed_weight_cache(monkeypatch):
     clone = copy.deepcopy(layer)
     assert layer._packed_cache is not None and clone._packed_cache is None
     torch.testing.assert_close(clone.packed_weight(torch.float16), layer.packed_weight(torch.float16))
+
+
+# ---- which kernels torch will really run (defect: "cutlass" claimed whenever cuSPARSELt was missing) ----
+
+
+def _fake_gpu(monkeypatch, capability, cusparselt: bool, force_cutlass: bool):
+    """A stand-in CUDA device of ``capability`` whose tiny 2:4 matmul 'works'."""
+    from torch.sparse import SparseSemiStructuredTensor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: cusparselt)
+    monkeypatch.setattr(torch.backends.cusparselt, "version", lambda: 800)
+    monkeypatch.setattr(SparseSemiStructuredTensor, "_FORCE_CUTLASS", force_cutlass)
+    monkeypatch.setattr(ss, "_tiny_check", lambda dtype, device: None)
+    ss.probe_semi_structured.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("capability", "cusparselt", "force_cutlass", "backend"),
+    [
+        ((9, 0), True, False, "cusparselt"),
+        ((9, 0), False, False, None),  # Hopper without cuSPARSELt: torch never falls back to CUTLASS
+        ((9, 0), True, True, None),  # CUTLASS forced on Hopper: its 2:4 kernels are SM 8.x only
+        ((8, 0), False, False, None),  # not forced: torch does not take CUTLASS by itself
+        ((8, 6), False, True, "cutlass"),
+    ],
+)
+def test_probe_reports_the_backend_torch_will_use(monkeypatch, capability, cusparselt, force_cutlass, backend):
+    _fake_gpu(monkeypatch, capability, cusparselt, force_cutlass)
+    try:
+        support = ss.probe_semi_structured()
+    finally:
+        ss.probe_semi_structured.cache_clear()
+    assert support.backend == backend
+    assert support.available is (backend is not None)
+    if backend is None:
+        assert "no 2:4 kernels will run" in support.reason and "\n" not in support.reason
+
+
+# ---- per-layer selection on the cost of a whole training step (defect: forward GEMM only) -----------
+
+
+def test_a_layer_training_step_recompresses_and_runs_backward(monkeypatch):
+    compressed = []
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda d: compressed.append(d) or d.clone())
+    step = ss.layer_training_step((32, 64), batch=8, dtype=torch.bfloat16, device="cpu", sparse=True)
+    step()
+    step()
+    assert len(compressed) == 2  # recompressed every step: the optimizer moves the weights each step
+    dense = ss.layer_training_step((32, 64), batch=8, dtype=torch.bfloat16, device="cpu", sparse=False)
+    dense()
+    assert len(compressed) == 2
+    # Both steps run the backward: the closures' layers hold weight gradients afterwards.
+    for fn in (step, dense):
+        layer = next(c.cell_contents for c in fn.__closure__ if isinstance(c.cell_contents, NMLinear))
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_training_selection_times_each_shape_once_for_all_networks(monkeypatch, tmp_path):
+    from helpers import tiny_config
+
+    from nmrl.train.td3 import TD3
+
+    timed = []
+
+    def timer(fn, *args, **kwargs):  # stand-in: runs the step once; 2:4 twice as fast
+        fn()
+        timed.append(fn)
+        return 2.0 if len(timed) % 2 else 1.0
+
+    monkeypatch.setattr(ss, "device_support", lambda device: CUSPARSELT)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda d: d.clone())
+    monkeypatch.setattr(ss, "time_cuda", timer)
+    config = tiny_config(tmp_path, semi_structured=True, hidden=(32, 48))
+    TD3(11, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    # Six networks, but the only shapes the kernels take are 48x32 (actor and critics' hidden
+    # layer): one dense and one 2:4 timing of a training step, for all six networks together.
+    assert len(timed) == 2

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -145,7 +145,7 @@ class LayerChoice:
 
     def __str__(self) -> str:
         path = "2:4 kernels" if self.sparse else "masked dense"
-        return f"{self.name:<24} {self.shape!s:<14} {self.pattern:<6} {path:<13} {self.reason}"
+        return f"{self.name:<30} {self.shape!s:<14} {self.pattern:<6} {path:<13} {self.reason}"
 
 
 def shape_supported(out_features: int, in_features: int, backend: str) -> bool:
@@ -518,5 +518,5 @@ class SemiStructuredTraining:
     def report(self) -> str:
         lines = []
         for network, choices in self.choices.items():
-            lines += [f"{network}.{choice}" for choice in choices]
+            lines += [str(replace(choice, name=f"{network}.{choice.name}")) for choice in choices]
         return "\n".join(lines)
