@@ -1,13 +1,16 @@
 """``nmrl doctor``: what this machine can run — CUDA, 2:4 sparse kernels, TensorRT, ONNX Runtime.
 
 Every check is a probe, not an assumption: the 2:4 row converts and multiplies a real matrix on
-the GPU; the TensorRT rows import the module. Nothing here fails on a machine that has none of
+the GPU; the TensorRT runner's row creates a real CUDA stream through Polygraphy's CUDA wrapper,
+which is what running an engine loads (a module that imports is not a runner that runs). Nothing here fails on a machine that has none of
 it: each row then says what is missing, and the command still exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json as json_module
 import platform
 from dataclasses import asdict, dataclass
@@ -72,7 +75,7 @@ def check_semi_structured() -> Check:
     if support.cusparselt_version is not None:
         backend = f"cuSPARSELt {support.cusparselt_version}"
     elif backend == "cutlass":
-        backend = "CUTLASS"
+        backend = "CUTLASS (forced; SM 8.x)"
     return Check("2:4 semi-structured (torch)", True, f"{backend}: real matmul works for {', '.join(support.dtypes)}")
 
 
@@ -98,10 +101,15 @@ def check_cpu_mask_kernel() -> Check:
     return Check(name, True, f"numba {version}: N:4 and 1:M masks compiled for CPU training")
 
 
-def check_tensorrt() -> Check:
+def check_tensorrt(runner_cuda: Check | None = None) -> Check:
+    """TensorRT imports, and (``runner_cuda``, the Polygraphy row) its runner can create a CUDA stream."""
     ok, version = _module_version("tensorrt")
-    detail = f"TensorRT {version} (engines build and run on this machine's GPU)" if ok else version
-    return Check("TensorRT", ok, detail)
+    if not ok:
+        return Check("TensorRT", False, version)
+    runner_cuda = runner_cuda or check_polygraphy()
+    if not runner_cuda.ok:
+        return Check("TensorRT", False, f"TensorRT {version} imports, but engines cannot run: {runner_cuda.detail}")
+    return Check("TensorRT", True, f"TensorRT {version} (engines build and run on this machine's GPU)")
 
 
 def check_tensorrt_rtx() -> Check:
@@ -122,8 +130,28 @@ def check_onnxruntime() -> Check:
 
 
 def check_polygraphy() -> Check:
+    """Create, synchronize and free a CUDA stream through Polygraphy's CUDA wrapper, as the
+    TensorRT runner does. The wrapper finds libcudart by its own search (not PyTorch's): CUDA 13
+    pip wheels keep it under ``site-packages/nvidia/cu13/lib``, where it looks only through
+    ``LD_LIBRARY_PATH``."""
     ok, version = _module_version("polygraphy")
-    return Check("Polygraphy", ok, f"{version} (CUDA buffers for running engines)" if ok else version)
+    if not ok:
+        return Check("Polygraphy", False, version)
+    try:
+        # Polygraphy prints its own error line before raising; the row says it once.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from polygraphy import cuda
+
+            stream = cuda.Stream()
+            stream.synchronize()
+            stream.free()
+    except Exception as error:  # Polygraphy raises its own exception type when libcudart is absent
+        message = (str(error).strip().splitlines() or [error.__class__.__name__])[0].split(". To figure")[0]
+        hint = ""
+        if "cuda error" not in message.lower():  # libcudart itself was not found
+            hint = "; with CUDA 13 pip wheels put site-packages/nvidia/cu13/lib on LD_LIBRARY_PATH"
+        return Check("Polygraphy", False, f"{version}, but no CUDA stream for the TensorRT runner ({message}){hint}")
+    return Check("Polygraphy", True, f"{version}: created a CUDA stream (the TensorRT runner's buffers and stream)")
 
 
 def collect() -> list[Check]:
@@ -135,15 +163,16 @@ def collect() -> list[Check]:
         f"Python {platform.python_version()}, "
         + (f"torch {torch.__version__}" if torch else "PyTorch not installed (deploy-only install)"),
     )
+    runner_cuda = check_polygraphy()
     return [
         python,
         check_cpu_mask_kernel(),
         check_cuda(),
         check_semi_structured(),
-        check_tensorrt(),
+        check_tensorrt(runner_cuda),
         check_tensorrt_rtx(),
         check_onnxruntime(),
-        check_polygraphy(),
+        runner_cuda,
     ]
 
 

@@ -33,7 +33,8 @@ def test_collect_names_every_capability():
         # Without CUDA the 2:4 probe must say so rather than claim support.
         assert not by_name["2:4 semi-structured (torch)"].ok
         assert "CUDA" in by_name["2:4 semi-structured (torch)"].detail
-    assert by_name["TensorRT"].ok == (importlib.util.find_spec("tensorrt") is not None)
+    installed = importlib.util.find_spec("tensorrt") is not None
+    assert by_name["TensorRT"].ok == (installed and by_name["Polygraphy"].ok)
 
 
 def test_onnxruntime_row_lists_the_real_providers():
@@ -88,3 +89,53 @@ def test_deploy_only_install_without_pytorch(monkeypatch):
     assert not checks["CPU mask kernel (numba)"].ok
     cuda = checks["CUDA"]
     assert cuda.ok or "CUDA" in cuda.detail
+
+
+class _Stream:
+    """Stand-in for Polygraphy's ``cuda.Stream``; ``broken`` fails as it does without libcudart."""
+
+    broken = False
+    made = 0
+
+    def __init__(self) -> None:
+        if self.broken:
+            raise RuntimeError("Could not find the CUDA runtime library.")
+        type(self).made += 1
+
+    def synchronize(self) -> None:
+        pass
+
+    def free(self) -> None:
+        pass
+
+
+def _fake_tensorrt(monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
+
+
+def test_runner_rows_are_red_when_no_cuda_stream_can_be_made(monkeypatch):
+    """The image's TensorRT imported fine while its runner could not load libcudart: the doctor
+    must create a stream through what the runner loads (Polygraphy's CUDA wrapper)."""
+    from polygraphy import cuda
+
+    monkeypatch.setattr(_Stream, "broken", True)
+    monkeypatch.setattr(cuda, "Stream", _Stream)
+    _fake_tensorrt(monkeypatch)
+    polygraphy_row = doctor.check_polygraphy()
+    assert not polygraphy_row.ok
+    assert "no CUDA stream" in polygraphy_row.detail and "nvidia/cu13/lib" in polygraphy_row.detail
+    tensorrt_row = doctor.check_tensorrt(polygraphy_row)
+    assert not tensorrt_row.ok and "engines cannot run" in tensorrt_row.detail
+
+
+def test_runner_rows_are_green_when_a_stream_is_made(monkeypatch):
+    from polygraphy import cuda
+
+    monkeypatch.setattr(_Stream, "made", 0)
+    monkeypatch.setattr(cuda, "Stream", _Stream)
+    _fake_tensorrt(monkeypatch)
+    polygraphy_row = doctor.check_polygraphy()
+    assert polygraphy_row.ok and _Stream.made == 1
+    assert doctor.check_tensorrt(polygraphy_row).ok

@@ -63,3 +63,38 @@ def test_dockerignore_keeps_bulk_out():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for bulky in (".git", ".venv", "runs", "*.plan"):
         assert bulky in ignored
+
+
+def _final_workdir_and_env(dockerfile: Path) -> tuple[str, dict[str, str], list[tuple[str, str]]]:
+    """The last WORKDIR, the ENV values and every (source, destination) COPY, with relative
+    destinations resolved against the WORKDIR in force at that line."""
+    workdir, env, copies = "/", {}, []
+    text = dockerfile.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "WORKDIR":
+            workdir = words[1]
+        elif words[0] == "ENV":
+            for pair in words[1:]:
+                key, _, value = pair.partition("=")
+                env[key] = value
+        elif words[0] == "COPY":
+            destination = words[-1]
+            if not destination.startswith("/"):
+                destination = str(Path(workdir) / destination)
+            copies += [(source, destination) for source in words[1:-1]]
+    return workdir, env, copies
+
+
+def test_gpu_image_runs_the_documented_gpu_check_command():
+    workdir, _, copies = _final_workdir_and_env(ROOT / "docker" / "Dockerfile.gpu")
+    assert ("benchmarks", str(Path(workdir) / "benchmarks")) in copies, (workdir, copies)
+
+
+def test_gpu_image_lets_polygraphy_find_the_cuda13_runtime():
+    dockerfile = ROOT / "docker" / "Dockerfile.gpu"
+    _, env, _ = _final_workdir_and_env(dockerfile)
+    assert "FROM ubuntu:24.04" in dockerfile.read_text()  # python3 is 3.12 there
+    assert "/opt/venv/lib/python3.12/site-packages/nvidia/cu13/lib" in env.get("LD_LIBRARY_PATH", "").split(":")
