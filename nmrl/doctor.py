@@ -2,8 +2,8 @@
 
 Every check is a probe, not an assumption: the 2:4 row converts and multiplies a real matrix on
 the GPU; the TensorRT runner's row creates a real CUDA stream through Polygraphy's CUDA wrapper,
-which is what running an engine loads (a module that imports is not a runner that runs). Nothing here fails on a machine that has none of
-it: each row then says what is missing, and the command still exits 0.
+which is what running an engine loads (a module that imports is not a runner that runs). Nothing
+here fails on a machine that has none of it: each row then says what is missing, and the command still exits 0.
 """
 
 from __future__ import annotations

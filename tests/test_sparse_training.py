@@ -60,7 +60,9 @@ def compressed(monkeypatch):
 
 
 def _sparse_layers(agent) -> list[tuple[str, MaskedLinear]]:
-    return [(f"{net}.{name}", layer) for net, module in agent.networks().items() for name, layer in masked_layers(module)]
+    return [
+        (f"{net}.{name}", layer) for net, module in agent.networks().items() for name, layer in masked_layers(module)
+    ]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
