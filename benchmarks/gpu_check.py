@@ -139,10 +139,8 @@ class Report:
         writer = csv.writer(table)
         writer.writerow(CSV_FIELDS)
         for row in self.rows:
-            writer.writerow(
-                [row.section, row.case, row.batch, row.width, row.dtype]
-                + [f"{row.dense_ms:.5f}", f"{row.sparse_ms:.5f}", f"{row.speedup:.3f}", row.note]
-            )
+            timings = [f"{row.dense_ms:.5f}", f"{row.sparse_ms:.5f}", f"{row.speedup:.3f}"]
+            writer.writerow([row.section, row.case, row.batch, row.width, row.dtype, *timings, row.note])
         atomic_write_text(paths["csv"], table.getvalue())
         document = {
             "header": self.header,
