@@ -291,9 +291,15 @@ def test_running_an_engine_without_a_gpu_is_one_clear_error(tmp_path):
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason="needs TensorRT and an NVIDIA GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_gpu_tensorrt_engine_matches_torch(tmp_path, dtype):
-    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", dtype, hidden=(1024, 1024))
-    report = trt_deploy.build_engines(onnx_path, "tensorrt")
+    onnx_path = nmrl_export(tmp_path / "actor.onnx", "2:4", dtype, hidden=(1024, 1024))
+    report = trt_deploy.build_engines(onnx_path, "tensorrt", profile=trt_deploy.BatchProfile(1, 4096, 4096))
     assert report.builder_eligible is not None and report.builder_picked is not None
+    if report.settings["sparse_possible"]:
+        # A 1024-wide 2:4 actor in reduced precision at batch 4096 is where sparse kernels win:
+        # the builder must have picked them for at least one layer, and the report says so.
+        assert report.builder_eligible, report.format()
+        assert report.builder_picked, report.format()
+        assert report.builder_picked[0] in report.sparse_kernels
     policy = trt_deploy.load_tensorrt_policy(report.plan)
     assert (policy.obs_dim, policy.act_dim) == (OBS_DIM, ACT_DIM)
     import onnxruntime
@@ -531,3 +537,29 @@ def test_deploy_verbs_run_without_pytorch(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "codes [0, 0, 0]" in result.stdout
     assert (tmp_path / "actor.rtx.plan").is_file() and (tmp_path / "bench" / "bench.csv").is_file()
+
+
+# ---- which layers run sparse kernels, and whose word the report takes ------------------------------
+
+INSPECTOR_LAYERS = [
+    {"Name": "/net/net.0/Gemm", "LayerType": "CaskGemm", "TacticName": "sm90_xmma_gemm_f16f16_f32"},
+    {"Name": "/net/net.2/Gemm", "LayerType": "CaskGemm", "TacticName": "sm90_xmma_sparse_gemm_f16f16_f32"},
+    {"Name": "{ForeignNode[/net/net.4/Gemm.../net/net.5/Tanh]}", "LayerType": "Myelin", "TacticName": ""},
+]
+
+
+def test_fused_myelin_layers_are_not_reported_dense():
+    sparse, opaque = trt_deploy.classify_inspector_layers(INSPECTOR_LAYERS)
+    assert sparse == ["/net/net.2/Gemm"]
+    assert opaque == ["{ForeignNode[/net/net.4/Gemm.../net/net.5/Tanh]}"]
+
+
+def test_report_says_which_source_it_trusts_and_why():
+    verdict = trt_deploy.sparse_kernels_verdict(
+        ["/net/net.2/Gemm", "/net/net.4/Gemm"], trt_deploy.classify_inspector_layers(INSPECTOR_LAYERS)
+    )
+    assert verdict.startswith("/net/net.2/Gemm, /net/net.4/Gemm (trusted: the builder log")
+    assert "fused layers included" in verdict
+    assert "1 fused (Myelin) layer(s) whose kernels it cannot show" in verdict
+    assert "none (trusted" in trt_deploy.sparse_kernels_verdict([], None)
+    assert trt_deploy.sparse_kernels_verdict(None, None).startswith("unknown")

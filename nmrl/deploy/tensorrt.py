@@ -270,9 +270,29 @@ def build_plan(
     return BuiltPlan(bytes(serialized), logger.lines, read_back)
 
 
-def inspect_sparse_tactics(trt: ModuleType, plan: bytes) -> list[str] | None:
-    """Layers whose chosen tactic names a sparse kernel, from the engine inspector; None where the
-    engine cannot be loaded here (no GPU) or the inspector gives no tactic names."""
+def classify_inspector_layers(layers: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """(layers whose tactic names a sparse kernel, fused layers the inspector cannot see into),
+    from the engine inspector's JSON ``Layers`` list.
+
+    A fused Myelin region (``LayerType`` Myelin, a ``{ForeignNode[...]}`` name) is one opaque entry:
+    its tactic name says nothing about the GEMM kernels inside, which may well be sparse. Counting
+    it as dense would misreport exactly the layers TensorRT fuses most (GEMM + activation chains).
+    """
+    sparse, opaque = [], []
+    for layer in layers:
+        if not isinstance(layer, dict):
+            continue
+        name, tactic = str(layer.get("Name", "?")), str(layer.get("TacticName", ""))
+        if str(layer.get("LayerType", "")).lower() == "myelin" or "ForeignNode" in name or "myelin" in tactic.lower():
+            opaque.append(name)
+        elif "sparse" in tactic.lower():
+            sparse.append(name)
+    return sparse, opaque
+
+
+def inspect_engine_layers(trt: ModuleType, plan: bytes) -> tuple[list[str], list[str]] | None:
+    """:func:`classify_inspector_layers` of an engine; None where the engine cannot be loaded here
+    (no GPU) or the inspector gives no layer list."""
     logger = _capturing_logger(trt)
     try:
         engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
@@ -282,11 +302,31 @@ def inspect_sparse_tactics(trt: ModuleType, plan: bytes) -> list[str] | None:
         layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     except Exception:  # the inspector is a cross-check; failing it must not fail the build
         return None
-    sparse = []
-    for layer in layers.get("Layers", []):
-        if isinstance(layer, dict) and "sparse" in str(layer.get("TacticName", "")).lower():
-            sparse.append(str(layer.get("Name", "?")))
-    return sparse
+    return classify_inspector_layers(layers.get("Layers", []))
+
+
+def sparse_kernels_verdict(picked: list[str] | None, inspected: tuple[list[str], list[str]] | None) -> str:
+    """Which layers run sparse kernels, which source says so, and why that source is trusted."""
+    if picked is None:
+        verdict = (
+            "unknown: this builder does not log which layers it picked sparse kernels for "
+            "(TensorRT-RTX chooses kernels on the target GPU at run time)"
+        )
+    else:
+        listed = ", ".join(picked) if picked else "none"
+        verdict = (
+            f"{listed} (trusted: the builder log's 'picked sparse implementation' list, written as TensorRT "
+            "chooses each layer's kernel, fused layers included)"
+        )
+    if inspected is not None:
+        sparse, opaque = inspected
+        verdict += f"; engine inspector cross-check: sparse tactic names in {', '.join(sparse) or 'none'}"
+        if opaque:
+            verdict += (
+                f", {len(opaque)} fused (Myelin) layer(s) whose kernels it cannot show, so it cannot "
+                "say dense or sparse for them"
+            )
+    return verdict
 
 
 @dataclass
@@ -306,6 +346,8 @@ class BuildReport:
     builder_picked: list[str] | None
     inspector_sparse_tactics: list[str] | None
     notes: list[str] = field(default_factory=list)
+    inspector_fused_layers: list[str] | None = None  # Myelin regions the inspector cannot see into
+    sparse_kernels: str = ""  # the verdict: which layers run sparse kernels, and whose word it is
     env_id: str | None = None  # from the ONNX metadata (nmrl.env_id), for deploy eval
 
     def save(self, path: Path) -> None:
@@ -342,8 +384,8 @@ class BuildReport:
         lines.append(
             "  builder: picked sparse kernels for: " + show(self.builder_picked, "not reported by this builder")
         )
-        if self.inspector_sparse_tactics is not None:
-            lines.append("  engine inspector: sparse tactics in " + show(self.inspector_sparse_tactics, ""))
+        if self.sparse_kernels:
+            lines.append("  sparse kernels run in: " + self.sparse_kernels)
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -414,7 +456,7 @@ def build_engines(
             "TensorRT timed sparse and dense kernels and kept dense where it was faster "
             "(usual below ~256 channels or at small batch)"
         )
-    inspected = inspect_sparse_tactics(trt, built.plan) if not FLAVOURS[flavour].builds_without_gpu else None
+    inspected = inspect_engine_layers(trt, built.plan) if not FLAVOURS[flavour].builds_without_gpu else None
     report = BuildReport(
         flavour=flavour,
         version=trt.__version__,
@@ -427,8 +469,10 @@ def build_engines(
         onnx_gemms=[gemm.to_dict() for gemm in info.gemms],
         builder_eligible=eligible,
         builder_picked=picked,
-        inspector_sparse_tactics=inspected,
+        inspector_sparse_tactics=None if inspected is None else inspected[0],
         notes=notes,
+        inspector_fused_layers=None if inspected is None else inspected[1],
+        sparse_kernels=sparse_kernels_verdict(picked, inspected) if sparse else "none (built without SPARSE_WEIGHTS)",
         env_id=info.metadata.get("nmrl.env_id"),
     )
     report.save(report_path(plan_path))
