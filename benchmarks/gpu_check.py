@@ -328,28 +328,37 @@ def section_correctness(report: Report, dtypes: tuple[str, ...]) -> None:
 # ---- timings -------------------------------------------------------------------------------------
 
 
-def section_matmul(report: Report, widths: list[int], batches: list[int], dtypes: tuple[str, ...], repeats: int):
+def section_matmul(
+    report: Report,
+    widths: list[int],
+    batches: list[int],
+    dtypes: tuple[str, ...],
+    repeats: int,
+    device: str = "cuda",
+) -> None:
     for dtype_name in dtypes:
         dtype = ss.FAST_DTYPES[dtype_name]
         for width in widths:
-            generator = torch.Generator(device="cuda").manual_seed(SEED)
-            weight = torch.randn(width, width, device="cuda", dtype=dtype, generator=generator)
+            generator = torch.Generator(device=device).manual_seed(SEED)
+            weight = torch.randn(width, width, device=device, dtype=dtype, generator=generator)
             weight = weight * ss._two_of_four_mask(weight)
             packed = torch.sparse.to_sparse_semi_structured(weight)
             for batch in batches:
-                inputs = torch.randn(batch, width, device="cuda", dtype=dtype, generator=generator)
+                inputs = torch.randn(batch, width, device=device, dtype=dtype, generator=generator)
                 dense_ms = ss.time_cuda(lambda w=weight, x=inputs: nn.functional.linear(x, w), repeats)
                 sparse_ms = ss.time_cuda(lambda w=packed, x=inputs: nn.functional.linear(x, w), repeats)
                 report.add_row(Row("matmul", f"{width}x{width}", batch, width, dtype_name, dense_ms, sparse_ms))
                 del inputs
 
 
-def section_td3(report: Report, widths: list[int], repeats: int, dtype_name: str = "bfloat16") -> None:
+def section_td3(
+    report: Report, widths: list[int], repeats: int, dtype_name: str = "bfloat16", device_name: str = "cuda"
+) -> None:
     from nmrl.train.buffer import Batch
     from nmrl.train.config import TrainConfig
     from nmrl.train.td3 import TD3
 
-    device, batch_size, dtype = torch.device("cuda"), 256, ss.FAST_DTYPES[dtype_name]
+    device, batch_size, dtype = torch.device(device_name), 256, ss.FAST_DTYPES[dtype_name]
     generator = torch.Generator().manual_seed(SEED)
     batch = Batch(
         obs=torch.randn(batch_size, OBS_DIM, generator=generator).to(device),
@@ -358,7 +367,7 @@ def section_td3(report: Report, widths: list[int], repeats: int, dtype_name: str
         next_obs=torch.randn(batch_size, OBS_DIM, generator=generator).to(device),
         terminated=torch.zeros(batch_size, device=device),
     )
-    support = ss.probe_semi_structured()
+    support = ss.device_support(device)
     for width in widths:
         timings, notes = {}, ""
         for fast in (False, True):
@@ -372,7 +381,7 @@ def section_td3(report: Report, widths: list[int], repeats: int, dtype_name: str
                 notes = f"{len(chosen)} layers on 2:4 kernels"
 
             def step(algo: TD3 = algo) -> None:
-                with torch.autocast("cuda", dtype=dtype):  # the same precision for both
+                with torch.autocast(device.type, dtype=dtype):  # the same precision for both
                     algo.update(batch)
 
             timings[fast] = ss.time_cuda(step, repeats)

@@ -124,3 +124,17 @@ def test_without_a_capable_gpu_one_line_and_no_files(tmp_path):
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and "nothing checked or timed" in lines[0] and "CUDA" in lines[0]
     assert not out.exists()
+
+
+def test_timing_sections_run_end_to_end_on_stand_ins(gpu_check, dense_compressor, monkeypatch, tmp_path):
+    """Sections (a) and (b) on the CPU with a stand-in timer and compressor: the code a GPU run
+    will execute, minus the kernels, so a slip in it cannot waste the GPU's few minutes."""
+    monkeypatch.setattr(ss, "time_cuda", lambda fn, repeats=50, warmup=10: (fn(), 1.0)[1])
+    monkeypatch.setattr(ss, "device_support", lambda device: STAND_IN)
+    report = gpu_check.Report(tmp_path / "out", {"device": "stand-in"})
+    gpu_check.section_matmul(report, [32], [8, 16], ("bfloat16",), repeats=1, device="cpu")
+    gpu_check.section_td3(report, [32], repeats=1, device_name="cpu")
+    sections = [row.section for row in report.rows]
+    assert sections == ["matmul", "matmul", "td3"]
+    assert report.verdicts and all(v.ok for v in report.verdicts), report.verdicts
+    assert "layers on 2:4 kernels" in report.rows[-1].note and not report.rows[-1].note.startswith("0 ")
