@@ -253,20 +253,19 @@ def test_train_flag_round_trips_through_config_json(tmp_path):
 
 
 @GPU
-def test_gpu_td3_update_with_semi_structured_layers(tmp_path):
+def test_gpu_td3_update_with_semi_structured_layers(tmp_path, monkeypatch):
     from helpers import tiny_config
 
     from nmrl.sparsity import check_nm, nm_layers
     from nmrl.train.buffer import Batch
     from nmrl.train.td3 import TD3
 
+    # Whatever this GPU measures at batch 256, put every eligible layer on the fast path so that
+    # the update below runs through it (no measurements: every eligible layer is chosen).
+    monkeypatch.setattr(ss, "measure_layers", lambda *args, **kwargs: {})
     config = tiny_config(tmp_path, semi_structured=True, hidden=(256, 256), batch_size=256)
     device = torch.device("cuda")
     algo = TD3(17, 6, [-1.0] * 6, [1.0] * 6, config, device)
-    # TD3 kept dense the layers measured slower at batch 256; switch every eligible layer on so
-    # that the update below runs through the fast path whatever this GPU measured.
-    for network in algo.modules.values():
-        ss.enable_semi_structured(network)
     assert isinstance(algo.critic1.net[2], ss.SemiStructuredNMLinear)
     batch = Batch(
         obs=torch.randn(256, 17, device=device),

@@ -151,3 +151,7 @@ def test_fp16_updates_are_loss_scaled(tmp_path, algo, compressed):
     for before, after in zip(weights, agent.critic1.parameters(), strict=True):
         assert torch.isfinite(after).all()
         assert torch.equal(before, after)  # the overflowing step was skipped
+    # The loss scale it settled on travels with the checkpoint.
+    resumed = _agent(tmp_path, algo, semi_structured=True, semi_structured_dtype="float16")
+    resumed.load_state_dict(agent.state_dict())
+    assert resumed.sparse.scaler.get_scale() == agent.sparse.scaler.get_scale() < 2.0**16

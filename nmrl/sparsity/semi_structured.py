@@ -505,7 +505,10 @@ class SemiStructuredTraining:
             self.choices[network] = enable_semi_structured(net, support, own)
         if not self.engaged:
             reasons = sorted({choice.reason for choices in self.choices.values() for choice in choices})
-            raise NmrlError(f"--semi-structured: no layer would run on 2:4 kernels ({'; '.join(reasons)})")
+            raise NmrlError(
+                f"--semi-structured: no layer would run on 2:4 kernels ({'; '.join(reasons)}); "
+                "train without --semi-structured"
+            )
 
     @property
     def engaged(self) -> bool:

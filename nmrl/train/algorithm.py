@@ -66,6 +66,8 @@ class Algorithm:
             "modules": {name: module.state_dict() for name, module in self.modules.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "updates": self.updates,
+            # fp16 fast path only: the loss scale it has settled on (resumes without a warm-up)
+            **({"grad_scaler": self.sparse.scaler.state_dict()} if self.sparse.scaler.is_enabled() else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], modules_only: bool = False) -> None:
@@ -75,6 +77,8 @@ class Algorithm:
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][name])
             self.updates = int(state["updates"])
+            if "grad_scaler" in state and self.sparse.scaler.is_enabled():
+                self.sparse.scaler.load_state_dict(state["grad_scaler"])
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}

@@ -1,9 +1,9 @@
 """From a TrainConfig's sparsity settings to sparse networks, their optimizers and their costs.
 
-Every algorithm builds its networks dense and hands each online network to
-:func:`sparsify_network`, and its optimizers come from :func:`make_optimizer`; the sparse layers
-then keep themselves sparse (and move their topology) when the algorithm calls
-``refresh_masks`` after each optimizer step, as it does for N:M. Two families:
+Every algorithm builds its networks dense; its :class:`~nmrl.train.sparse_training.SparseTraining`
+hands each online network to :func:`sparsify_network` and makes its optimizers with
+:func:`make_optimizer`, whose step hook keeps the sparse layers sparse (and moves their
+topology) after each optimizer step. Two families:
 
 - **N:M** (``--sparsity 2:4``, RNM): every Linear of every network is N:M (DESIGN.md).
 - **unstructured** (``--sparsity 0.9`` = 90% of the sparse layers' weights pruned), with
