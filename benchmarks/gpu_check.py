@@ -262,6 +262,12 @@ def check_matmul(dtype_name: str, device: str = "cuda", width: int = 1024, batch
     return Verdict(f"2:4 matmul {dtype_name}", error <= tolerance, f"max relative error {error:.2e} (<= {tolerance})")
 
 
+def _compressed_drift(layer: ss.SemiStructuredNMLinear, dtype: torch.dtype) -> float:
+    """Largest difference between the weight a fast layer multiplies by and its current one."""
+    current = (layer.weight * layer.mask).detach().to(dtype).float()
+    return float((layer._packed_cache[1].to_dense().float() - current).abs().max())
+
+
 def check_training_step(
     dtype_name: str,
     device: str = "cuda",
@@ -305,11 +311,12 @@ def check_training_step(
     errors["forward"] = _relative_error(outputs[1], outputs[0])
     errors["gradients"] = max(_relative_error(g1, g0) for g1, g0 in zip(grads[1], grads[0], strict=True))
     errors["forward after step"] = _relative_error(after[1], after[0])
+    # The Adam step moved every kept weight by about lr = 1e-3; a fresh compressed weight is the
+    # current one to within rounding, a stale one is off by the whole step.
     stale = [
         name
         for name, layer in fast.named_modules()
-        if isinstance(layer, ss.SemiStructuredNMLinear)
-        and not torch.equal(layer._packed_cache[1].to_dense(), (layer.weight * layer.mask).detach().to(dtype))
+        if isinstance(layer, ss.SemiStructuredNMLinear) and _compressed_drift(layer, dtype) > 2e-4
     ]
     tolerance = TOLERANCE[dtype_name]
     worst = max(errors.values())
