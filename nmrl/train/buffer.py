@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from nmrl.errors import NmrlError
 
 
 class Batch(NamedTuple):
@@ -20,8 +23,27 @@ class Batch(NamedTuple):
 class ReplayBuffer:
     """Fixed-capacity ring buffer of transitions, sampled uniformly with its own generator."""
 
+    @classmethod
+    def allocate(cls, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0) -> ReplayBuffer:
+        """A buffer, or :class:`NmrlError` when ``capacity`` transitions cannot fit in memory."""
+        needed = capacity * (2 * obs_dim + act_dim + 2) * 4
+        if device.type == "cuda":
+            available = torch.cuda.get_device_properties(device).total_memory
+        else:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if needed > available:
+            raise NmrlError(
+                f"--buffer-size {capacity:,} needs {needed / 2**30:,.1f} GiB for this env, more than the "
+                f"{available / 2**30:,.1f} GiB of {device.type} memory here"
+            )
+        try:
+            return cls(capacity, obs_dim, act_dim, device, seed)
+        except (MemoryError, RuntimeError) as error:
+            raise NmrlError(f"--buffer-size {capacity:,} ({needed / 2**30:,.1f} GiB) does not fit: {error}") from None
+
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0) -> None:
         self.capacity, self.device = capacity, device
+        # obs and next_obs, action, reward and terminal flag: float32 each
         self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
         self.action = torch.zeros((capacity, act_dim), dtype=torch.float32, device=device)
         self.reward = torch.zeros(capacity, dtype=torch.float32, device=device)
