@@ -164,7 +164,10 @@ class Trainer:
         check_compatible(state, self.config, path)
         step = checkpoint_step(state, path)
         if step > self.config.total_steps:
-            raise NmrlError(f"{path} is at step {step:,}, beyond --total-steps {self.config.total_steps:,}")
+            raise NmrlError(
+                f"{path} is at step {step:,}, beyond --total-steps {self.config.total_steps:,}: "
+                "a run cannot be shortened below its checkpoint"
+            )
         try:
             self.algo.load_state_dict(state["algorithm"])
             self.buffer.load_state_dict(state["buffer"])
@@ -404,7 +407,8 @@ def train(config: TrainConfig) -> Path:
 
 
 def resume(run_dir: Path, total_steps: int | None = None) -> Path:
-    """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it).
+    """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it,
+    or shorten it down to the checkpoint's step).
 
     The run directory is locked first; ``config.json`` is rewritten only once the extended config
     has been checked and the checkpoint loaded.
@@ -417,18 +421,16 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
         env_id_from_file(config.env, run_dir / "config.json")
         if not (run_dir / LAST_CHECKPOINT).exists():
             raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
-        extended = total_steps is not None and total_steps != config.total_steps
-        if extended:
-            if total_steps < config.total_steps:
-                raise NmrlError(
-                    f"--total-steps {total_steps:,} would shorten {run_dir} (set to {config.total_steps:,}); "
-                    "on --resume it can only extend a run"
-                )
+        changed = total_steps is not None and total_steps != config.total_steps
+        saved_total = config.total_steps
+        if changed:
             config = replace(config, total_steps=total_steps)
         remove_stale_temp_files(run_dir)
-        trainer = Trainer(config, run_dir, resume=True)  # validates config and checkpoint
-        if extended:
+        trainer = Trainer(config, run_dir, resume=True)  # validates config and checkpoint (not past its end)
+        if changed:
             config.save(run_dir / "config.json")
+            verb = "extended" if config.total_steps > saved_total else "shortened"
+            print(f"--total-steps: run {verb} from {saved_total:,} to {config.total_steps:,} steps", file=sys.stderr)
         trainer.run()
     return run_dir
 
