@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from nmrl.errors import NmrlError
+from nmrl.errors import Interrupted, NmrlError
 
 # verb -> (module, function, one-line help). Multi-word verbs ("deploy build") are matched first.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
     except NmrlError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
-        print(f"nmrl {verb}: error: {message}", file=sys.stderr)
+        label = "" if isinstance(error, Interrupted) else "error: "
+        print(f"nmrl {verb}: {label}{message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the work could save anything (imports, setup)
         print(f"nmrl {verb}: interrupted", file=sys.stderr)

@@ -54,8 +54,9 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_confirmed_env_ids(monkeypatch):
-    """Each test starts with no env id confirmed on a command line."""
+    """Each test starts with no env id confirmed on a command line, and the probe module unimported."""
     monkeypatch.setattr(nmrl.envs, "_CONFIRMED_ENV_IDS", set())
+    monkeypatch.delitem(sys.modules, IMPORT_PROBE, raising=False)
 
 
 def one_line_error(capsys, *args: str, code: int = 1) -> str:
@@ -116,7 +117,7 @@ def test_a_run_name_is_one_folder_inside_runs_dir(tmp_path, name):
 
 
 def test_a_run_belongs_to_one_process_at_a_time_and_kill_9_frees_it(run_copy, capsys):
-    first = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "1000000")
+    first = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "900000")
     try:
         deadline = time.time() + 120
         # the owner writes its pid into the lock file once it holds the lock
@@ -124,10 +125,8 @@ def test_a_run_belongs_to_one_process_at_a_time_and_kill_9_frees_it(run_copy, ca
             assert first.poll() is None, first.communicate()
             assert time.time() < deadline, "the first process never took the run"
             time.sleep(0.1)
-        err = one_line_error(capsys, "train", "--resume", str(run_copy), "--total-steps", "1000000")
+        err = one_line_error(capsys, "train", "--resume", str(run_copy), "--total-steps", "900000")
         assert f"is in use by pid {first.pid}" in err
-        with pytest.raises(NmrlError, match="in use"):
-            train(tiny_config(run_copy.parent.parent, run_name=run_copy.name))
     finally:
         first.kill()
         first.communicate()
@@ -330,12 +329,14 @@ def test_a_checkpoint_whose_widths_differ_from_its_config_is_one_line(run_copy, 
 
 
 def test_nan_weights_are_refused_not_evaluated(run_copy, capsys):
-    def poison(state):
-        actor = state["algorithm"]["actor"]
-        name = next(key for key, value in actor.items() if value.is_floating_point())
-        actor[name].fill_(float("nan"))
+    def poison(tree):  # the first layer's weight of every network, wherever the state keeps it
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                poison(value)
+            elif str(key).endswith("net.0.weight"):
+                value.fill_(float("nan"))
 
-    edit_checkpoint(run_copy / LAST_CHECKPOINT, poison)
+    edit_checkpoint(run_copy / LAST_CHECKPOINT, lambda state: poison(state["algorithm"]))
     assert "NaN" in one_line_error(capsys, "eval", str(run_copy), "--episodes", "1")
 
 
@@ -375,11 +376,8 @@ def test_ctrl_c_while_starting_is_one_line_130_and_leaves_nothing(tmp_path):
 
 
 def test_ctrl_c_saves_then_exits_130(run_copy):
-    process = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "1000000")
-    deadline = time.time() + 120
-    while (run_copy / LOCK_FILE).read_text().strip() != str(process.pid):
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.1)
+    process = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "900000")
+    assert "run extended" in process.stderr.readline()  # printed once the run has started
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

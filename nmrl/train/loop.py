@@ -212,22 +212,30 @@ class Trainer:
         return evaluate(act, self.config.env, self.config.eval_episodes, seed=self.config.seed + EVAL_SEED_OFFSET)
 
     # ---- the loop ----------------------------------------------------------------------
-    def run(self) -> None:
-        """Train to ``total_steps``; on SIGINT/SIGTERM save a checkpoint, then raise :class:`Interrupted`."""
+    def run(self, stop: dict[str, Any] | None = None) -> None:
+        """Train to ``total_steps``; on SIGINT/SIGTERM save a checkpoint, then raise :class:`Interrupted`.
+
+        ``stop``: the flag of a :func:`stop_on_signals` the caller already holds (so a signal that
+        came while the run was starting is not lost); by default the run installs its own.
+        """
         try:
-            self._run()
+            if stop is None:
+                with stop_on_signals() as stop:
+                    self._run(stop)
+            else:
+                self._run(stop)
         finally:
             self.writer.close()
             self.env.close()
 
-    def _run(self) -> None:
+    def _run(self, stop: dict[str, Any]) -> None:
         cfg, state = self.config, self.state
         obs, _ = self.env.reset()
         episode_return, episode_length = 0.0, 0
         losses: dict[str, torch.Tensor] = {}
         window_start, window_step = time.perf_counter(), state.step
         steps_per_second = 0.0
-        with stop_on_signals() as stop, _progress(cfg, state.step) as progress:
+        with _progress(cfg, state.step) as progress:
             while state.step < cfg.total_steps:
                 if state.step < cfg.learning_starts:
                     action = self.rng.uniform(self.action_low, self.action_high).astype(np.float32)
@@ -394,16 +402,23 @@ def train(config: TrainConfig) -> Path:
     run_dir = Path(config.runs_dir) / name
     _check_new_run_dir(run_dir)
     created = _make_folders(run_dir)
-    with hold_lock(run_dir, "run"):
+    with stop_on_signals() as stop, hold_lock(run_dir, "run"):
         _check_new_run_dir(run_dir)  # another process may have started it since the first check
         try:
             trainer = Trainer(config, run_dir, resume=False)
+            _stop_if_signalled(stop)
             config.save(run_dir / "config.json")
         except BaseException:
             _remove_failed_start(run_dir, created)
             raise
-        trainer.run()
+        trainer.run(stop)
     return run_dir
+
+
+def _stop_if_signalled(stop: dict[str, Any]) -> None:
+    """A signal that came while a run was starting ends it before anything is saved."""
+    if stop["signal"] is not None:
+        raise Interrupted(f"{stop['signal']} while starting: stopped, nothing saved", stop["number"])
 
 
 def resume(run_dir: Path, total_steps: int | None = None) -> Path:
@@ -416,7 +431,7 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise NmrlError(f"{run_dir}: not an nmrl run directory (no config.json)")
-    with hold_lock(run_dir, "run"):
+    with stop_on_signals() as stop, hold_lock(run_dir, "run"):
         config = TrainConfig.load(run_dir / "config.json")
         env_id_from_file(config.env, run_dir / "config.json")
         if not (run_dir / LAST_CHECKPOINT).exists():
@@ -427,11 +442,12 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
             config = replace(config, total_steps=total_steps)
         remove_stale_temp_files(run_dir)
         trainer = Trainer(config, run_dir, resume=True)  # validates config and checkpoint (not past its end)
+        _stop_if_signalled(stop)
         if changed:
             config.save(run_dir / "config.json")
             verb = "extended" if config.total_steps > saved_total else "shortened"
             print(f"--total-steps: run {verb} from {saved_total:,} to {config.total_steps:,} steps", file=sys.stderr)
-        trainer.run()
+        trainer.run(stop)
     return run_dir
 
 
