@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -28,11 +29,11 @@ from helpers import tiny_config
 import nmrl.envs
 from nmrl.cli import main
 from nmrl.errors import NmrlError
-from nmrl.files import LOCK_FILE, hold_lock
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
 from nmrl.train.loop import LAST_CHECKPOINT, Trainer, TrainingDiverged, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK_FILE = ".lock"  # nmrl.files.LOCK_FILE, spelled out so this file also runs against older nmrl
 # a module whose import is visible: it prints the Zen of Python
 IMPORT_PROBE = "this"
 
@@ -55,7 +56,7 @@ def run_copy(finished_run, tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def no_confirmed_env_ids(monkeypatch):
     """Each test starts with no env id confirmed on a command line, and the probe module unimported."""
-    monkeypatch.setattr(nmrl.envs, "_CONFIRMED_ENV_IDS", set())
+    monkeypatch.setattr(nmrl.envs, "_CONFIRMED_ENV_IDS", set(), raising=False)
     monkeypatch.delitem(sys.modules, IMPORT_PROBE, raising=False)
 
 
@@ -77,6 +78,19 @@ def nmrl_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_for_stderr(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    """Read the process's stderr until a line holds ``text`` (fail on exit or after ``timeout``)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 1.0)
+        if ready:
+            line = process.stderr.readline()
+            assert line, f"the process ended (rc {process.wait()}) before printing {text!r}"
+            if text in line:
+                return
+    raise AssertionError(f"no {text!r} on stderr within {timeout} s")
 
 
 def edit_checkpoint(path: Path, edit) -> None:
@@ -130,6 +144,8 @@ def test_a_run_belongs_to_one_process_at_a_time_and_kill_9_frees_it(run_copy, ca
     finally:
         first.kill()
         first.communicate()
+    from nmrl.files import hold_lock
+
     with hold_lock(run_copy, "run"):  # the kernel released the killed owner's lock
         pass
 
@@ -377,7 +393,11 @@ def test_ctrl_c_while_starting_is_one_line_130_and_leaves_nothing(tmp_path):
 
 def test_ctrl_c_saves_then_exits_130(run_copy):
     process = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "900000")
-    assert "run extended" in process.stderr.readline()  # printed once the run has started
+    try:
+        wait_for_stderr(process, "run extended")  # printed once the run has started
+    except AssertionError:
+        process.kill()
+        raise
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
