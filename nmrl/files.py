@@ -25,7 +25,8 @@ TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 LOCK_FILE = ".lock"
 
 
-def _size(count: float) -> str:
+def format_bytes(count: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
@@ -38,10 +39,10 @@ def write_error(path: Path, error: OSError, size: int) -> NmrlError:
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
-            free = _size(shutil.disk_usage(path.parent).free)
+            free = format_bytes(shutil.disk_usage(path.parent).free)
         except OSError:
             free = "unknown"
-        reason = f"no space left on the device ({_size(size)} to write, {free} free)"
+        reason = f"no space left on the device ({format_bytes(size)} to write, {free} free)"
     return NmrlError(f"cannot write {path}: {reason}; the previous file, if any, is unchanged")
 
 

@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist
+from nmrl.files import format_bytes
 
 
 class Batch(NamedTuple):
@@ -33,13 +34,14 @@ class ReplayBuffer:
             available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if needed > available:
             raise NmrlError(
-                f"--buffer-size {capacity:,} needs {needed / 2**30:,.1f} GiB for this env, more than the "
-                f"{available / 2**30:,.1f} GiB of {device.type} memory here"
+                f"--buffer-size {capacity:,} needs {format_bytes(needed)} for this env, more than the "
+                f"{format_bytes(available)} of {device.type} memory here"
             )
         try:
             return cls(capacity, obs_dim, act_dim, device, seed)
         except (MemoryError, RuntimeError) as error:
-            raise NmrlError(f"--buffer-size {capacity:,} ({needed / 2**30:,.1f} GiB) does not fit: {error}") from None
+            reason = gist(error, 1)
+            raise NmrlError(f"--buffer-size {capacity:,} ({format_bytes(needed)}) does not fit: {reason}") from None
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0) -> None:
         self.capacity, self.device = capacity, device
