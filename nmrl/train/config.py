@@ -133,11 +133,6 @@ class TrainConfig:
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
             raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
-        if self.learning_starts > self.total_steps:
-            raise NmrlError(
-                f"--learning-starts ({self.learning_starts}) is beyond --total-steps ({self.total_steps}): "
-                "the agent would never learn"
-            )
         from nmrl.train.networks import ACTIVATIONS
 
         if self.activation not in ACTIVATIONS:
