@@ -43,7 +43,7 @@ def write_error(path: Path, error: OSError, size: int) -> NmrlError:
         except OSError:
             free = "unknown"
         reason = f"no space left on the device ({format_bytes(size)} to write, {free} free)"
-    return NmrlError(f"cannot write {path}: {reason}; the previous file, if any, is unchanged")
+    return NmrlError(f"cannot write {path}: {reason}; what it held before is unchanged")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

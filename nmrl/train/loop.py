@@ -27,7 +27,7 @@ import torch
 
 from nmrl.envs import env_dims, env_id_from_file, make_env
 from nmrl.errors import Interrupted, NmrlError, gist
-from nmrl.files import LOCK_FILE, atomic_write_text, hold_lock, remove_stale_temp_files
+from nmrl.files import LOCK_FILE, atomic_write_text, hold_lock, remove_stale_temp_files, write_error
 from nmrl.sparsity import layer_report
 from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
@@ -191,8 +191,12 @@ class Trainer:
 
     # ---- logging -----------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with self.metrics_path.open("a") as file:
+                file.write(line)
+        except OSError as error:  # a full disk: a resume drops the torn line this may leave
+            raise write_error(self.metrics_path, error, len(line)) from None
         for key, value in record.items():
             if key not in ("step", "kind") and isinstance(value, int | float):
                 self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
