@@ -34,8 +34,11 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def write_error(path: Path, error: OSError, size: int) -> NmrlError:
-    """A one-line :class:`NmrlError` for a failed write of ``size`` bytes to ``path``."""
+def write_error(
+    path: Path, error: OSError, size: int, outcome: str = "the previous file, if any, is unchanged"
+) -> NmrlError:
+    """A one-line :class:`NmrlError` for a failed write of ``size`` bytes to ``path``; ``outcome``
+    says what became of the file."""
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
@@ -43,7 +46,7 @@ def write_error(path: Path, error: OSError, size: int) -> NmrlError:
         except OSError:
             free = "unknown"
         reason = f"no space left on the device ({format_bytes(size)} to write, {free} free)"
-    return NmrlError(f"cannot write {path}: {reason}; what it held before is unchanged")
+    return NmrlError(f"cannot write {path}: {reason}; {outcome}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -195,8 +195,8 @@ class Trainer:
         try:
             with self.metrics_path.open("a") as file:
                 file.write(line)
-        except OSError as error:  # a full disk: a resume drops the torn line this may leave
-            raise write_error(self.metrics_path, error, len(line)) from None
+        except OSError as error:
+            raise write_error(self.metrics_path, error, len(line), "a resume drops a torn last line") from None
         for key, value in record.items():
             if key not in ("step", "kind") and isinstance(value, int | float):
                 self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
