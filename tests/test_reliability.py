@@ -378,6 +378,12 @@ def test_an_nm_packed_file_given_to_deploy_eval_is_named(tmp_path_factory, capsy
     assert "nm-packed" in one_line_error(capsys, "deploy", "eval", str(packed), "--episodes", "1")
 
 
+def test_an_empty_onnx_file_given_to_deploy_eval_is_named(tmp_path, capsys):
+    empty = tmp_path / "actor.onnx"
+    empty.write_bytes(b"")
+    assert "empty (0 bytes)" in one_line_error(capsys, "deploy", "eval", str(empty), "--env", "Hopper-v5")
+
+
 def test_report_only_on_a_missing_folder_is_one_line_and_creates_nothing(tmp_path, capsys):
     missing = tmp_path / "no-such-grid"
     err = one_line_error(capsys, "compare", "--env", "InvertedPendulum-v5", "--report-only", "--out", str(missing))
