@@ -359,6 +359,13 @@ def test_nan_weights_are_refused_not_evaluated(run_copy, capsys):
     assert "NaN" in one_line_error(capsys, "eval", str(run_copy), "--episodes", "1")
 
 
+def test_a_config_value_of_the_wrong_type_is_named(run_copy, capsys):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["hidden"] = "sixty-four"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    assert "hidden='sixty-four'" in one_line_error(capsys, "eval", str(run_copy), "--episodes", "1")
+
+
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_a_config_without_its_env_is_refused_not_defaulted(tmp_path_factory, capsys):
     run_dir = tmp_path_factory.mktemp("noenv") / "run"

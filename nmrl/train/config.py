@@ -235,7 +235,7 @@ def _fits_type(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint in (str, Path):
         return isinstance(value, str)
-    return False
+    return True  # a type without a JSON rule here: the dataclass and validate() judge it
 
 
 def _type_name(hint: Any) -> str:
