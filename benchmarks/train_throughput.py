@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ WINDOW = 1_000  # nmrl logs steps/s over windows of this many steps
 def nmrl_steps_per_second(env_id: str, sparsity: str, steps: int, seed: int) -> float:
     from nmrl.train.config import TrainConfig
     from nmrl.train.loop import train
+    from nmrl.train.run import read_metrics
 
     with tempfile.TemporaryDirectory() as runs:
         config = TrainConfig(
@@ -46,7 +46,7 @@ def nmrl_steps_per_second(env_id: str, sparsity: str, steps: int, seed: int) -> 
             progress=False,
         )
         run_dir = train(config)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run_dir / "metrics.jsonl")
     # windows that lie wholly after the warm-up (the last one is logged before the final eval)
     rates = [r["steps_per_second"] for r in records if r["kind"] == "train" and r["step"] > WARMUP]
     return statistics.median(rates)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from nmrl.errors import NmrlError
+from nmrl.errors import Interrupted, NmrlError
 
 # verb -> (module, function, one-line help). Multi-word verbs ("deploy build") are matched first.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -42,8 +42,6 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -54,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verb, rest = found
     module_name, function_name, _ = COMMANDS[verb]
-    function = getattr(importlib.import_module(module_name), function_name)
     try:
+        import tyro
+
+        function = getattr(importlib.import_module(module_name), function_name)
         result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
     except NmrlError as error:
-        print(f"nmrl {verb}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        label = "" if isinstance(error, Interrupted) else "error: "
+        print(f"nmrl {verb}: {label}{message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the work could save anything (imports, setup)
         print(f"nmrl {verb}: interrupted", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0

@@ -1,4 +1,11 @@
-"""The Gymnasium environment factory shared by training and deployment."""
+"""The Gymnasium environment factory shared by training and deployment.
+
+An id of the form ``module:EnvName`` makes ``gymnasium.make`` import ``module`` first, which runs
+that module's code. Such an id is fine when the user types it; read from a file (ONNX metadata,
+a run's config.json) it would let the file choose code to run. So every id that comes from a file
+passes :func:`env_id_from_file`, which accepts a module-qualified id only when the user confirmed
+that very id on the command line (``--env``, recorded with :func:`confirm_env_id`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,38 @@ import gymnasium as gym
 import numpy as np
 
 from nmrl.errors import NmrlError
+
+_CONFIRMED_ENV_IDS: set[str] = set()
+
+
+def imported_module(env_id: str) -> str | None:
+    """The module ``gymnasium.make(env_id)`` would import (the part before ':'), or None."""
+    module, colon, _ = env_id.partition(":")
+    return module if colon else None
+
+
+def confirm_env_id(env_id: str) -> None:
+    """Record that the user named ``env_id`` on this process's command line, so a file naming the
+    same id may use it (its module included)."""
+    if env_id:
+        _CONFIRMED_ENV_IDS.add(env_id)
+
+
+def env_id_from_file(env_id: object, source: object) -> str:
+    """Check an environment id read from ``source`` (a file) before anything makes it.
+
+    Raises :class:`NmrlError` when it is not a string, or names a module to import that the user
+    did not confirm with ``--env``.
+    """
+    if not isinstance(env_id, str) or not env_id.strip():
+        raise NmrlError(f"{source}: names no valid environment id ({env_id!r})")
+    module = imported_module(env_id)
+    if module is not None and env_id not in _CONFIRMED_ENV_IDS:
+        raise NmrlError(
+            f"{source} names the environment {env_id!r}, which would import the Python module {module!r}; "
+            f"nmrl imports a module named by a file only when you give the id yourself: add --env {env_id}"
+        )
+    return env_id
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:

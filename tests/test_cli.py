@@ -65,7 +65,7 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path):
         (["train", "--env", "NoSuchEnv-v0"], "cannot make environment"),
         (["train", "--env", "CartPole-v1"], "Box action space"),
         (["eval", str(tmp_path)], "not an nmrl run directory"),
-        (["train", "--resume", str(tmp_path)], "no such file"),
+        (["train", "--resume", str(tmp_path)], "not an nmrl run directory"),
     ]
     for args, message in cases:
         result = nmrl(*args, cwd=tmp_path)

@@ -38,7 +38,9 @@ def deploy_eval(
     """Run a deployed policy closed-loop in its environment and print the mean ± std return.
 
     MODEL is an exported .onnx file (backends ort, ort-cuda, ...) or a run directory (torch, or
-    its actor.onnx for the others). --env defaults to the env stored in the file's metadata.
+    its actor.onnx for the others). --env defaults to the env stored in the file's metadata, unless
+    that id names a Python module to import ('module:Env'): a file never chooses code to run, so
+    such an id is used only when given with --env.
     Episode i resets with seed SEED + i, so runs with the same seed see the same initial states.
 
     Args:
@@ -51,17 +53,25 @@ def deploy_eval(
         threads: CPU threads of the runtime.
     """
     from nmrl.deploy.policy import load_policy
-    from nmrl.envs import env_dims, make_env
+    from nmrl.envs import confirm_env_id, env_dims, env_id_from_file, make_env
     from nmrl.train.evaluate import evaluate
 
+    if episodes < 1:
+        raise NmrlError(f"--episodes must be at least 1, got {episodes}")
+    confirm_env_id(env)  # typed by the user: a run directory naming the same id may use it
     if model.suffix == ".plan" and backend == "ort":  # ONNX Runtime cannot read an engine file
         from nmrl.deploy.tensorrt import engine_flavour
 
         backend = engine_flavour(model)
     policy = load_policy(model, backend, threads=threads)
-    env_id = env or policy.env_id
-    if not env_id:
+    if not env and not policy.env_id:
+        policy.close()
         raise NmrlError(f"{model}: the file names no environment; pass --env")
+    try:
+        env_id = env or env_id_from_file(policy.env_id, model)
+    except NmrlError:
+        policy.close()
+        raise
     probe = make_env(env_id)
     obs_dim, act_dim, _, _ = env_dims(probe)
     probe.close()
@@ -98,6 +108,7 @@ def bench(
     obs_dim: int = 17,
     act_dim: int = 6,
     checkpoint: Literal["last", "best"] = "last",
+    env: str = "",
 ) -> None:
     """Latency of a sparse actor and its dense twin (same graph, no zero weights) per backend and batch.
 
@@ -122,7 +133,11 @@ def bench(
         obs_dim: observation size of synthetic actors without a target.
         act_dim: action size of synthetic actors without a target.
         checkpoint: which checkpoint of a run directory.
+        env: confirms a 'module:Env' id saved in a run directory (never imported otherwise).
     """
+    from nmrl.envs import confirm_env_id
+
+    confirm_env_id(env)
 
     from nmrl.deploy.bench import plot, ratios, run_bench, verdict, write_csv
     from nmrl.deploy.benchmodels import build_models, print_table

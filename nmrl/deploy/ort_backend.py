@@ -85,6 +85,15 @@ def _check_onnx_path(path: Path) -> Path:
         return candidate
     if not path.is_file():
         raise NmrlError(f"{path}: no such file")
+    with path.open("rb") as file:
+        head = file.read(4)
+    if not head:
+        raise NmrlError(f"{path}: the file is empty (0 bytes), not an ONNX model")
+    if head.startswith(b"PK"):  # a zip archive: numpy's .npz, as nmrl's nm-packed format
+        raise NmrlError(
+            f"{path}: an .npz archive (nmrl's nm-packed format?), not an ONNX model; run the .onnx export "
+            "(nmrl export RUN), or rebuild the graph with nmrl.export.packed.load_packed"
+        )
     return path
 
 

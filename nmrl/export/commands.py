@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from nmrl.errors import NmrlError
+
 
 def export(
     run_dir: Annotated[Path, tyro.conf.Positional],
@@ -15,6 +17,7 @@ def export(
     format: Literal["onnx", "nm-packed"] = "onnx",
     checkpoint: Literal["last", "best"] = "last",
     output: Path | None = None,
+    env: str = "",
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
@@ -32,12 +35,18 @@ def export(
         io_dtype: input/output tensor type; "same" follows --dtype.
         format: onnx, or nm-packed (values + in-group indices).
         checkpoint: which checkpoint to export.
-        output: file to write (default: actor[.fp16].onnx / actor[.fp16].nm.npz in the run directory).
+        output: file to write (default: actor[.fp16].onnx / actor[.fp16].nm.npz in the run directory);
+            an existing file is replaced only if nmrl wrote it as that kind of file.
+        env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only by a file).
     """
-    from nmrl.export.onnx_export import export_run
+    from nmrl.envs import confirm_env_id
+    from nmrl.export.onnx_export import default_output, export_run
     from nmrl.export.report import console as report_console
     from nmrl.export.report import print_report
 
+    confirm_env_id(env)
+    output = Path(output) if output is not None else default_output(run_dir, dtype, format)
+    refuse_foreign_file(output, format)
     console = report_console()
     result = export_run(run_dir, dtype, None if io_dtype == "same" else io_dtype, checkpoint, output, format)
     print_report(result.check, console)
@@ -51,6 +60,37 @@ def export(
             f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}); file {packed.file_bytes:,} B"
         )
     console.print(f"wrote {result.path}")
+
+
+def refuse_foreign_file(path: Path, kind: Literal["onnx", "nm-packed"]) -> None:
+    """nmrl replaces an existing file only if it wrote that file as the same kind (an exported
+    policy ONNX or nm-packed file): a checkpoint, a config or someone else's model is never lost
+    to a mistyped --output."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise NmrlError(f"--output {path} exists and is not a regular file")
+    if kind == "onnx":
+        import onnx
+
+        from nmrl.export.verify import METADATA_FORMAT, METADATA_FORMAT_KEY
+
+        try:
+            metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception:  # protobuf raises several types for bytes that are not an ONNX model
+            metadata = {}
+        ours = metadata.get(METADATA_FORMAT_KEY) == METADATA_FORMAT
+    else:
+        from nmrl.export.packed import load_packed
+
+        try:
+            load_packed(path)
+            ours = True
+        except NmrlError:
+            ours = False
+    if not ours:
+        what = "a policy ONNX file" if kind == "onnx" else "an nm-packed file"
+        raise NmrlError(f"{path} exists and is not {what} written by nmrl: refusing to overwrite it")
 
 
 def inspect(model: Annotated[Path, tyro.conf.Positional]) -> int:

@@ -13,6 +13,7 @@ Imports onnx and numpy only.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from onnx import numpy_helper
 
 from nmrl.errors import NmrlError
 from nmrl.export.verify import inspect_model
+from nmrl.files import atomic_write_bytes
 from nmrl.sparsity.pattern import NMPattern
 
 PACKED_FORMAT = "nmrl-nm-packed-v1"
@@ -151,9 +153,9 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
     arrays["model"] = np.frombuffer(stripped.SerializeToString(), dtype=np.uint8)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:  # np.savez on a path would append .npz to other suffixes
-        np.savez(file, **arrays)
+    buffer = io.BytesIO()  # np.savez on a path would append .npz to other suffixes
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())  # a deploy never reads a half-written file
     dtype = str(next(iter(arrays[k] for k in arrays if k.startswith("values_"))).dtype)
     return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from nmrl.errors import NmrlError, gist
+from nmrl.files import format_bytes
 
 
 class Batch(NamedTuple):
@@ -20,8 +24,28 @@ class Batch(NamedTuple):
 class ReplayBuffer:
     """Fixed-capacity ring buffer of transitions, sampled uniformly with its own generator."""
 
+    @classmethod
+    def allocate(cls, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0) -> ReplayBuffer:
+        """A buffer, or :class:`NmrlError` when ``capacity`` transitions cannot fit in memory."""
+        needed = capacity * (2 * obs_dim + act_dim + 2) * 4
+        if device.type == "cuda":
+            available = torch.cuda.get_device_properties(device).total_memory
+        else:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if needed > available:
+            raise NmrlError(
+                f"--buffer-size {capacity:,} needs {format_bytes(needed)} for this env, more than the "
+                f"{format_bytes(available)} of {device.type} memory here"
+            )
+        try:
+            return cls(capacity, obs_dim, act_dim, device, seed)
+        except (MemoryError, RuntimeError) as error:
+            reason = gist(error, 1)
+            raise NmrlError(f"--buffer-size {capacity:,} ({format_bytes(needed)}) does not fit: {reason}") from None
+
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0) -> None:
         self.capacity, self.device = capacity, device
+        # obs and next_obs, action, reward and terminal flag: float32 each
         self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=device)
         self.action = torch.zeros((capacity, act_dim), dtype=torch.float32, device=device)
         self.reward = torch.zeros(capacity, dtype=torch.float32, device=device)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist
 from nmrl.files import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "nmrl-checkpoint-v1"
@@ -35,8 +35,33 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign or corrupt files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise NmrlError(f"{path}: not an nmrl checkpoint ({reason[:120]})") from None
+        raise NmrlError(f"{path}: not an nmrl checkpoint ({gist(error, 1, 120)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise NmrlError(f"{path}: not an nmrl checkpoint (no '{CHECKPOINT_FORMAT}' tag)")
     return state
+
+
+def checkpoint_step(state: dict[str, Any], path: Path) -> int:
+    """The env step a run checkpoint was taken at; :class:`NmrlError` when its counters are missing
+    or malformed (a tagged file is still untrusted input)."""
+    train_state = state.get("train_state")
+    step = train_state.get("step") if isinstance(train_state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise NmrlError(f"{path}: not a complete nmrl checkpoint (no valid train_state.step)")
+    return step
+
+
+def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested state that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return found

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import tyro
 
+from nmrl.errors import NmrlError
 from nmrl.train.config import TrainConfig
 
 
@@ -19,16 +20,22 @@ def train(
     """Train an agent. Every network is N:M sparse (--sparsity 2:4, the default) or dense.
 
     With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
-    (only --total-steps may be given again, to extend it); other options are then ignored.
+    (only --total-steps may be given again, to extend it); other options are then ignored, except
+    --env, which confirms a 'module:Env' id saved in the run (nmrl never imports a module named
+    only by a file).
 
     Args:
         resume: a run directory to continue from its checkpoints/last.pt.
     """
+    from nmrl.envs import confirm_env_id
     from nmrl.train.loop import resume as resume_run
     from nmrl.train.loop import train as train_run
 
     if resume is not None:
-        extend = config.total_steps if config.total_steps != TrainConfig().total_steps else None
+        defaults = TrainConfig()
+        if config.env != defaults.env:
+            confirm_env_id(config.env)
+        extend = config.total_steps if config.total_steps != defaults.total_steps else None
         run_dir = resume_run(resume, total_steps=extend)
     else:
         run_dir = train_run(config)
@@ -40,6 +47,7 @@ def evaluate(
     episodes: int = 10,
     checkpoint: Literal["last", "best"] = "last",
     seed: int = 0,
+    env: str = "",
 ) -> None:
     """Deterministic evaluation (no exploration noise) of a run's checkpoint.
 
@@ -48,11 +56,19 @@ def evaluate(
         episodes: episodes to run; episode i starts from seed + i.
         checkpoint: 'last' (newest) or 'best' (best evaluation during training).
         seed: seed of the first episode.
+        env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only
+            by a file); must be the run's env.
     """
+    from nmrl.envs import confirm_env_id
     from nmrl.train.evaluate import evaluate as run_episodes
     from nmrl.train.run import load_policy
 
+    if episodes < 1:
+        raise NmrlError(f"--episodes must be at least 1, got {episodes}")
+    confirm_env_id(env)
     loaded = load_policy(run_dir, checkpoint)
+    if env and env != loaded.env_id:
+        raise NmrlError(f"--env {env} is not this run's environment ({loaded.env_id})")
 
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -92,10 +92,12 @@ def parse_methods(text: str) -> list[Method]:
 # ---- one cell ---------------------------------------------------------------------------------
 def read_evals(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluation records of a run, in step order ([] before the first)."""
+    from nmrl.train.run import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics(path)
     return sorted((r for r in records if r.get("kind") == "eval"), key=lambda r: r["step"])
 
 
@@ -111,9 +113,11 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
 def run_cell(config_data: dict[str, Any], log_path: str) -> float:
     """Worker: train (or resume) one cell, its output going to ``log_path``. Returns the seconds
     it took."""
+    from nmrl.envs import confirm_env_id
     from nmrl.train.loop import LAST_CHECKPOINT, resume, train
 
     config = TrainConfig.from_dict(config_data)
+    confirm_env_id(config.env)  # the grid's env came from the user's command line, not from a file
     run_dir = Path(config.runs_dir) / config.run_name
     start = time.perf_counter()
     with open(log_path, "a") as log:
@@ -384,6 +388,8 @@ def run_comparison(
     if seeds < 1 or workers < 1:
         raise NmrlError("--seeds and --workers must be at least 1")
     out = Path(out) if out is not None else default_out(base)
+    if report_only and not out.is_dir():
+        raise NmrlError(f"--report-only: {out} does not exist (nothing to report)")
     cells = build_grid(base, parse_methods(methods), seeds, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(

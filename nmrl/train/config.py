@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -120,6 +123,22 @@ class TrainConfig:
             self._validate_semi_structured()
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
+        for name in ("actor_lr", "critic_lr", "alpha"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise NmrlError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        for name in ("policy_noise", "noise_clip", "exploration_noise", "srste_decay", "activation_slope"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
+            raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
+        from nmrl.train.networks import ACTIVATIONS
+
+        if self.activation not in ACTIVATIONS:
+            raise NmrlError(f"unknown --activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.threads < 0:
+            raise NmrlError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
 
     def _validate_semi_structured(self) -> None:
         """Fail before a run directory exists when the 2:4 fast path cannot run here."""
@@ -148,10 +167,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config a saved dict describes; :class:`NmrlError` for unknown or missing settings and
+        for values of the wrong type (a config file is untrusted input)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise NmrlError(f"config has settings this nmrl does not know: {', '.join(unknown)}")
+        # A default would silently change what the saved networks mean (a Hopper-v5 default for a
+        # config that lost its env), so these must be present.
+        missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
+        if missing:
+            raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if not _fits_type(value, hints[name]):
+                raise NmrlError(f"config setting {name}={value!r} is not a valid {_type_name(hints[name])}")
         values = dict(data)
         if "runs_dir" in values:
             values["runs_dir"] = Path(values["runs_dir"])
@@ -170,11 +200,45 @@ class TrainConfig:
             raise NmrlError(f"{path}: no such file (is this an nmrl run directory?)") from None
         except json.JSONDecodeError as error:
             raise NmrlError(f"{path}: not valid JSON ({error})") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise NmrlError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
         if not isinstance(data, dict):
             raise NmrlError(f"{path}: not an nmrl config")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except NmrlError as error:
+            raise NmrlError(f"{path}: {error}") from None
 
 
 # Settings that fix the shapes and meaning of the saved networks: a checkpoint only loads into a
 # run whose config agrees on all of them.
 ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation")
+
+
+def _fits_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated ``hint`` (int, float, str, bool, Path,
+    Literal[...], X | None, tuple[int, ...])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_fits_type(item, args[0]) for item in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint in (str, Path):
+        return isinstance(value, str)
+    return True  # a type without a JSON rule here: the dataclass and validate() judge it
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "choice of " + ", ".join(map(repr, typing.get_args(hint)))
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

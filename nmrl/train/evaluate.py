@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nmrl.envs import make_env
+from nmrl.errors import NmrlError
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
     the same initial states.
     """
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise NmrlError(f"--episodes must be at least 1, got {episodes}")
     env = make_env(env_id)
     returns, lengths = [], []
     try:
@@ -45,6 +46,8 @@ def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
             episode_return, length, done = 0.0, 0, False
             while not done:
                 action = np.asarray(act_fn(np.asarray(obs, dtype=np.float32)), dtype=np.float32)
+                if not np.isfinite(action).all():  # NaN weights: no return is worth reporting
+                    raise NmrlError(f"the policy gave a non-finite action (step {length} of episode {episode})")
                 obs, reward, terminated, truncated, _ = env.step(action)
                 episode_return += float(reward)
                 length += 1

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmrl.envs import env_dims, make_env
-from nmrl.errors import NmrlError
-from nmrl.files import atomic_write_text
+from nmrl.envs import env_dims, env_id_from_file, make_env
+from nmrl.errors import Interrupted, NmrlError, gist
+from nmrl.files import LOCK_FILE, atomic_write_text, hold_lock, remove_stale_temp_files, write_error
 from nmrl.sparsity import layer_report
 from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
-from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
+from nmrl.train.checkpoint import checkpoint_step, load_checkpoint, nonfinite_tensors, save_checkpoint
 from nmrl.train.config import ARCHITECTURE_FIELDS, TrainConfig
 from nmrl.train.evaluate import EvalResult, evaluate
+from nmrl.train.run import read_metrics
 from nmrl.train.sparse import log_costs
 
 LAST_CHECKPOINT = "checkpoints/last.pt"
@@ -55,18 +58,27 @@ def resolve_device(name: str) -> torch.device:
 def default_run_name(config: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     sparsity = config.sparsity.replace(":", "of")
-    return f"{config.env}__{config.algo}__{sparsity}__s{config.seed}__{stamp}"
+    env = config.env.replace("/", "-").replace(":", "-")
+    return f"{env}__{config.algo}__{sparsity}__s{config.seed}__{stamp}"
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain folder name: it can never point outside --runs-dir."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
+        raise NmrlError(
+            f"--run-name must be a plain folder name (no '/', '.', '..' or surrounding spaces), got {name!r}"
+        )
 
 
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
-    requested = {"signal": None}
+    requested: dict[str, Any] = {"signal": None, "number": 0}
 
     def handler(signum, _frame):
         if requested["signal"] is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        requested["signal"] = signal.Signals(signum).name
+        requested["signal"], requested["number"] = signal.Signals(signum).name, signum
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -101,7 +113,7 @@ class Trainer:
         obs_dim, act_dim, low, high = env_dims(self.env)
         self.action_low, self.action_high = np.array(low, np.float32), np.array(high, np.float32)
         self.algo: Algorithm = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, self.device)
-        self.buffer = ReplayBuffer(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
+        self.buffer = ReplayBuffer.allocate(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
         self.rng = np.random.default_rng(config.seed)  # warm-up actions
         self.state = TrainState()
         if resume:
@@ -133,38 +145,58 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self._refuse_nonfinite()
         save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.checkpoint_state())
 
+    def _refuse_nonfinite(self) -> None:
+        """A checkpoint is written only from finite networks: a NaN in any weight (a loss can still
+        be finite in the update that broke them) stops the run and keeps the last good checkpoint."""
+        broken = nonfinite_tensors({name: net.state_dict() for name, net in self.algo.networks().items()})
+        if broken:
+            last = self.run_dir / LAST_CHECKPOINT
+            kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"the networks hold NaN/inf at step {self.state.step} ({', '.join(broken[:3])}); stopped, {kept}"
+            )
+
     def _restore(self, state: dict[str, Any]) -> None:
-        check_compatible(state, self.config, self.run_dir / LAST_CHECKPOINT)
+        path = self.run_dir / LAST_CHECKPOINT
+        check_compatible(state, self.config, path)
+        step = checkpoint_step(state, path)
+        if step > self.config.total_steps:
+            raise NmrlError(
+                f"{path} is at step {step:,}, beyond --total-steps {self.config.total_steps:,}: "
+                "a run cannot be shortened below its checkpoint"
+            )
         try:
             self.algo.load_state_dict(state["algorithm"])
             self.buffer.load_state_dict(state["buffer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise NmrlError(f"{self.run_dir / LAST_CHECKPOINT}: does not fit this run ({error})") from None
-        self.state = TrainState(**state["train_state"])
-        rng = state["rng"]
-        random.setstate(_as_python_random_state(rng["python"]))
-        self.rng.bit_generator.state = rng["numpy_loop"]
-        torch.set_rng_state(rng["torch"])
-        if rng["torch_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["torch_cuda"])
-        self.env.unwrapped.np_random.bit_generator.state = rng["env"]
+            self.state = TrainState(**state["train_state"])
+            rng = state["rng"]
+            random.setstate(_as_python_random_state(rng["python"]))
+            self.rng.bit_generator.state = rng["numpy_loop"]
+            torch.set_rng_state(rng["torch"])
+            if rng["torch_cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["torch_cuda"])
+            self.env.unwrapped.np_random.bit_generator.state = rng["env"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise NmrlError(f"{path}: does not fit this run ({gist(error)})") from None
 
     def _truncate_metrics(self, step: int) -> None:
+        """Drop what a killed run logged after its last checkpoint, and a line torn by a crash."""
         if not self.metrics_path.exists():
             return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(self.metrics_path) if record.get("step", 0) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     # ---- logging -----------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with self.metrics_path.open("a") as file:
+                file.write(line)
+        except OSError as error:
+            raise write_error(self.metrics_path, error, len(line), "a resume drops a torn last line") from None
         for key, value in record.items():
             if key not in ("step", "kind") and isinstance(value, int | float):
                 self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
@@ -184,14 +216,30 @@ class Trainer:
         return evaluate(act, self.config.env, self.config.eval_episodes, seed=self.config.seed + EVAL_SEED_OFFSET)
 
     # ---- the loop ----------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, stop: dict[str, Any] | None = None) -> None:
+        """Train to ``total_steps``; on SIGINT/SIGTERM save a checkpoint, then raise :class:`Interrupted`.
+
+        ``stop``: the flag of a :func:`stop_on_signals` the caller already holds (so a signal that
+        came while the run was starting is not lost); by default the run installs its own.
+        """
+        try:
+            if stop is None:
+                with stop_on_signals() as stop:
+                    self._run(stop)
+            else:
+                self._run(stop)
+        finally:
+            self.writer.close()
+            self.env.close()
+
+    def _run(self, stop: dict[str, Any]) -> None:
         cfg, state = self.config, self.state
         obs, _ = self.env.reset()
         episode_return, episode_length = 0.0, 0
         losses: dict[str, torch.Tensor] = {}
         window_start, window_step = time.perf_counter(), state.step
         steps_per_second = 0.0
-        with stop_on_signals() as stop, _progress(cfg, state.step) as progress:
+        with _progress(cfg, state.step) as progress:
             while state.step < cfg.total_steps:
                 if state.step < cfg.learning_starts:
                     action = self.rng.uniform(self.action_low, self.action_high).astype(np.float32)
@@ -246,15 +294,14 @@ class Trainer:
                 progress.update(state.step, steps_per_second, state.last_eval)
                 if stop["signal"] is not None:
                     self.save()
-                    progress.message(
+                    raise Interrupted(
                         f"{stop['signal']}: checkpoint saved at step {state.step}; "
-                        f"resume with: nmrl train --resume {self.run_dir}"
+                        f"resume with: nmrl train --resume {self.run_dir}",
+                        stop["number"],
                     )
-                    break
-        self.writer.close()
-        self.env.close()
 
     def _evaluate_and_log(self, progress: _Progress) -> None:
+        self._refuse_nonfinite()
         result = self.evaluate()
         self.state.last_eval = result.mean
         self.log(
@@ -347,25 +394,109 @@ def _progress(config: TrainConfig, start: int):
 
 
 def train(config: TrainConfig) -> Path:
-    """Start a new run; returns its directory."""
+    """Start a new run; returns its directory.
+
+    Everything that can be checked is checked before anything is written, and a run that fails to
+    start (an unknown env, a buffer too large, Ctrl-C while starting) leaves no folder behind. The
+    run directory is locked for the life of the run.
+    """
     config.validate()
-    run_dir = Path(config.runs_dir) / (config.run_name or default_run_name(config))
-    if (run_dir / LAST_CHECKPOINT).exists():
-        raise NmrlError(f"{run_dir} already holds a run; resume it with: nmrl train --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
-    Trainer(config, run_dir, resume=False).run()
+    name = config.run_name or default_run_name(config)
+    check_run_name(name)
+    run_dir = Path(config.runs_dir) / name
+    _check_new_run_dir(run_dir)
+    created = _make_folders(run_dir)
+    with stop_on_signals() as stop, hold_lock(run_dir, "run"):
+        _check_new_run_dir(run_dir)  # another process may have started it since the first check
+        try:
+            trainer = Trainer(config, run_dir, resume=False)
+            _stop_if_signalled(stop)
+            config.save(run_dir / "config.json")
+        except BaseException:
+            _remove_failed_start(run_dir, created)
+            raise
+        trainer.run(stop)
     return run_dir
+
+
+def _stop_if_signalled(stop: dict[str, Any]) -> None:
+    """A signal that came while a run was starting ends it before anything is saved."""
+    if stop["signal"] is not None:
+        raise Interrupted(f"{stop['signal']} while starting: stopped, nothing saved", stop["number"])
 
 
 def resume(run_dir: Path, total_steps: int | None = None) -> Path:
-    """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it)."""
+    """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it,
+    or shorten it down to the checkpoint's step).
+
+    The run directory is locked first; ``config.json`` is rewritten only once the extended config
+    has been checked and the checkpoint loaded.
+    """
     run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir / "config.json")
-    if not (run_dir / LAST_CHECKPOINT).exists():
-        raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
-    if total_steps is not None and total_steps != config.total_steps:
-        config.total_steps = total_steps
-        config.save(run_dir / "config.json")
-    Trainer(config, run_dir, resume=True).run()
+    if not (run_dir / "config.json").is_file():
+        raise NmrlError(f"{run_dir}: not an nmrl run directory (no config.json)")
+    with stop_on_signals() as stop, hold_lock(run_dir, "run"):
+        config = TrainConfig.load(run_dir / "config.json")
+        env_id_from_file(config.env, run_dir / "config.json")
+        if not (run_dir / LAST_CHECKPOINT).exists():
+            raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
+        changed = total_steps is not None and total_steps != config.total_steps
+        saved_total = config.total_steps
+        if changed:
+            config = replace(config, total_steps=total_steps)
+        remove_stale_temp_files(run_dir)
+        trainer = Trainer(config, run_dir, resume=True)  # validates config and checkpoint (not past its end)
+        _stop_if_signalled(stop)
+        if changed:
+            config.save(run_dir / "config.json")
+            verb = "extended" if config.total_steps > saved_total else "shortened"
+            print(f"--total-steps: run {verb} from {saved_total:,} to {config.total_steps:,} steps", file=sys.stderr)
+        trainer.run(stop)
     return run_dir
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created or already holds something."""
+    for folder in (run_dir, *run_dir.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise NmrlError(f"cannot create run directory {run_dir}: {folder} is a file, not a folder")
+        if folder == run_dir:
+            if any(child.name != LOCK_FILE for child in run_dir.iterdir()):
+                what = "holds a run" if (run_dir / "config.json").exists() else "is not empty"
+                raise NmrlError(
+                    f"{run_dir} already {what}; resume it with: nmrl train --resume {run_dir}, "
+                    "or choose another --run-name"
+                )
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            raise NmrlError(f"cannot create run directory {run_dir}: {folder} is not writable")
+        return
+
+
+def _make_folders(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` and missing parents; returns the folders this call created, outermost first."""
+    missing = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()][::-1]
+    created = []
+    for folder in missing:
+        try:
+            folder.mkdir()
+            created.append(folder)
+        except FileExistsError:
+            pass  # created by someone else meanwhile: not ours to remove
+        except OSError as error:
+            _remove_failed_start(run_dir, created)
+            raise NmrlError(f"cannot create run directory {run_dir}: {error.strerror} ({folder})") from None
+    return created
+
+
+def _remove_failed_start(run_dir: Path, created: list[Path]) -> None:
+    """Undo a start that failed: remove the folders it created, or what it wrote into an empty one."""
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
+    elif run_dir.is_dir():
+        for child in run_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

@@ -1,17 +1,24 @@
-"""Reading a run directory back: its config and the policy of one of its checkpoints."""
+"""Reading a run directory back: its config, its metrics and the policy of one of its checkpoints.
+
+Everything in a run directory is treated as untrusted input: a config or checkpoint that is
+incomplete, malformed or holds NaN weights gives one :class:`NmrlError`, and its env id never
+imports a module the user did not name (:func:`nmrl.envs.env_id_from_file`).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from nmrl.envs import env_dims, make_env
-from nmrl.errors import NmrlError
+from nmrl.envs import env_dims, env_id_from_file, make_env
+from nmrl.errors import NmrlError, gist
 from nmrl.train.algorithm import get_algorithm
-from nmrl.train.checkpoint import load_checkpoint
+from nmrl.train.checkpoint import checkpoint_step, load_checkpoint, nonfinite_tensors
 from nmrl.train.config import TrainConfig
 
 CHECKPOINTS = {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"}
@@ -52,7 +59,8 @@ def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
     config = TrainConfig.load(Path(run_dir) / "config.json")
     state = load_checkpoint(path)
     check_compatible(state, config, path)
-    env = make_env(config.env)
+    step = checkpoint_step(state, path)
+    env = make_env(env_id_from_file(config.env, Path(run_dir) / "config.json"))
     obs_dim, act_dim, low, high = env_dims(env)
     env.close()
     # The deployed policy is the plain N:M network: no 2:4 GPU fast path when loading on the CPU.
@@ -60,9 +68,24 @@ def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
     algo = get_algorithm(config.algo)(obs_dim, act_dim, low, high, cpu_config, torch.device("cpu"))
     try:
         algo.load_state_dict(state["algorithm"], modules_only=True)
-    except (KeyError, RuntimeError) as error:
-        raise NmrlError(f"{path}: does not fit its run's config ({str(error).splitlines()[0]})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise NmrlError(f"{path}: does not fit its run's config ({gist(error)})") from None
+    broken = nonfinite_tensors({name: net.state_dict() for name, net in algo.networks().items()})
+    if broken:
+        raise NmrlError(f"{path}: the networks hold NaN/inf weights ({', '.join(broken[:3])}); nothing to run")
     policy = algo.policy().eval()
-    return LoadedPolicy(
-        policy, config, config.env, obs_dim, act_dim, low, high, int(state["train_state"]["step"]), path
-    )
+    return LoadedPolicy(policy, config, config.env, obs_dim, act_dim, low, high, step, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, skipping a line that a crash or a full disk tore
+    (the file is appended to one line at a time, so only the last line can be incomplete)."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
