@@ -11,10 +11,11 @@ at the Edge of the Statistical Precipice" (NeurIPS 2021):
 
 These are small numpy implementations of the same definitions as the ``rliable`` library (IQM =
 ``scipy.stats.trim_mean(x, 0.25)``; percentile intervals of a stratified bootstrap). nmrl does not
-depend on ``rliable`` because it pins ``arch==5.3.0``, which has no wheel for Python 3.11+ and
-builds from source; the two functions it would provide are these few lines. The bootstrap uses
-a fixed seed, so the same runs always give the same table (the two engines of ``nmrl compare``
-must give identical tables).
+depend on ``rliable``: it brings arch, statsmodels, scipy, pandas and seaborn for these two functions
+(a 510 MB environment), its newest release (1.2.0) fails to import with pandas 3 (arch's
+``deprecate_kwarg`` breaks), and its bootstrap needs the same number of runs on every env while a
+grid being resumed can have unequal finished seeds. The bootstrap uses a fixed seed, so the same
+runs always give the same table (the two engines of ``nmrl compare`` must give identical tables).
 """
 
 from __future__ import annotations
