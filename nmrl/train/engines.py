@@ -186,7 +186,7 @@ def run_local(jobs: Sequence[CellJob], grid_file: Path, workers: int, retries: i
     queue, running, outcome = deque(jobs), {}, Outcome()
     forwarded = 0
     with interrupt_requests() as request:
-        while queue or running:
+        while running or (queue and request["signal"] is None):
             while queue and len(running) < workers and request["signal"] is None:
                 job = queue.popleft()
                 process = context.Process(
