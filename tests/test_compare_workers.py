@@ -1,4 +1,4 @@
-"""The local engine's worker processes get OpenMP pools of their cell's size, as Ray's workers do."""
+"""The local engine's worker processes get OpenMP pools of their cell's size."""
 
 from __future__ import annotations
 

@@ -120,9 +120,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _local_worker(config_data: dict[str, Any], log_path: str, grid_file: str, parent_pid: int) -> None:
-    # Before PyTorch loads: its OpenMP pool sized to the cell's threads, as Ray does for its
-    # workers. torch.set_num_threads alone leaves the pool at the core count, which measured
-    # 15-30% fewer steps per second with two cells on two cores.
+    # Before PyTorch loads: its OpenMP pool sized to the cell's threads. torch.set_num_threads
+    # alone left a slower worker (15-30% fewer steps per second, measured on two shared cores).
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(config_data["threads"]))
     # Its own process group: a Ctrl-C in the terminal reaches only `nmrl compare`, which forwards
