@@ -1,9 +1,11 @@
-"""``nmrl compare``: train a grid of sparsity methods x seeds on one env, then tabulate and plot.
+"""``nmrl compare``: train a grid of envs x sparsity methods x seeds, then tabulate and plot.
 
-Each cell is an ordinary run (``<out>/runs/<method>__s<seed>``) trained by the shared loop in a
-worker process. A cell is finished when its ``metrics.jsonl`` holds the evaluation at the last
-step; running the same command again skips finished cells, resumes interrupted ones from their
-checkpoint and only then rebuilds the results, so a grid can be stopped and continued at will.
+Each cell is an ordinary run (``<out>/<env>/runs/<method>__s<seed>``) trained by the shared loop,
+in a local worker process or a Ray task (``nmrl.train.engines``). A cell is finished when its
+``metrics.jsonl`` holds the evaluation at the last step; running the same command again skips
+finished cells, resumes interrupted ones from their checkpoint and only then rebuilds the results,
+so a grid can be stopped and continued at will. Per env: a table (IQM with a bootstrap CI, mean ±
+std, costs) and curves; over envs: the return normalised by dense (``nmrl.train.aggregate``).
 
 Methods (all on ``--algo``, td3 or sac):
 
