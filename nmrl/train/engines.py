@@ -266,7 +266,8 @@ def run_ray(
             ray.init(**options)
         except ConnectionError as error:
             raise NmrlError(
-                f"cannot reach the Ray cluster at {address or os.environ['RAY_ADDRESS']}: {error}"
+                f"cannot reach the Ray cluster at {address or os.environ['RAY_ADDRESS']}: {error} (a cluster "
+                "started with token authentication needs RAY_AUTH_MODE=token here too: docs/scale-out.md)"
             ) from None
     task = ray.remote(run_cell)
     refs: dict[Any, CellJob] = {}
