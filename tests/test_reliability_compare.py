@@ -30,7 +30,7 @@ pytestmark = [
 
 ARGS = [
     "compare", "--env", "InvertedPendulum-v5", "--methods", "2:4", "--seeds", "1", "--workers", "1",
-    "--total-steps", "4000", "--learning-starts", "100", "--batch-size", "32", "--hidden", "16", "16",
+    "--total-steps", "2000", "--learning-starts", "100", "--batch-size", "32", "--hidden", "16", "16",
     "--eval-every", "500", "--eval-episodes", "1", "--checkpoint-every", "100",
 ]  # fmt: skip
 
@@ -142,7 +142,7 @@ def test_killed_compare_leaves_no_trainer_and_a_rerun_trains_each_cell_once(tmp_
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     eval_steps = [r["step"] for r in metrics if r["kind"] == "eval"]
-    assert eval_steps == list(range(500, 4001, 500))  # each once: never two trainers on the cell
+    assert eval_steps == list(range(500, 2001, 500))  # each once: never two trainers on the cell
     attempts = (out / "InvertedPendulum-v5" / "runs" / "2of4__s1.attempts.jsonl").read_text().splitlines()
     starts = [json.loads(line)["start_step"] for line in attempts if json.loads(line)["event"] == "start"]
     assert len(starts) == 4 and starts[0] == 0 and starts[1:] == sorted(starts[1:]) and starts[1] >= stopped_at
