@@ -8,7 +8,8 @@ install:
 	$(PY) -m pip install -q --upgrade pip
 	# Exactly this pin: pip takes the CPU wheel; a looser one pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	# The ray extra too: the tests run nmrl compare on a real (network-isolated) Ray instance.
+	$(PY) -m pip install -q -e ".[dev,ray]"
 
 test: install
 	$(PY) -m ruff check .

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("nmrl.deploy.commands", "bench", "latency of the sparse actor vs its dense twin per backend"),
     "doctor": ("nmrl.doctor", "doctor", "what this machine can run (CUDA, 2:4, TensorRT, ORT)"),
     "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense twin"),
-    "compare": ("nmrl.train.compare", "compare", "train sparsity methods x seeds on one env; table and curves"),
+    "compare": ("nmrl.train.compare", "compare", "train methods x seeds x envs (local or Ray); tables, curves"),
 }
 
 

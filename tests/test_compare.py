@@ -67,26 +67,33 @@ def test_a_tiny_grid_runs_in_workers_writes_table_and_plot_and_resumes(tmp_path,
     assert main(args) == 0
     first = capsys.readouterr()
     assert "0 of 4 cells already finished" in first.err
-    with open(out / "results.csv") as file:
+    assert "[4/4] InvertedPendulum-v5" in first.err  # the grid's progress, one line per finished cell
+    env_out = out / "InvertedPendulum-v5"
+    with open(env_out / "results.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["method"] for row in rows] == ["dense", "ds-0.5"]
     assert all(row["seeds"] == "2" for row in rows)
     assert float(rows[0]["sparsity"]) == 0.0 and float(rows[0]["training_flops_vs_dense"]) == 1.0
     assert 0.3 < float(rows[1]["sparsity"]) < 0.5 and float(rows[1]["training_flops_vs_dense"]) < 0.7
-    assert "| ds-0.5 |" in (out / "results.md").read_text()
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with open(out / "curves.csv") as file:
+    assert "| ds-0.5 |" in (env_out / "results.md").read_text()
+    assert (env_out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(env_out / "curves.csv") as file:
         curve_rows = list(csv.DictReader(file))
     assert len(curve_rows) == 2 * 2 * 2  # methods x seeds x evaluations (steps 150, 300)
-    assert (out / "runs" / "ds-0.5__s2" / "costs.json").exists()
+    assert (env_out / "runs" / "ds-0.5__s2" / "costs.json").exists()
+    # The summary normalises by dense: dense is 100% by definition.
+    with open(out / "summary.csv") as file:
+        summary = {row["method"]: row for row in csv.DictReader(file)}
+    assert float(summary["dense"]["InvertedPendulum-v5"]) == pytest.approx(1.0)
+    assert summary["ds-0.5"]["runs"] == "2"
 
     # Again: nothing is re-run. Then lose one cell: only that one trains.
-    finished = out / "runs" / "dense__s1" / "metrics.jsonl"
+    finished = env_out / "runs" / "dense__s1" / "metrics.jsonl"
     stamp = finished.stat().st_mtime_ns
     assert main(args) == 0
     assert "4 of 4 cells already finished" in capsys.readouterr().err
     assert finished.stat().st_mtime_ns == stamp
-    shutil.rmtree(out / "runs" / "ds-0.5__s1")
+    shutil.rmtree(env_out / "runs" / "ds-0.5__s1")
     assert main(args) == 0
     assert "3 of 4 cells already finished; training 1" in capsys.readouterr().err
     assert finished.stat().st_mtime_ns == stamp
@@ -98,4 +105,22 @@ def test_a_tiny_grid_runs_in_workers_writes_table_and_plot_and_resumes(tmp_path,
 def test_compare_refuses_a_bad_method_before_training(tmp_path, capsys):
     assert main(["compare", "--methods", "dense,sparse-ish", "--out", str(tmp_path / "x")]) == 1
     assert "unknown method" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_refuses_an_unknown_env_and_a_missing_report_folder(tmp_path, capsys):
+    assert main(["compare", "--envs", "InvertedPendulum-v5,NoSuchEnv-v0", "--out", str(tmp_path / "x")]) == 1
+    assert "NoSuchEnv-v0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["compare", "--report-only", "--out", str(tmp_path / "missing")]) == 1
+    assert "no such grid folder" in capsys.readouterr().err
+
+
+def test_without_ray_the_ray_engine_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra sees
+    assert main(["compare", "--engine", "ray", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "nmrl compare: error: --engine ray needs Ray, which is not installed: pip install 'nmrl[ray]'"
     assert not (tmp_path / "x").exists()
