@@ -15,12 +15,18 @@ def export(
     format: Literal["onnx", "nm-packed"] = "onnx",
     checkpoint: Literal["last", "best"] = "last",
     output: Path | None = None,
+    check_episodes: int = 3,
+    return_margin: float = 0.05,
+    allow_worse_return: bool = False,
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
     The graph holds each layer's effective weights (exact zeros, N:M groups along K), action
     scaling and metadata (env, sizes, bounds, per-layer pattern, training config). Export refuses
-    when the weights break the run's N:M pattern or ONNX Runtime disagrees with torch.
+    when the weights break the run's N:M pattern, when the file's actions on the policy's own states
+    differ from torch's by more than the precision's tolerance (a fraction of the action range), or
+    when its closed-loop return on the same seeds falls below torch's beyond --return-margin and
+    noise (then --allow-worse-return writes it with a warning). Wide random inputs are reported.
     --dtype fp16 writes actor.fp16.onnx: fp16 weights and math, the input TensorRT 11's strongly
     typed builder needs; --io-dtype picks the input/output type (default: same as --dtype).
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
@@ -33,17 +39,34 @@ def export(
         format: onnx, or nm-packed (values + in-group indices).
         checkpoint: which checkpoint to export.
         output: file to write (default: actor[.fp16].onnx / actor[.fp16].nm.npz in the run directory).
+        check_episodes: closed-loop episodes of the torch policy and the file (seeds 0..N-1); the torch
+            policy's states on them are the on-policy parity states.
+        return_margin: the file may score at most this fraction of |torch return| lower (beyond the
+            95% confidence interval of the per-episode differences).
+        allow_worse_return: write a file whose closed-loop return falls short anyway (with a warning).
     """
     from nmrl.export.onnx_export import export_run
     from nmrl.export.report import console as report_console
     from nmrl.export.report import print_report
 
     console = report_console()
-    result = export_run(run_dir, dtype, None if io_dtype == "same" else io_dtype, checkpoint, output, format)
+    with console.status("exporting and checking the file closed-loop..."):
+        result = export_run(
+            run_dir,
+            dtype,
+            None if io_dtype == "same" else io_dtype,
+            checkpoint,
+            output,
+            format,
+            episodes=check_episodes,
+            return_margin=return_margin,
+            allow_worse_return=allow_worse_return,
+        )
     print_report(result.check, console)
-    console.print("parity (ONNX Runtime CPU vs torch):")
-    for parity in result.parity:
-        console.print(f"  {parity}")
+    for line in result.verification.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        console.print(f"[yellow]{warning}[/]")
     if result.packed is not None:
         packed = result.packed
         console.print(

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -294,10 +294,11 @@ class RunExport:
 
     path: Path
     check: ModelCheck
-    parity: list[Any]
-    """nmrl.export.parity.ParityResult per observation source."""
+    verification: Any
+    """nmrl.export.parity.Verification: on-policy parity, wide random inputs, closed loop."""
     packed: Any = None
     """nmrl.export.packed.PackedReport for --format nm-packed."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
@@ -313,25 +314,41 @@ def export_run(
     output: Path | None = None,
     fmt: Literal["onnx", "nm-packed"] = "onnx",
     parity_samples: int = 256,
+    episodes: int | None = None,
+    return_margin: float | None = None,
+    allow_worse_return: bool = False,
 ) -> RunExport:
-    """Export a run's policy: verify the claimed N:M pattern, check parity with the torch policy
-    on env and random observations, then write ``actor[.fp16].onnx`` (or the nm-packed file).
+    """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
+    policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
+    closed-loop returns on the same seeds), then write ``actor[.fp16].onnx`` (or the nm-packed file).
 
-    Nothing is written when verification or parity fails (:class:`NmrlError`).
+    Nothing is written when verification fails (:class:`NmrlError`).
     """
-    from nmrl.export.parity import check_parity
+    from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
     from nmrl.export.verify import claimed_pattern
     from nmrl.train.run import load_policy
 
     loaded = load_policy(Path(run_dir), which)
     claimed = claimed_pattern(loaded.config.sparsity)
+    if fmt != "onnx" and claimed is None:
+        raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
     model, check = build_policy_onnx(
         loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), dtype, io_dtype
     )
-    parity = check_parity(loaded.policy, model, loaded.obs_dim, dtype, loaded.env_id, parity_samples)
-    failed = [result for result in parity if not result.passed]
-    if failed:
-        raise NmrlError("refusing to export: ONNX Runtime and torch disagree: " + "; ".join(map(str, failed)))
+    verification = verify_export(
+        loaded.policy,
+        model,
+        dtype,
+        loaded.obs_dim,
+        loaded.act_dim,
+        loaded.env_id,
+        loaded.action_low,
+        loaded.action_high,
+        episodes=CHECK_EPISODES if episodes is None else episodes,
+        margin=RETURN_MARGIN if return_margin is None else return_margin,
+        random_count=parity_samples,
+    )
+    warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
     packed = None
     if fmt == "onnx":
@@ -339,8 +356,6 @@ def export_run(
     else:
         from nmrl.export.packed import load_packed, write_packed
 
-        if claimed is None:
-            raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
         packed = write_packed(model, path, claimed)
         # The file is only useful if it gives the weights back exactly: check before reporting.
         rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}
@@ -349,7 +364,7 @@ def export_run(
                 path.unlink(missing_ok=True)
                 raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
     check.path = path
-    return RunExport(path, check, parity, packed)
+    return RunExport(path, check, verification, packed, warnings)
 
 
 def dense_twin_module(policy: nn.Module, seed: int = 0) -> nn.Module:
