@@ -154,8 +154,11 @@ def _onnx_file_models(
     import onnx
 
     from nmrl.export.twin import dense_twin_onnx
-    from nmrl.export.verify import load_onnx
+    from nmrl.export.verify import claim_warning, load_onnx
 
+    warning = claim_warning(path)
+    if warning:
+        console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
     skipped = [b for b in backends if BACKENDS[b].takes == "run"]
     if skipped:
         console.print(

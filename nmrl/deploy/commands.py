@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -50,8 +51,9 @@ def deploy_eval(
             (a .plan engine runs on its TensorRT flavour).
         threads: CPU threads of the runtime.
     """
-    from nmrl.deploy.policy import load_policy
+    from nmrl.deploy.policy import BACKENDS, load_policy
     from nmrl.envs import env_dims, make_env
+    from nmrl.export.verify import claim_warning
     from nmrl.train.evaluate import evaluate
 
     if model.suffix == ".plan" and backend == "ort":  # ONNX Runtime cannot read an engine file
@@ -59,6 +61,9 @@ def deploy_eval(
 
         backend = engine_flavour(model)
     policy = load_policy(model, backend, threads=threads)
+    warning = claim_warning(model) if BACKENDS[backend].takes == "onnx" else None
+    if warning:
+        print(warning, file=sys.stderr)
     env_id = env or policy.env_id
     if not env_id:
         raise NmrlError(f"{model}: the file names no environment; pass --env")
