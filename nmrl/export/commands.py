@@ -10,7 +10,7 @@ import tyro
 
 def export(
     run_dir: Annotated[Path, tyro.conf.Positional],
-    dtype: Literal["fp32", "fp16"] = "fp32",
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32",
     io_dtype: Literal["same", "fp32", "fp16"] = "same",
     format: Literal["onnx", "nm-packed"] = "onnx",
     checkpoint: Literal["last", "best"] = "last",
@@ -18,6 +18,8 @@ def export(
     check_episodes: int = 3,
     return_margin: float = 0.05,
     allow_worse_return: bool = False,
+    pad_k: bool = False,
+    calibration: Path | None = None,
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
@@ -29,6 +31,9 @@ def export(
     noise (then --allow-worse-return writes it with a warning). Wide random inputs are reported.
     --dtype fp16 writes actor.fp16.onnx: fp16 weights and math, the input TensorRT 11's strongly
     typed builder needs; --io-dtype picks the input/output type (default: same as --dtype).
+    --dtype int8 writes actor.int8.onnx: int8 Q/DQ (ONNX Runtime's static quantizer: symmetric
+    per-channel weights with the N:M zeros kept zero, symmetric activations calibrated on the
+    policy's own observations or --calibration), fp32 input/output, checked like every precision.
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
     cores store them, with a loader that rebuilds the exact model.
 
@@ -44,6 +49,10 @@ def export(
         return_margin: the file may score at most this fraction of |torch return| lower (beyond the
             95% confidence interval of the per-episode differences).
         allow_worse_return: write a file whose closed-loop return falls short anyway (with a warning).
+        pad_k: pad the first layer's K (the observation width) with zero columns to a multiple of 4
+            inside the graph, so that every GEMM is 2:4-eligible; the input stays the env's width.
+        calibration: int8 calibration observations, an .npy [count, obs_dim] (default: rollouts of the
+            run's own policy in its env, seeds 1000.., plus random-action states).
     """
     from nmrl.export.onnx_export import export_run
     from nmrl.export.report import console as report_console
@@ -61,10 +70,14 @@ def export(
             episodes=check_episodes,
             return_margin=return_margin,
             allow_worse_return=allow_worse_return,
+            pad_k=pad_k,
+            calibration=calibration,
         )
     print_report(result.check, console)
     for line in result.verification.lines():
         console.print(line, highlight=False, soft_wrap=True)
+    if result.quantization is not None:
+        console.print(str(result.quantization), highlight=False, soft_wrap=True)
     for warning in result.warnings:
         console.print(f"[yellow]{warning}[/]")
     if result.packed is not None:

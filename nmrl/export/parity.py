@@ -28,9 +28,13 @@ numbers measured on trained policies:
   roundoff 4.9e-4): each layer adds ~4.9e-4 x |pre-activation| of error, and the three layers of an
   actor with pre-activations of tens compound it to ~1e-2 of the range before tanh damps it. 2e-2 is
   ~20 eps16: it passes trained policies and refuses a wrong file (a flipped or dropped layer).
-- int8: 6e-2. Weights are rounded to per-channel steps of max|w|/127 (relative 3.9e-3 at worst per
-  weight) and activations to a per-tensor step of max|x|/127 set by calibration: a few steps of
-  1/127 = 7.9e-3 per layer compound over three layers to ~3e-2 of the range on the calibration states.
+- int8: 0.15. Weights are rounded to per-channel steps of max|w|/127 and each layer's input to a
+  per-tensor step of max|x|/127 set by calibration (1/127 = 7.9e-3 of the tensor's range; half a step
+  of error per element). A pre-activation sums K such errors, ~sqrt(K)/2 steps when they are
+  independent (8 steps for K = 256, ~6% of its range), and three layers compound that: the worst
+  state of a trained actor reaches ~10% of the action range while the typical one stays below 1%.
+  0.15 (~19 steps) refuses a broken calibration (errors of 30-40%) but the worst-state error of int8
+  is not a control verdict: the closed-loop check decides whether the int8 policy still acts well.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance("fp32", 1e-4, 1.2e-7),
     "fp16": Tolerance("fp16", 2e-2, 9.8e-4),
-    "int8": Tolerance("int8", 6e-2, 1 / 127),
+    "int8": Tolerance("int8", 0.15, 1 / 127),
 }
 RETURN_MARGIN = 0.05
 """Default closed-loop margin: the file may score at most this fraction of |torch return| lower."""
