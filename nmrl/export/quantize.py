@@ -145,8 +145,9 @@ def equalize_input(model: onnx.ModelProto, observations: np.ndarray) -> np.ndarr
     multiplies column j of the first layer's weight by ``s_j``: the same product, now quantized on
     features within [-1, 1]. ``s_j`` has INPUT_HEADROOM over the calibration maximum: an observation
     beyond the int8 range is clipped, and a policy meets states its calibration episodes missed (a
-    HalfCheetah flipping over), so one bit of the input's resolution buys twice the range. (SmoothQuant's migration of activation range into weights, taken all the
-    way for the input; zeros of the weight stay zeros.) Returns the scales."""
+    HalfCheetah flipping over), so one bit of the input's resolution buys twice the range.
+    (SmoothQuant's migration of activation range into weights, taken all the way for the input; zeros
+    of the weight stay zeros.) Returns the scales."""
     graph = model.graph
     input_name = graph.input[0].name
     consumers = [node for node in graph.node if input_name in node.input]
