@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -70,3 +72,24 @@ def test_a_bad_calibration_is_refused_by_on_policy_parity(run_dir, tmp_path, mon
     monkeypatch.setitem(parity.TOLERANCES, "int8", parity.Tolerance("int8", 1e9, 1 / 127))
     result = export_run(run_dir, "int8", output=path, episodes=2, calibration=bad)
     assert path.is_file() and result.verification.closed_loop.episodes == 2
+
+
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt_rtx_bindings") is None,
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13)",
+)
+def test_tensorrt_rtx_builds_the_int8_qdq_file_with_sparse_weights(run_dir, tmp_path) -> None:
+    """TensorRT for RTX builds on the CPU: the Q/DQ settings nmrl quantizes with (signed symmetric
+    activations, symmetric per-channel weights, fp32 biases) are the ones its parser and builder take."""
+    from nmrl.deploy import tensorrt as trt_deploy
+
+    path = tmp_path / "actor.int8.onnx"
+    export_run(run_dir, "int8", output=path, episodes=1, pad_k=True)
+    report = trt_deploy.build_engines(path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 256))
+    assert Path(report.plan).is_file() and Path(report.plan).stat().st_size > 0
+    text = report.format()
+    assert "SPARSE_WEIGHTS" in text and "int8" in text
+    assert "fp32 kernels" not in text  # Q/DQ GEMMs are int8, which has sparse kernels
+    settings = trt_deploy.build_settings("tensorrt-rtx", report.version, "int8", sparse=True)
+    assert settings.sparse_possible and settings.strongly_typed and not settings.note
