@@ -94,7 +94,7 @@ def bench(
     batch: str = "1,16,256,4096",
     widths: str = "",
     pattern: str = "",
-    dtype: Literal["fp32", "fp16"] = "fp32",
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32",
     threads: int = 1,
     warmup: int = 20,
     calls: int = 200,
@@ -110,7 +110,8 @@ def bench(
     --widths 256,1024,4096 adds synthetic actors with two hidden layers of those widths (sparsified
     with --pattern, default the run's or 2:4) to show where sparsity could pay. Prints p50/p90/p99
     latency, throughput and the dense/sparse ratio; writes bench.csv and bench.png to --out
-    (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs.
+    (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs; --dtype int8
+    times int8 Q/DQ graphs of the actor and its dense twin (quantized as export does; no torch rows).
 
     Args:
         target: run directory or .onnx file (optional with --widths).
