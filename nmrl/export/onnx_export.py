@@ -353,6 +353,8 @@ def export_run(
 
     loaded = load_policy(Path(run_dir), which)
     claimed = claimed_pattern(loaded.config.sparsity)
+    if fmt != "onnx" and dtype == "int8":
+        raise NmrlError("--format nm-packed stores fp32/fp16 values; int8 values are not supported yet")
     if fmt != "onnx" and claimed is None:
         raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
     traced = "fp32" if dtype == "int8" else dtype
