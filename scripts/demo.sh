@@ -55,4 +55,4 @@ nmrl bench "$RUN" --backends torch,ort --batch 1,256 --widths 1024 --threads 1
 
 printf '\ndone in %ss. Everything is in %s: config, checkpoints, TensorBoard events, actor.onnx,\n' \
     "$(( $(date +%s) - start ))" "$RUN"
-printf 'actor.fp16.onnx, actor.int8.onnx, actor.nm.npz, bench/bench.csv and bench/bench.png.\n'
+printf 'actor.fp16.onnx, actor.int8.onnx (if its verification passed), actor.nm.npz, bench/bench.csv and bench/bench.png.\n'
