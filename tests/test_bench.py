@@ -154,3 +154,23 @@ def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) ->
     assert len(dense_run_backed) == 2
     out = capsys.readouterr().out
     assert "PyTorch" in out and "skipping backend tensorrt" in out and "run-backed skipped for synthetic" in out
+
+
+def test_bench_int8_rows_time_quantized_sparse_and_dense_twin_files(tmp_path, capsys) -> None:
+    import csv
+
+    from nmrl.export.verify import inspect_model
+
+    out = tmp_path / "bench"
+    args = ["bench", "--widths", "64", "--dtype", "int8", "--backends", "torch,ort", "--batch", "1,8"]
+    assert main([*args, "--warmup", "2", "--calls", "10", "--out", str(out)]) == 0
+    with open(out / "bench.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert {(row["variant"], row["backend"], row["batch"]) for row in rows} == {
+        (variant, "ort", batch) for variant in ("sparse", "dense") for batch in ("1", "8")
+    }
+    sparse, dense = sorted(out.glob("models/*.sparse.int8.onnx")), sorted(out.glob("models/*.dense.int8.onnx"))
+    assert len(sparse) == len(dense) == 1
+    assert all(layer.dtype == "int8" and layer.pattern_2of4 for layer in inspect_model(sparse[0]).layers)
+    # a few small twin weights round to int8 zero; the twin stays dense
+    assert all(layer.dtype == "int8" and layer.density > 0.9 for layer in inspect_model(dense[0]).layers)

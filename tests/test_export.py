@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from nmrl.cli import main
 from nmrl.errors import NmrlError
 from nmrl.export.onnx_export import build_policy_onnx, export_policy, materialize
-from nmrl.export.parity import FP16_REL_TOLERANCE, FP32_ABS_TOLERANCE, check_parity
+from nmrl.export.parity import TOLERANCES, verify_export
 from nmrl.export.verify import inspect_model
 from nmrl.sparsity import nm_layers
 from nmrl.sparsity.pattern import NMPattern
@@ -65,7 +65,7 @@ def test_batch_dimension_is_dynamic_and_matches_torch(actor, fp32_model) -> None
             expected = actor(torch.from_numpy(obs)).numpy()
         actions = _run(fp32_model, obs)
         assert actions.shape == (batch, 3)
-        assert np.abs(actions - expected).max() <= FP32_ABS_TOLERANCE
+        assert np.abs(actions - expected).max() <= 1e-5
     assert actions.min() >= -1.0 and actions.max() <= 2.0  # the bounds of small_actor
 
 
@@ -80,11 +80,20 @@ def test_metadata_describes_the_file(fp32_model) -> None:
     assert [layer["shape"] for layer in layers] == [[32, HOPPER_OBS], [32, 32], [3, 32]]
 
 
-def test_parity_on_env_and_random_observations(actor, fp32_model) -> None:
-    results = check_parity(actor, fp32_model, HOPPER_OBS, "fp32", env_id="Hopper-v5", count=128)
-    assert [r.source for r in results] == ["env", "random"]
-    for result in results:
-        assert result.passed and result.max_abs_error <= FP32_ABS_TOLERANCE
+def test_verification_on_policy_env_and_random_observations_and_closed_loop(actor, fp32_model) -> None:
+    verification = verify_export(
+        actor, fp32_model, "fp32", HOPPER_OBS, 3, "Hopper-v5", [-1.0] * 3, [2.0] * 3, episodes=2, random_count=64
+    )
+    assert [r.source for r in verification.parity] == ["policy", "env", "random"]
+    assert [r.blocking for r in verification.parity] == [True, True, False]
+    assert verification.parity[0].count == sum(verification.closed_loop.reference_lengths)  # every visited state
+    for result in verification.parity:
+        assert result.passed and result.max_range_error <= TOLERANCES["fp32"].range_fraction
+        # the range of these actions is 3 (bounds [-1, 2]): the range error is the abs error / 3
+        assert result.max_range_error == pytest.approx(result.max_abs_error / 3)
+    loop = verification.closed_loop
+    assert loop is not None and loop.episodes == 2 and loop.passed
+    assert "closed loop" in "\n".join(verification.lines())
 
 
 @pytest.mark.parametrize("io_dtype", ["fp16", "fp32"])
@@ -99,9 +108,10 @@ def test_fp16_graph_has_fp16_weights_and_math(actor, io_dtype) -> None:
     assert all(layer.dtype == "float16" for layer in check.layers)
     # K=11 (Hopper's observation) cannot use 2:4 kernels; the hidden layers can.
     assert [layer.eligible_2of4 for layer in check.layers] == [False, True, True]
-    results = check_parity(actor, model, HOPPER_OBS, "fp16", env_id="Hopper-v5", count=128)
-    assert all(r.passed and r.max_rel_error <= FP16_REL_TOLERANCE for r in results)
-    assert max(r.max_abs_error for r in results) > 0  # it really computed in fp16
+    verification = verify_export(actor, model, "fp16", HOPPER_OBS, 3, "Hopper-v5", episodes=1, random_count=64)
+    assert all(r.passed for r in verification.parity) and verification.closed_loop.passed
+    errors = [r.max_abs_error for r in verification.parity]
+    assert max(errors) > 1e-5  # it really computed in fp16 (fp32 files differ by ~1e-7)
 
 
 def test_the_file_check_refuses_graphs_that_break_the_claim() -> None:
@@ -160,7 +170,9 @@ def test_export_verb_on_a_trained_run(tmp_path_factory, capsys) -> None:
     run_dir = tiny_run(tmp_path_factory)
     assert main(["export", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "claim verified: every GEMM weight is 2:4 along K" in out and "parity" in out
+    assert "claim verified: 3 of 3 GEMM weights (net.0.weight, net.2.weight, net.4.weight) hold 2:4 along K" in out
+    assert "parity" in out
+    assert "policy" in out and "closed loop" in out and "torch fp32" in out
     check = inspect_model(run_dir / "actor.onnx")
     assert check.is_nmrl and check.claimed == NMPattern(2, 4) and not check.violations(NMPattern(2, 4))
     config = json.loads(check.metadata["nmrl.config"])
@@ -180,8 +192,9 @@ def test_sac_deterministic_actor_exports_with_parity(tmp_path) -> None:
     policy = algo.policy().eval()
     result = export_policy(tmp_path / "sac.onnx", policy, HOPPER_OBS, 3, NMPattern(2, 4), {"algo": "sac"})
     assert [layer.finest for layer in result.check.layers] == [NMPattern(2, 4)] * 3
-    (parity,) = check_parity(policy, result.path, HOPPER_OBS, "fp32", count=64)
-    assert parity.passed
+    verification = verify_export(policy, result.path, "fp32", HOPPER_OBS, 3, None, random_count=64)
+    (parity,) = verification.parity  # without an env only wide random inputs exist, and they block
+    assert parity.source == "random" and parity.blocking and parity.passed and verification.closed_loop is None
 
 
 def test_unstructured_actor_exports_its_masked_weights_without_a_claim(tmp_path) -> None:

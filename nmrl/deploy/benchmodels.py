@@ -61,14 +61,26 @@ def _module_models(
     slug = name.replace(" ", "_").replace(":", "of")
     sparse_path = models_dir / f"{slug}.sparse.{dtype}.onnx"
     dense_path = models_dir / f"{slug}.dense.{dtype}.onnx"
-    result = export_policy(sparse_path, module, obs_dim, act_dim, claimed, metadata, dtype)
-    save_onnx(dense_twin_onnx(result.model), dense_path)
+    if dtype == "int8":
+        # The int8 pair: the fp32 actor and its fp32 dense twin, each quantized as `nmrl export
+        # --dtype int8` does, calibrated on the same unit-scale Gaussian observations (latency does
+        # not depend on the calibration; accuracy is export's job).
+        from nmrl.export.onnx_export import random_observations
+        from nmrl.export.quantize import quantize_int8
+
+        result = export_policy(models_dir / f"{slug}.sparse.fp32.onnx", module, obs_dim, act_dim, claimed, metadata)
+        calibration = random_observations(obs_dim, 1024, 0, scale=1.0)
+        for path, fp32 in ((sparse_path, result.model), (dense_path, dense_twin_onnx(result.model))):
+            save_onnx(quantize_int8(fp32, calibration, "Gaussian observations (bench)")[0], path)
+    else:
+        result = export_policy(sparse_path, module, obs_dim, act_dim, claimed, metadata, dtype)
+        save_onnx(dense_twin_onnx(result.model), dense_path)
     twin = dense_twin_module(module)
     models = []
     for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
         loaders = _onnx_loaders(path, backends, options)
         loaders.update(_run_loaders(run_dir, backends, options, dense=variant == "dense"))
-        if "torch" in backends:
+        if "torch" in backends and dtype != "int8":  # torch eager has no int8 Q/DQ policy here
             loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
         models.append(BenchModel(name, variant, loaders))
     return models
@@ -154,8 +166,11 @@ def _onnx_file_models(
     import onnx
 
     from nmrl.export.twin import dense_twin_onnx
-    from nmrl.export.verify import load_onnx
+    from nmrl.export.verify import claim_warning, load_onnx
 
+    warning = claim_warning(path)
+    if warning:
+        console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
     skipped = [b for b in backends if BACKENDS[b].takes == "run"]
     if skipped:
         console.print(

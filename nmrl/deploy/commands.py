@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,8 +53,9 @@ def deploy_eval(
             (a .plan engine runs on its TensorRT flavour).
         threads: CPU threads of the runtime.
     """
-    from nmrl.deploy.policy import load_policy
+    from nmrl.deploy.policy import BACKENDS, load_policy
     from nmrl.envs import confirm_env_id, env_dims, env_id_from_file, make_env
+    from nmrl.export.verify import claim_warning
     from nmrl.train.evaluate import evaluate
 
     if episodes < 1:
@@ -64,6 +66,9 @@ def deploy_eval(
 
         backend = engine_flavour(model)
     policy = load_policy(model, backend, threads=threads)
+    warning = claim_warning(model) if BACKENDS[backend].takes == "onnx" else None
+    if warning:
+        print(warning, file=sys.stderr)
     if not env and not policy.env_id:
         policy.close()
         raise NmrlError(f"{model}: the file names no environment; pass --env")
@@ -99,7 +104,7 @@ def bench(
     batch: str = "1,16,256,4096",
     widths: str = "",
     pattern: str = "",
-    dtype: Literal["fp32", "fp16"] = "fp32",
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32",
     threads: int = 1,
     warmup: int = 20,
     calls: int = 200,
@@ -116,7 +121,8 @@ def bench(
     --widths 256,1024,4096 adds synthetic actors with two hidden layers of those widths (sparsified
     with --pattern, default the run's or 2:4) to show where sparsity could pay. Prints p50/p90/p99
     latency, throughput and the dense/sparse ratio; writes bench.csv and bench.png to --out
-    (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs.
+    (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs; --dtype int8
+    times int8 Q/DQ graphs of the actor and its dense twin (quantized as export does; no torch rows).
 
     Args:
         target: run directory or .onnx file (optional with --widths).

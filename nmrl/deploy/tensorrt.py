@@ -115,8 +115,10 @@ def build_settings(flavour: str, version: str, graph_dtype: str, sparse: bool) -
     * TensorRT 10 + fp16/bf16 graph: strongly typed network, no precision flag.
     * TensorRT 11 and TensorRT-RTX: always strongly typed, no precision flags exist. An fp32 graph
       builds but runs fp32 kernels, which have no sparse form: the note says to export fp16.
+    * An int8 Q/DQ graph (weights int8 behind DequantizeLinear) is explicitly quantized: strongly typed,
+      its GEMMs are int8, which has sparse kernels.
     """
-    reduced = graph_dtype in ("float16", "bfloat16")
+    reduced = graph_dtype in ("float16", "bfloat16", "int8")
     if flavour == "tensorrt":
         major = major_version(version)
         if major < 10:

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from nmrl.files import atomic_write_bytes
 from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.pattern import NMPattern
 
-DType = Literal["fp32", "fp16"]
+DType = Literal["fp32", "fp16", "int8"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
@@ -97,7 +97,9 @@ def to_onnx_model(
     output tensors. fp16 weights with fp32 I/O put one Cast at each end of the graph.
     """
     if dtype not in TORCH_DTYPES or (io_dtype is not None and io_dtype not in TORCH_DTYPES):
-        raise NmrlError(f"unsupported dtype {dtype!r}/{io_dtype!r}: choose fp32 or fp16")
+        raise NmrlError(
+            f"unsupported dtype {dtype!r}/{io_dtype!r} for tracing: fp32 or fp16 (int8 quantizes the fp32 graph)"
+        )
     io_dtype = io_dtype or dtype
     if opset < 17:
         raise NmrlError(f"opset {opset} is too old: nmrl exports opset 17 or newer")
@@ -251,6 +253,20 @@ def build_policy_onnx(
     return model, inspect_model(model)
 
 
+def finish_graph(model: onnx.ModelProto, claimed: NMPattern | None, metadata: dict[str, Any]) -> ModelCheck:
+    """After a graph transform (K padding, quantization): re-check the claim on the new weights,
+    describe the new layers in the metadata, and run ``onnx.checker``."""
+    check = inspect_model(model)
+    if claimed is not None:
+        enforce_claim(check.violations(claimed), claimed)
+    set_metadata(model, {**metadata, "layers": layers_metadata(check)})
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise NmrlError(f"transformed graph fails onnx.checker: {str(error).splitlines()[0]}") from None
+    return inspect_model(model)
+
+
 def export_policy(
     path: Path,
     policy: nn.Module,
@@ -294,10 +310,13 @@ class RunExport:
 
     path: Path
     check: ModelCheck
-    parity: list[Any]
-    """nmrl.export.parity.ParityResult per observation source."""
+    verification: Any
+    """nmrl.export.parity.Verification: on-policy parity, wide random inputs, closed loop."""
     packed: Any = None
     """nmrl.export.packed.PackedReport for --format nm-packed."""
+    warnings: list[str] = field(default_factory=list)
+    quantization: Any = None
+    """nmrl.export.quantize.QuantizationReport for --dtype int8."""
 
 
 def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
@@ -313,25 +332,67 @@ def export_run(
     output: Path | None = None,
     fmt: Literal["onnx", "nm-packed"] = "onnx",
     parity_samples: int = 256,
+    episodes: int | None = None,
+    return_margin: float | None = None,
+    allow_worse_return: bool = False,
+    pad_k: bool = False,
+    calibration: Path | None = None,
 ) -> RunExport:
-    """Export a run's policy: verify the claimed N:M pattern, check parity with the torch policy
-    on env and random observations, then write ``actor[.fp16].onnx`` (or the nm-packed file).
+    """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
+    policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
+    closed-loop returns on the same seeds), then write ``actor[.fp16|.int8].onnx`` (or the nm-packed
+    file). ``dtype="int8"`` quantizes the fp32 graph (:mod:`nmrl.export.quantize`), calibrated on the
+    policy's own observations or on ``calibration`` (.npy); ``pad_k`` pads the first layer's K to a
+    multiple of 4 inside the graph.
 
-    Nothing is written when verification or parity fails (:class:`NmrlError`).
+    Nothing is written when verification fails (:class:`NmrlError`).
     """
-    from nmrl.export.parity import check_parity
+    from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
     from nmrl.export.verify import claimed_pattern
     from nmrl.train.run import load_policy
 
     loaded = load_policy(Path(run_dir), which)
     claimed = claimed_pattern(loaded.config.sparsity)
+    if fmt != "onnx" and dtype == "int8":
+        raise NmrlError("--format nm-packed stores fp32/fp16 values; int8 values are not supported yet")
+    if fmt != "onnx" and claimed is None:
+        raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
+    traced = "fp32" if dtype == "int8" else dtype
     model, check = build_policy_onnx(
-        loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), dtype, io_dtype
+        loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), traced, io_dtype
     )
-    parity = check_parity(loaded.policy, model, loaded.obs_dim, dtype, loaded.env_id, parity_samples)
-    failed = [result for result in parity if not result.passed]
-    if failed:
-        raise NmrlError("refusing to export: ONNX Runtime and torch disagree: " + "; ".join(map(str, failed)))
+    extra: dict[str, Any] = {}
+    if pad_k:
+        from nmrl.export.quantize import pad_first_gemm_k
+
+        extra["pad_k"] = pad_first_gemm_k(model)
+    quantization = None
+    if dtype == "int8":
+        from nmrl.export.quantize import load_calibration, policy_observations, quantize_int8
+
+        if calibration is not None:
+            observations, source = load_calibration(calibration, loaded.obs_dim), str(calibration)
+        else:
+            observations = policy_observations(loaded.policy, loaded.env_id)
+            source = f"the policy's own {loaded.env_id} episodes + random-action states"
+        model, quantization = quantize_int8(model, observations, source)
+        extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
+    if extra:
+        check = finish_graph(model, claimed, extra)
+    verification = verify_export(
+        loaded.policy,
+        model,
+        dtype,
+        loaded.obs_dim,
+        loaded.act_dim,
+        loaded.env_id,
+        loaded.action_low,
+        loaded.action_high,
+        episodes=CHECK_EPISODES if episodes is None else episodes,
+        margin=RETURN_MARGIN if return_margin is None else return_margin,
+        random_count=parity_samples,
+    )
+    warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
     packed = None
     if fmt == "onnx":
@@ -339,8 +400,6 @@ def export_run(
     else:
         from nmrl.export.packed import load_packed, write_packed
 
-        if claimed is None:
-            raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
         packed = write_packed(model, path, claimed)
         # The file is only useful if it gives the weights back exactly: check before reporting.
         rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}
@@ -349,7 +408,7 @@ def export_run(
                 path.unlink(missing_ok=True)
                 raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
     check.path = path
-    return RunExport(path, check, parity, packed)
+    return RunExport(path, check, verification, packed, warnings, quantization)
 
 
 def dense_twin_module(policy: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,13 +1,46 @@
-"""Parity: does the ONNX file compute what the torch policy computes?
+"""Does the exported file act as the torch policy acts? One verification for every precision.
 
-Compared on observations from the policy's own environment (a short random-action rollout, the
-states a deployed policy sees first) and on wide random ones (to exercise every unit). fp32 files
-must match to 1e-5 absolute; fp16 files to 1e-2 relative to the largest action magnitude (fp16
-keeps ~3 decimal digits, and rounding errors grow with depth).
+Three checks, run on the ONNX model in memory before anything is written:
+
+1. **On-policy parity** (blocking). Observations from the torch policy's own deterministic episodes
+   in its environment (the states a deployed policy visits), plus states of a random-action rollout
+   (the first states a policy sees, and states off its usual path). The error of an action is
+   measured relative to that action's range ``high - low``: 1e-3 of the range is the same control
+   error whatever the env's units, and a near-zero action in the batch cannot inflate it.
+2. **Wide random inputs** (reported, never blocking). Gaussian observations at 3x unit scale drive
+   every unit, including ones a trained policy never uses; reduced precision may differ there
+   without mattering to the policy, so they inform but cannot by themselves refuse an export.
+3. **Closed loop** (blocking beyond a margin). The file and the torch policy run the same seeded
+   episodes; both mean returns are reported with the 95% confidence interval of the per-episode
+   differences. Returns are not expected to be identical: a 1e-6 action difference grows over a
+   chaotic 1000-step rollout, so equal seeds give different trajectories. A file is refused when its
+   return falls below the torch policy's by more than the margin (a fraction of |torch return|) and by
+   more than that interval (a shortfall that is both large and not noise), unless the user allows it.
+
+Tolerances (fraction of the action range, max over the on-policy states); see docs/deploy.md for the
+numbers measured on trained policies:
+
+- fp32: 1e-4. Weights are bit-identical; only summation order and fused kernels differ between ONNX
+  Runtime and torch, an error of ~eps32 (1.2e-7) x sum|w x| per layer, i.e. 1e-6..1e-5 of the range
+  for trained actors whose pre-activations reach 10-100. 1e-4 leaves headroom for larger weights after
+  long training while still catching any real difference (a wrong weight moves actions by percents).
+- fp16: 2e-2. Every weight and activation is rounded to 11 significant bits (eps16 = 9.8e-4, unit
+  roundoff 4.9e-4): each layer adds ~4.9e-4 x |pre-activation| of error, and the three layers of an
+  actor with pre-activations of tens compound it to ~1e-2 of the range before tanh damps it. 2e-2 is
+  ~20 eps16: it passes trained policies and refuses a wrong file (a flipped or dropped layer).
+- int8: 0.15. Weights are rounded to per-channel steps of max|w|/127 and each layer's input to a
+  per-tensor step of max|x|/127 set by calibration (1/127 = 7.9e-3 of the tensor's range; half a step
+  of error per element). A pre-activation sums K such errors, ~sqrt(K)/2 steps when they are
+  independent (8 steps for K = 256, ~6% of its range), and three layers compound that: the worst
+  state of a trained actor reaches ~10% of the action range while the typical one stays below 1%.
+  0.15 (~19 steps) refuses a broken calibration (errors of 30-40%) but the worst-state error of int8
+  is not a control verdict: the closed-loop check decides whether the int8 policy still acts well.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +49,52 @@ import onnx
 import torch
 from torch import nn
 
+from nmrl.errors import NmrlError
 from nmrl.export.onnx_export import INPUT_NAME, random_observations
 
-FP32_ABS_TOLERANCE = 1e-5
-FP16_REL_TOLERANCE = 1e-2
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The largest on-policy action error a precision may show, as a fraction of the action range."""
+
+    precision: str
+    range_fraction: float
+    eps: float
+    """The format's resolution the tolerance is derived from (machine epsilon, or 1/127 for int8)."""
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance("fp32", 1e-4, 1.2e-7),
+    "fp16": Tolerance("fp16", 2e-2, 9.8e-4),
+    "int8": Tolerance("int8", 0.15, 1 / 127),
+}
+RETURN_MARGIN = 0.05
+"""Default closed-loop margin: the file may score at most this fraction of |torch return| lower."""
+CHECK_EPISODES = 3
+"""Default closed-loop episodes (each also supplies on-policy states for parity)."""
+CHECK_SEED = 0
+
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
+_T95 = (
+    *(12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228),
+    *(2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086),
+    *(2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042),
+)
+
+
+def t95(dof: int) -> float:
+    """The two-sided 95% Student t quantile for ``dof`` degrees of freedom."""
+    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    if precision not in TOLERANCES:
+        raise NmrlError(f"no parity tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    return TOLERANCES[precision]
+
+
+# ------------------------------------------------------------------------------------------
+# Observations
 
 
 def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
@@ -29,6 +104,7 @@ def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
     env = make_env(env_id, seed=seed)
     try:
         obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
         collected = []
         for _ in range(count):
             collected.append(np.asarray(obs, dtype=np.float32))
@@ -40,64 +116,279 @@ def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
         env.close()
 
 
-@dataclass(frozen=True)
-class ParityResult:
-    """Largest differences between ONNX Runtime and torch over ``count`` observations."""
-
-    source: str
-    count: int
-    max_abs_error: float
-    max_rel_error: float
-    dtype: str
-
-    @property
-    def tolerance(self) -> str:
-        return f"abs <= {FP32_ABS_TOLERANCE:g}" if self.dtype == "fp32" else f"rel <= {FP16_REL_TOLERANCE:g}"
-
-    @property
-    def passed(self) -> bool:
-        if self.dtype == "fp32":
-            return self.max_abs_error <= FP32_ABS_TOLERANCE
-        return self.max_rel_error <= FP16_REL_TOLERANCE
-
-    def __str__(self) -> str:
-        verdict = "ok" if self.passed else "FAILED"
-        return (
-            f"{self.source:<6} {self.count:>4} obs: max abs error {self.max_abs_error:.2e}, "
-            f"rel {self.max_rel_error:.2e} ({self.tolerance}: {verdict})"
-        )
+# ------------------------------------------------------------------------------------------
+# Running both sides
 
 
-def compare(
-    policy: nn.Module, model: onnx.ModelProto | Path, observations: np.ndarray, dtype: str, source: str
-) -> ParityResult:
-    """Run ``observations`` through the torch ``policy`` (fp32) and the ONNX model (ORT CPU)."""
+def onnx_actor(model: onnx.ModelProto | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs [batch, obs_dim] -> actions`` (float64) of an ONNX policy under ONNX Runtime CPU, 1 thread."""
     import onnxruntime as ort
 
     payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-    input_type = session.get_inputs()[0].type
-    feed = observations.astype(np.float16 if input_type == "tensor(float16)" else np.float32)
-    onnx_actions = np.asarray(session.run(None, {INPUT_NAME: feed})[0], dtype=np.float64)
-    with torch.no_grad():
-        torch_actions = policy.cpu().eval()(torch.as_tensor(observations, dtype=torch.float32)).double().numpy()
-    error = np.abs(onnx_actions - torch_actions)
-    scale = max(float(np.abs(torch_actions).max()), 1e-3)
-    return ParityResult(source, len(observations), float(error.max()), float(error.max()) / scale, dtype)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(payload, sess_options=options, providers=["CPUExecutionProvider"])
+    input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        feed = np.ascontiguousarray(np.asarray(obs, dtype=np.float32).reshape(-1, obs.shape[-1]), dtype=input_type)
+        return np.asarray(session.run(None, {INPUT_NAME: feed})[0], dtype=np.float64)
+
+    return act
 
 
-def check_parity(
+def torch_actor(policy: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs [batch, obs_dim] -> actions`` (float64) of the fp32 torch policy on the CPU."""
+    policy = policy.cpu().eval()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            batch = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1, obs.shape[-1]))
+            return policy(batch).double().numpy()
+
+    return act
+
+
+# ------------------------------------------------------------------------------------------
+# Parity
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Largest action difference between the file and torch over ``count`` observations."""
+
+    source: str
+    """policy (its own deterministic episodes), env (random-action rollout) or random (wide Gaussian)."""
+    count: int
+    max_abs_error: float
+    max_range_error: float
+    """max over observations and actions of |error| / (high - low) of that action."""
+    precision: str
+    blocking: bool
+    """Whether failing this check refuses the export (wide random inputs are only reported)."""
+
+    @property
+    def tolerance(self) -> float:
+        return tolerance_for(self.precision).range_fraction
+
+    @property
+    def passed(self) -> bool:
+        return self.max_range_error <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = ("ok" if self.passed else "FAILED") if self.blocking else ("within" if self.passed else "above")
+        note = "" if self.blocking else ", reported only"
+        return (
+            f"{self.source:<6} {self.count:>5} obs: max abs error {self.max_abs_error:.2e}, "
+            f"{self.max_range_error:.2e} of the action range ({self.precision} tolerance "
+            f"{self.tolerance:g}: {verdict}{note})"
+        )
+
+
+def action_range(action_low: list[float] | None, action_high: list[float] | None, act_dim: int) -> np.ndarray:
+    """``high - low`` per action; 2 (the [-1, 1] range of an unscaled tanh) when bounds are unknown
+    or infinite."""
+    if action_low is None or action_high is None:
+        return np.full(act_dim, 2.0)
+    span = np.asarray(action_high, dtype=np.float64) - np.asarray(action_low, dtype=np.float64)
+    return np.where(np.isfinite(span) & (span > 0), span, 2.0)
+
+
+def compare(
+    reference: Callable[[np.ndarray], np.ndarray],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    observations: np.ndarray,
+    span: np.ndarray,
+    precision: str,
+    source: str,
+    blocking: bool = True,
+) -> ParityResult:
+    """Run ``observations`` through both actors and measure the largest action difference."""
+    error = np.abs(candidate(observations) - reference(observations))
+    return ParityResult(
+        source, len(observations), float(error.max()), float((error / span).max()), precision, blocking
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Closed loop
+
+
+@dataclass(frozen=True)
+class ClosedLoopResult:
+    """The torch policy and the file on the same seeded episodes."""
+
+    env_id: str
+    seed: int
+    reference_returns: tuple[float, ...]
+    file_returns: tuple[float, ...]
+    precision: str
+    margin: float
+    reference_lengths: tuple[int, ...] = ()
+    file_lengths: tuple[int, ...] = ()
+
+    @property
+    def episodes(self) -> int:
+        return len(self.reference_returns)
+
+    @property
+    def reference_mean(self) -> float:
+        return float(np.mean(self.reference_returns))
+
+    @property
+    def file_mean(self) -> float:
+        return float(np.mean(self.file_returns))
+
+    @property
+    def difference(self) -> float:
+        """Mean of the per-episode differences file - torch (negative: the file scores lower)."""
+        return self.file_mean - self.reference_mean
+
+    @property
+    def interval(self) -> float:
+        """Half-width of the 95% confidence interval of the mean paired difference (0 for 1 episode)."""
+        n = self.episodes
+        if n < 2:
+            return 0.0
+        diffs = np.subtract(self.file_returns, self.reference_returns)
+        return t95(n - 1) * float(np.std(diffs, ddof=1)) / math.sqrt(n)
+
+    @property
+    def allowed_shortfall(self) -> float:
+        return self.margin * abs(self.reference_mean)
+
+    @property
+    def passed(self) -> bool:
+        shortfall = -self.difference
+        return not (shortfall > self.allowed_shortfall and shortfall > self.interval)
+
+    def summary_lines(self) -> tuple[str, str]:
+        """What ran and what each side scored; the difference and the verdict."""
+
+        def summary(returns: tuple[float, ...]) -> str:
+            return f"{np.mean(returns):.1f} ± {np.std(returns):.1f}"
+
+        last_seed = self.seed + self.episodes - 1
+        return (
+            f"{self.env_id}, {self.episodes} episodes (seeds {self.seed}..{last_seed}): "
+            f"torch fp32 {summary(self.reference_returns)}, file {summary(self.file_returns)}",
+            f"difference {self.difference:+.1f} (95% CI ± {self.interval:.1f}); refused below "
+            f"-{self.allowed_shortfall:.1f} ({self.margin:.0%} of |torch|) beyond the CI: "
+            + ("ok" if self.passed else "FAILED"),
+        )
+
+    def __str__(self) -> str:
+        return "; ".join(self.summary_lines())
+
+
+def closed_loop(
+    reference: Callable[[np.ndarray], np.ndarray],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    episodes: int,
+    seed: int,
+    precision: str,
+    margin: float,
+) -> tuple[ClosedLoopResult, np.ndarray]:
+    """Both policies on episodes ``seed .. seed + episodes - 1``; also returns the observations the
+    torch policy visited (the on-policy states for parity)."""
+    from nmrl.train.evaluate import evaluate
+
+    visited: list[np.ndarray] = []
+
+    def reference_step(obs: np.ndarray) -> np.ndarray:
+        visited.append(obs)
+        return reference(obs[None])[0]
+
+    torch_result = evaluate(reference_step, env_id, episodes, seed)
+    file_result = evaluate(lambda obs: candidate(obs[None])[0], env_id, episodes, seed)
+    result = ClosedLoopResult(
+        env_id,
+        seed,
+        tuple(torch_result.returns),
+        tuple(file_result.returns),
+        precision,
+        margin,
+        tuple(torch_result.lengths),
+        tuple(file_result.lengths),
+    )
+    return result, np.stack(visited).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# The verification
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Everything one export checked, and whether the file may be written."""
+
+    parity: tuple[ParityResult, ...]
+    closed_loop: ClosedLoopResult | None
+
+    @property
+    def parity_failures(self) -> list[ParityResult]:
+        return [result for result in self.parity if result.blocking and not result.passed]
+
+    def lines(self) -> list[str]:
+        lines = ["parity (ONNX Runtime CPU vs torch fp32):", *(f"  {result}" for result in self.parity)]
+        if self.closed_loop is not None:
+            lines.append("closed loop (same seeds, torch fp32 vs the file under ONNX Runtime):")
+            lines += [f"  {line}" for line in self.closed_loop.summary_lines()]
+        return lines
+
+
+def verify_export(
     policy: nn.Module,
     model: onnx.ModelProto | Path,
+    precision: str,
     obs_dim: int,
-    dtype: str,
-    env_id: str | None = None,
-    count: int = 256,
-    seed: int = 0,
-) -> list[ParityResult]:
-    """Parity on env observations (when ``env_id`` is known) and on random ones."""
-    results = []
+    act_dim: int,
+    env_id: str | None,
+    action_low: list[float] | None = None,
+    action_high: list[float] | None = None,
+    episodes: int = CHECK_EPISODES,
+    seed: int = CHECK_SEED,
+    margin: float = RETURN_MARGIN,
+    random_count: int = 256,
+) -> Verification:
+    """Run the three checks of this module (closed loop and env states only when ``env_id`` is known).
+
+    Returns the :class:`Verification`; :func:`enforce` decides whether it refuses the export.
+    """
+    tolerance_for(precision)
+    if episodes < 1:
+        raise NmrlError(f"the closed-loop check needs at least 1 episode, got {episodes}")
+    reference, candidate = torch_actor(policy), onnx_actor(model)
+    span = action_range(action_low, action_high, act_dim)
+    results: list[ParityResult] = []
+    loop = None
     if env_id:
-        results.append(compare(policy, model, env_observations(env_id, count, seed), dtype, "env"))
-    results.append(compare(policy, model, random_observations(obs_dim, count, seed), dtype, "random"))
-    return results
+        loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin)
+        results.append(compare(reference, candidate, visited, span, precision, "policy"))
+        results.append(compare(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env"))
+    wide = random_observations(obs_dim, random_count, seed)
+    results.append(compare(reference, candidate, wide, span, precision, "random", blocking=env_id is None))
+    return Verification(tuple(results), loop)
+
+
+def enforce(verification: Verification, allow_worse_return: bool = False) -> list[str]:
+    """Raise :class:`NmrlError` (one line) when on-policy parity fails, or when the closed-loop return
+    falls short beyond the margin and ``allow_worse_return`` is not set. Returns warnings to print."""
+    failed = verification.parity_failures
+    if failed:
+        raise NmrlError("refusing to export: the file does not act as the torch policy: " + "; ".join(map(str, failed)))
+    loop = verification.closed_loop
+    if loop is not None and not loop.passed:
+        if not allow_worse_return:
+            raise NmrlError(
+                f"refusing to export: closed-loop return {loop.file_mean:.1f} vs torch {loop.reference_mean:.1f} "
+                f"({loop.difference:+.1f}, beyond the {loop.margin:.0%} margin and the 95% CI ± {loop.interval:.1f}); "
+                "pass --allow-worse-return to write it anyway"
+            )
+        return [
+            f"warning: written although its closed-loop return is {-loop.difference:.1f} below torch's "
+            "(--allow-worse-return)"
+        ]
+    return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from nmrl.export.verify import ModelCheck, nmrl_metadata
+from nmrl.export.verify import ModelCheck, claim_status, nmrl_metadata
 
 _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 # Piped output (CI logs, files) gets this width instead of rich's 80 columns, so rows stay whole.
@@ -56,16 +56,16 @@ def summary_lines(check: ModelCheck) -> list[str]:
         )
     else:
         lines.append(f"not an nmrl file (no nmrl metadata); opset {check.opset}")
-    claimed = check.claimed
-    if claimed is not None:
-        broken = check.violations(claimed)
-        if broken:
-            lines.append(
-                f"[red]claim BROKEN[/]: {', '.join(f'{k} ({v} groups)' for k, v in broken.items())} "
-                f"violate {claimed} along K"
-            )
-        else:
-            lines.append(f"claim verified: every GEMM weight is {claimed} along K")
+    status = claim_status(check)
+    if check.is_nmrl or status.verdict != "none":
+        for line in status.lines:
+            lines.append(f"[red]{line}[/]" if status.failed else line)
+    quantized = [layer.weight_name for layer in check.layers if layer.dtype in ("int8", "uint8")]
+    if quantized:
+        lines.append(
+            f"int8 layers (weights behind DequantizeLinear or integer GEMMs): {len(quantized)} "
+            f"({', '.join(quantized)}); N:M is judged on the quantized values, zero = the zero point"
+        )
     eligible = sum(layer.eligible_2of4 for layer in check.layers)
     lines.append(f"{eligible} of {len(check.layers)} GEMM layers eligible for 2:4 sparse tensor cores")
     return lines
@@ -75,7 +75,7 @@ def print_report(check: ModelCheck, out: Console | None = None) -> None:
     out = out or console()
     out.print(layer_table(check))
     for line in summary_lines(check):
-        out.print(line)
+        out.print(line, highlight=False, soft_wrap=True)
     if any(not layer.eligible_2of4 for layer in check.layers):
         out.print(
             "2:4 TC: sparse tensor cores can run the layer as stored (2:4 along K, K % 4 == 0, "

@@ -40,6 +40,11 @@ REDUCED_PRECISION = {"float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m
 SMALL_GEMM = 256
 # Ops between a constant and the GEMM that keep the weight's values in place (axis-preserving).
 _PASS_THROUGH = {"Identity", "Cast", "DequantizeLinear"}
+# Matrix products nmrl reads weights of: Gemm, MatMul, and ONNX Runtime's quantized forms.
+GEMM_OPS = ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
+# Ops that multiply by weights too, whose weights nmrl does not judge: a claim over a graph holding
+# them (with a constant weight) cannot be verified.
+_UNJUDGED_WEIGHTED_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Einsum"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,6 +127,8 @@ class ModelCheck:
     metadata: dict[str, str]
     opset: int
     path: Path | None = None
+    unjudged: list[str] = field(default_factory=list)
+    """Weighted nodes (convolutions, ...) whose weights nmrl does not judge."""
 
     @property
     def is_nmrl(self) -> bool:
@@ -139,6 +146,102 @@ class ModelCheck:
             for layer in self.layers
         }
         return {name: count for name, count in counts.items() if count}
+
+
+@dataclass(frozen=True)
+class ClaimStatus:
+    """Whether an nmrl file's sparsity claims hold, and what was checked to say so.
+
+    ``verdict``: ``verified`` (something was checked and everything held), ``broken`` (a weight
+    breaks a claim), ``unverifiable`` (a claim with nothing, or not everything, to check it on) or
+    ``none`` (the file makes no N:M claim).
+    """
+
+    verdict: str
+    lines: tuple[str, ...]
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("broken", "unverifiable")
+
+
+def claim_status(check: ModelCheck) -> ClaimStatus:
+    """Judge the file's claims: the run's pattern (``nmrl.sparsity``) over every GEMM weight, and each
+    per-layer entry of ``nmrl.layers`` against the weight it names. A claim holds only if there was
+    something to check: a claim over a graph with no readable GEMM weight is unverifiable."""
+    claimed = check.claimed
+    layer_claims = _layer_claims(check)
+    if claimed is None and not any(pattern for pattern in layer_claims.values()):
+        return ClaimStatus("none", ("no N:M claim to verify",))
+    names = [layer.weight_name for layer in check.layers]
+    problems: list[str] = []
+    unverifiable: list[str] = []
+    checked: list[str] = []
+    if not check.layers:
+        unverifiable.append("the graph has no Gemm/MatMul with a constant weight to check the claim on")
+    if check.unjudged:
+        unverifiable.append(f"weights nmrl cannot judge: {', '.join(check.unjudged)}")
+    if claimed is not None and check.layers:
+        broken = check.violations(claimed)
+        if broken:
+            problems.append(
+                f"{', '.join(f'{k} ({v} groups)' for k, v in broken.items())} violate the claimed {claimed} along K"
+            )
+        else:
+            checked.append(f"{len(names)} of {len(names)} GEMM weights ({', '.join(names)}) hold {claimed} along K")
+    missing = [name for name in layer_claims if name not in check.weights]
+    if missing:
+        unverifiable.append(
+            f"nmrl.layers names {', '.join(missing)}, not GEMM weights of this graph (changed after export?)"
+        )
+    per_layer = 0
+    for layer in check.layers:
+        pattern = layer_claims.get(layer.weight_name)
+        if pattern is None:
+            continue
+        count = nm_violations(check.weights[layer.weight_name], layer.k_axis, pattern)
+        if count:
+            problems.append(f"nmrl.layers says {layer.weight_name} is {pattern}, but {count} groups along K break it")
+        else:
+            per_layer += 1
+    if per_layer:
+        checked.append(f"nmrl.layers' per-layer patterns hold for {per_layer} weights")
+    verdict = "broken" if problems else "unverifiable" if unverifiable else "verified"
+    failures = [f"claim BROKEN: {problem}" for problem in problems]
+    failures += [f"claim UNVERIFIABLE: {reason}" for reason in unverifiable]
+    held = [f"{'claim verified' if verdict == 'verified' else 'checked and held'}: {'; '.join(checked)}"]
+    return ClaimStatus(verdict, tuple(failures + (held if checked else [])))
+
+
+def claim_warning(path: Path) -> str | None:
+    """One line to print before running ``path`` (an .onnx file, or a run directory's actor.onnx)
+    when ``nmrl inspect`` would fail its claim; None when it holds, or there is no ONNX file to judge."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "actor.onnx"
+    if path.suffix != ".onnx" or not path.is_file():
+        return None
+    status = claim_status(inspect_model(path))
+    if not status.failed:
+        return None
+    failures = [line for line in status.lines if line.startswith("claim ")]
+    return f"warning: running {path} although `nmrl inspect` fails it: {'; '.join(failures)}"
+
+
+def _layer_claims(check: ModelCheck) -> dict[str, NMPattern | None]:
+    """Weight name -> N:M pattern from ``nmrl.layers`` (None for dense entries); {} when absent."""
+    text = check.metadata.get("nmrl.layers")
+    if not text:
+        return {}
+    try:
+        entries = json.loads(text)
+        claims = {}
+        for entry in entries:
+            pattern = str(entry.get("pattern", "dense"))
+            claims[str(entry["weight"])] = claimed_pattern(pattern) if ":" in pattern else None
+        return claims
+    except (ValueError, TypeError, KeyError, AttributeError, NmrlError):
+        return {"<nmrl.layers>": None}  # unreadable metadata: reported as naming no weight of the graph
 
 
 def claimed_pattern(sparsity: str) -> NMPattern | None:
@@ -166,21 +269,39 @@ def _dtype_name(array: np.ndarray) -> str:
     return str(array.dtype)
 
 
+def _minus_zero_point(quantized: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -> np.ndarray:
+    """Quantized values relative to their zero point (a weight is zero where ``q == zero_point``);
+    ``zero_point`` is a scalar or per-channel along ``axis`` (DequantizeLinear's convention)."""
+    if zero_point is None or not np.any(zero_point):
+        return quantized
+    shifted = quantized.astype(np.int32)
+    if zero_point.ndim == 1 and zero_point.size > 1:
+        shape = [1] * quantized.ndim
+        shape[axis % quantized.ndim] = zero_point.size
+        return shifted - zero_point.astype(np.int32).reshape(shape)
+    return shifted - zero_point.astype(np.int32)
+
+
 def _resolve_constant(
     name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, str] | None:
     """Follow ``name`` back through value-preserving ops to a constant.
 
-    Returns (the array as the consumer sees it, Transposes applied; the dtype the consumer computes
-    in) or None when ``name`` is not a constant.
+    Returns (the array as the consumer sees it, Transposes applied, quantized values relative to a
+    DequantizeLinear zero point; the dtype the consumer computes in) or None when ``name`` is not a
+    constant.
     """
     dtype: str | None = None
     perm_chain: list[list[int]] = []
+    dequantize: onnx.NodeProto | None = None
     current = name
     for _ in range(32):  # a bounded walk: graphs with longer chains are not ours to judge
         if current in constants:
             stored = constants[current]
             array = stored
+            if dequantize is not None and len(dequantize.input) > 2:
+                axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
+                array = _minus_zero_point(stored, constants.get(dequantize.input[2]), axis)
             for perm in reversed(perm_chain):
                 array = np.transpose(array, perm or None)  # no perm: reverse the axes
             return array, dtype or _dtype_name(stored)
@@ -195,6 +316,7 @@ def _resolve_constant(
             source = constants.get(node.input[0])
             if source is not None:
                 dtype = _dtype_name(source)
+                dequantize = node
         elif node.op_type == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             perm_chain.append(perm if perm is not None else [])
@@ -204,15 +326,20 @@ def _resolve_constant(
     return None
 
 
-def _gemm_weight_operands(node: onnx.NodeProto) -> list[tuple[int, int]]:
-    """(input index, K axis of that operand as the op reads it) candidates for a GEMM node."""
+def _gemm_weight_operands(node: onnx.NodeProto) -> list[tuple[int, int, int | None]]:
+    """(input index, K axis of that operand as the op reads it, input index of its zero point)
+    candidates for a GEMM node."""
     attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
     if node.op_type == "Gemm":
         trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
         # op(A) is [M, K]: K is A's axis 1, or axis 0 when A is transposed; op(B) is [K, N].
-        return [(1, 1 if trans_b else 0), (0, 0 if trans_a else 1)]
+        return [(1, 1 if trans_b else 0, None), (0, 0 if trans_a else 1, None)]
+    if node.op_type == "MatMulInteger":  # (A, B, a_zero_point, b_zero_point)
+        return [(1, -2, 3), (0, -1, 2)]
+    if node.op_type == "QLinearMatMul":  # (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp)
+        return [(3, -2, 5), (0, -1, 2)]
     # MatMul: A [..., M, K] @ B [..., K, N]
-    return [(1, -2), (0, -1)]
+    return [(1, -2, None), (0, -1, None)]
 
 
 def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
@@ -226,10 +353,15 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
     producers = {out: node for node in graph.node for out in node.output}
     layers: list[LayerCheck] = []
     weights: dict[str, np.ndarray] = {}
+    unjudged: list[str] = []
     for index, node in enumerate(graph.node):
-        if node.op_type not in ("Gemm", "MatMul"):
+        if node.op_type in _UNJUDGED_WEIGHTED_OPS and any(
+            _resolve_constant(name, producers, constants) is not None for name in node.input[1:2]
+        ):
+            unjudged.append(f"{node.name or node.op_type + '_' + str(index)} ({node.op_type})")
+        if node.op_type not in GEMM_OPS:
             continue
-        for input_index, k_axis in _gemm_weight_operands(node):
+        for input_index, k_axis, zero_point_index in _gemm_weight_operands(node):
             if input_index >= len(node.input):
                 continue
             resolved = _resolve_constant(node.input[input_index], producers, constants)
@@ -238,6 +370,9 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
             array, dtype = resolved
             if array.ndim < 2:
                 continue
+            if zero_point_index is not None and zero_point_index < len(node.input):
+                # per-column zero points of B [K, N] (or per-row of A [M, K]) broadcast along the last axis
+                array = _minus_zero_point(array, constants.get(node.input[zero_point_index]), -1)
             k_axis = k_axis % array.ndim
             weight_name = node.input[input_index]
             weights[weight_name] = array
@@ -247,7 +382,7 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
             break  # one constant operand per GEMM is the weight
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return ModelCheck(layers, weights, metadata, opset, path)
+    return ModelCheck(layers, weights, metadata, opset, path, unjudged)
 
 
 def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int, dtype: str) -> LayerCheck:

@@ -74,6 +74,7 @@ def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
     if broken:
         raise NmrlError(f"{path}: the networks hold NaN/inf weights ({', '.join(broken[:3])}); nothing to run")
     policy = algo.policy().eval()
+    _refuse_false_pattern(policy, path)
     return LoadedPolicy(policy, config, config.env, obs_dim, act_dim, low, high, step, path)
 
 
@@ -89,3 +90,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def _refuse_false_pattern(policy: nn.Module, path: Path) -> None:
+    """A policy labelled N:M whose layers break the pattern (a mask edited to all ones, say) would run
+    and be reported as sparse: refuse it, naming the layers and how many groups along K break."""
+    from nmrl.sparsity import nm_layers
+    from nmrl.sparsity.mask import check_nm
+
+    broken = {}
+    for name, layer in nm_layers(policy):
+        count = len(check_nm(layer.weight * layer.mask, layer.pattern))
+        if count:
+            broken[f"{name} ({layer.pattern})"] = count
+    if broken:
+        detail = ", ".join(f"{name}: {count} groups" for name, count in broken.items())
+        raise NmrlError(f"{path}: the actor's weights break their N:M pattern along K ({detail}); refusing to run it")

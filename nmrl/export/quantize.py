@@ -1,0 +1,257 @@
+"""int8 Q/DQ policies: ONNX Runtime's static quantizer, calibrated on the agent's own observations.
+
+The quantizer is ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear /
+DequantizeLinear pairs around fp32 ops: the explicitly quantized form TensorRT builds int8 kernels
+from, and ONNX Runtime CPU fuses into integer GEMMs). Its settings are the ones TensorRT accepts:
+
+- activations signed int8, symmetric (zero point 0): TensorRT rejects UINT8 DequantizeLinear inputs;
+- weights signed int8, symmetric, per output channel: a zero weight quantizes to exactly 0, so the
+  N:M zeros survive (checked after quantization, not assumed);
+- only ``Gemm`` nodes are quantized (the actor's layers); the action scaling (Tanh, Mul, Add with
+  the bounds) stays fp32;
+- biases stay fp32 (``QuantizeBias=False``): TensorRT rejects int32-quantized Gemm biases.
+
+Calibration: MinMax over observations the policy itself visits (its deterministic episodes on seeds
+other than the verification's, plus random-action states), or a user's ``.npy``. MinMax rather
+than entropy or percentile because a policy's rare large activations are the states where control
+matters (a fall, a hard contact): clipping them to tighten the common range trades exactly the
+wrong error, and the states come from the policy's own distribution, not from a noisy dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from nmrl.errors import NmrlError
+from nmrl.export.verify import inspect_model
+
+CALIBRATION_SEED = 1000
+"""Calibration episodes start at this seed, away from the verification's seeds (0..)."""
+CALIBRATION_METHOD = "minmax"
+CALIBRATION_EPISODES = 10
+INPUT_HEADROOM = 2.0
+"""Observation scales are this many times the largest calibration value (see :func:`equalize_input`)."""
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """What quantization did to the GEMM weights."""
+
+    calibration: str
+    """Where the calibration observations came from."""
+    count: int
+    method: str
+    zeros_kept: int
+    """Weights that were exactly 0 in fp32 and are 0 in int8 (all of them, or quantization fails)."""
+    rounded_to_zero: int
+    """Nonzero fp32 weights smaller than half a quantization step: int8 zeros now (more zeros keep N:M)."""
+
+    def to_metadata(self) -> dict[str, object]:
+        return {
+            "format": "QDQ",
+            "weights": "int8 symmetric per output channel",
+            "activations": "int8 symmetric per tensor",
+            "method": self.method,
+            "calibration": self.calibration,
+            "calibration_count": self.count,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"int8 Q/DQ ({self.method} calibration on {self.count} observations: {self.calibration}); "
+            f"{self.zeros_kept} zero weights kept zero, {self.rounded_to_zero} small weights rounded to zero"
+        )
+
+
+def policy_observations(
+    policy, env_id: str, episodes: int = CALIBRATION_EPISODES, seed: int = CALIBRATION_SEED
+) -> np.ndarray:
+    """Observations of ``policy``'s deterministic episodes (seeds ``seed..``) plus a random-action
+    rollout of as many steps: the states the deployed policy sees, and the first ones off its path."""
+    from nmrl.export.parity import env_observations, torch_actor
+    from nmrl.train.evaluate import evaluate
+
+    act = torch_actor(policy)
+    visited: list[np.ndarray] = []
+
+    def step(obs: np.ndarray) -> np.ndarray:
+        visited.append(obs)
+        return act(obs[None])[0]
+
+    evaluate(step, env_id, episodes, seed)
+    random_states = env_observations(env_id, min(len(visited), 1000), seed)
+    return np.concatenate([np.stack(visited), random_states]).astype(np.float32)
+
+
+def load_calibration(path: Path, obs_dim: int) -> np.ndarray:
+    """A user's calibration observations: an ``.npy`` of shape [count, obs_dim]."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise NmrlError(f"{path}: not a numpy .npy array ({str(error).splitlines()[0][:120]})") from None
+    if data.ndim != 2 or data.shape[1] != obs_dim or len(data) == 0:
+        raise NmrlError(f"{path}: calibration observations must be [count, {obs_dim}], got {list(data.shape)}")
+    if not np.isfinite(data).all():
+        raise NmrlError(f"{path}: calibration observations hold NaN or inf")
+    return data.astype(np.float32)
+
+
+def pad_first_gemm_k(model: onnx.ModelProto, multiple: int = 4) -> int:
+    """Pad the first layer's K (the observation width) to a multiple of ``multiple`` inside the graph,
+    in place: the input keeps the env's width, a ``Pad`` appends zero columns, and the first Gemm's
+    weight gets as many zero columns. Returns the padding added (0: already a multiple)."""
+    graph = model.graph
+    input_name = graph.input[0].name
+    gemm = next((node for node in graph.node if node.op_type == "Gemm" and node.input[0] == input_name), None)
+    if gemm is None:
+        raise NmrlError("cannot pad K: the graph's input does not feed a Gemm directly")
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    weight = next((init for init in graph.initializer if init.name == gemm.input[1]), None)
+    if weight is None:
+        raise NmrlError("cannot pad K: the first Gemm's weight is not an initializer")
+    values = numpy_helper.to_array(weight)
+    k_axis = 1 if trans_b else 0
+    pad = (-values.shape[k_axis]) % multiple
+    if pad == 0:
+        return 0
+    widths = [(0, 0), (0, 0)]
+    widths[k_axis] = (0, pad)
+    weight.CopyFrom(numpy_helper.from_array(np.pad(values, widths), weight.name))
+    padded = f"{input_name}_padded_k"
+    pads = numpy_helper.from_array(np.array([0, 0, 0, pad], dtype=np.int64), f"{padded}_pads")
+    graph.initializer.append(pads)
+    gemm.input[0] = padded
+    index = list(graph.node).index(gemm)
+    graph.node.insert(index, helper.make_node("Pad", [input_name, pads.name], [padded], name="pad_k", mode="constant"))
+    # Recorded intermediate shapes (the exporter's value_info) predate the padding: let tools infer them.
+    del graph.value_info[:]
+    return pad
+
+
+def equalize_input(model: onnx.ModelProto, observations: np.ndarray) -> np.ndarray:
+    """Give every observation feature the same int8 range, in place, without changing the function.
+
+    Raw observations mix units (HalfCheetah: joint angles within +-0.5, velocities up to +-27), and a
+    per-tensor int8 scale set by the largest feature leaves the small ones a few steps. This divides
+    feature j by ``s_j = max |obs_j|`` over the calibration states (a ``Mul`` on the input) and
+    multiplies column j of the first layer's weight by ``s_j``: the same product, now quantized on
+    features within [-1, 1]. ``s_j`` has INPUT_HEADROOM over the calibration maximum: an observation
+    beyond the int8 range is clipped, and a policy meets states its calibration episodes missed (a
+    HalfCheetah flipping over), so one bit of the input's resolution buys twice the range.
+    (SmoothQuant's migration of activation range into weights, taken all the way for the input; zeros
+    of the weight stay zeros.) Returns the scales."""
+    graph = model.graph
+    input_name = graph.input[0].name
+    consumers = [node for node in graph.node if input_name in node.input]
+    gemm = next((node for node in graph.node if node.op_type == "Gemm"), None)
+    if gemm is None or len(consumers) != 1:
+        raise NmrlError("cannot equalize the input: expected one node reading the observations, then a Gemm")
+    weight = next((init for init in graph.initializer if init.name == gemm.input[1]), None)
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    if weight is None:
+        raise NmrlError("cannot equalize the input: the first Gemm's weight is not an initializer")
+    obs_dim = observations.shape[1]
+    scales = INPUT_HEADROOM * np.abs(observations).max(axis=0).astype(np.float32)
+    scales = np.where(scales > 1e-6, scales, np.float32(1.0))
+    values = numpy_helper.to_array(weight).copy()
+    if trans_b:
+        values[:, :obs_dim] *= scales[None, :]
+    else:
+        values[:obs_dim, :] *= scales[:, None]
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    inverse = numpy_helper.from_array((1.0 / scales).astype(np.float32), f"{input_name}_equalize")
+    graph.initializer.append(inverse)
+    scaled = f"{input_name}_equalized"
+    consumer = consumers[0]
+    consumer.input[list(consumer.input).index(input_name)] = scaled
+    graph.node.insert(0, helper.make_node("Mul", [input_name, inverse.name], [scaled], name="equalize_obs"))
+    del graph.value_info[:]
+    return scales
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over an array, in batches."""
+
+    def __init__(self, input_name: str, observations: np.ndarray, batch: int = 256) -> None:
+        self.batches = [observations[i : i + batch] for i in range(0, len(observations), batch)]
+        self.input_name, self.index = input_name, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.batches):
+            return None
+        self.index += 1
+        return {self.input_name: self.batches[self.index - 1]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def quantize_int8(
+    model: onnx.ModelProto, observations: np.ndarray, calibration: str
+) -> tuple[onnx.ModelProto, QuantizationReport]:
+    """The int8 Q/DQ form of an fp32 policy graph, calibrated (MinMax) on ``observations``.
+
+    Raises :class:`NmrlError` when a zero weight did not stay zero. The graph's metadata is kept.
+    """
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    before = inspect_model(model)
+    if any(layer.dtype != "float32" for layer in before.layers):
+        raise NmrlError("int8 quantization starts from the fp32 graph")
+    model = copy.deepcopy(model)
+    equalize_input(model, observations)
+    input_name = model.graph.input[0].name
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on every call
+    try:
+        with tempfile.TemporaryDirectory(prefix="nmrl-quantize-") as scratch:
+            source, target = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
+            onnx.save(model, str(source))
+            quantize_static(
+                str(source),
+                str(target),
+                _Reader(input_name, np.ascontiguousarray(observations, dtype=np.float32)),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["Gemm"],
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    # int8 in, fp32 out: the pre-tanh output keeps full precision, and each hidden
+                    # activation is quantized once, at the next layer's input.
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                },
+            )
+            quantized = onnx.load(str(target))
+    finally:
+        root.setLevel(level)
+    after = inspect_model(quantized)
+    if len(after.layers) != len(before.layers) or any(layer.dtype != "int8" for layer in after.layers):
+        raise NmrlError("the quantizer did not turn every GEMM weight into int8 behind DequantizeLinear")
+    zeros_kept = rounded = 0
+    for old, new in zip(before.layers, after.layers, strict=True):
+        fp32, int8 = before.weights[old.weight_name], after.weights[new.weight_name]
+        lost = int(np.count_nonzero(int8[fp32 == 0]))
+        if lost:
+            raise NmrlError(f"quantization made {lost} zero weights of {old.weight_name} nonzero; nothing written")
+        zeros_kept += int((fp32 == 0).sum())
+        rounded += int(((fp32 != 0) & (int8 == 0)).sum())
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(model.metadata_props)
+    report = QuantizationReport(calibration, len(observations), CALIBRATION_METHOD, zeros_kept, rounded)
+    return quantized, report
