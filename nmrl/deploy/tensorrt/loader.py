@@ -35,11 +35,16 @@ def load_tensorrt_policy(
     path: Path | str, flavour: str | None = None, dense: bool = False, **_common: Any
 ) -> TensorRTPolicy:
     """Backend loader for the deploy registry. ``path`` is an engine (``actor.plan``; ``dense=True``
-    runs its ``.dense.plan`` twin) or an exported ONNX (runs the engine built from it, see
+    runs its ``.dense.plan`` twin) or an exported ONNX or run directory (runs the engine built from
+    its ``actor.onnx``, see
     :func:`nmrl.deploy.tensorrt.engines.find_engine`). ``flavour`` picks TensorRT or TensorRT-RTX
     (default: from the engine's name; ``tensorrt`` for an ONNX). Settings meant for other
     backends (``threads``, ``max_batch``) are ignored: an engine's batch range is fixed at build."""
     path = Path(path)
+    if path.is_dir():  # a run directory: its exported actor
+        path = path / "actor.onnx"
+        if not path.is_file():
+            raise NmrlError(f"{path.parent}: no actor.onnx in this directory (run `nmrl export {path.parent}` first)")
     if path.suffix == ".onnx":
         flavour = flavour or "tensorrt"
         plan, onnx_path = find_engine(path, flavour, dense), path
