@@ -3,6 +3,7 @@ real engine builds with TensorRT-RTX (which builds without a GPU) for every kind
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +49,22 @@ def sparse_actor(kind: str, hidden=(256, 256)) -> tuple[Actor, NMPattern | None]
     return actor.eval(), claimed
 
 
-def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """The actor through nmrl's own exporter (torch.export, verified N:M, metadata naming Ant-v5):
-    what ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+@functools.cache
+def _exported(kind: str, dtype: str, hidden: tuple[int, ...]) -> bytes:
+    """One export per kind of actor for the whole file (nmrl's export takes seconds)."""
     from nmrl.export.onnx_export import export_policy
 
     actor, claimed = sparse_actor(kind, hidden)
-    export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "actor.onnx"
+        export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+        return path.read_bytes()
+
+
+def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """The actor through nmrl's own exporter (torch.export, verified N:M, metadata naming Ant-v5):
+    what ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+    path.write_bytes(_exported(kind, dtype, tuple(hidden)))
     return path
 
 
