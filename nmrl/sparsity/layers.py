@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -40,6 +41,20 @@ def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) 
         # grad + decay * (1 - mask) * weight, on its way back to ``weight``
         effective.register_hook(lambda grad: grad.sub(pruned_negated, alpha=decay))
     return effective
+
+
+class LayerKernel(Protocol):
+    """How an :class:`NMLinear` multiplies: the strategy it holds as ``layer.kernel``."""
+
+    name: str
+
+    def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x, layer.weight * layer.mask, layer.bias)``, with the layer's gradients."""
+        ...
+
+    def drop_compressed(self) -> None:
+        """Forget any derived copy of the weight (called after every optimizer step)."""
+        ...
 
 
 class MaskedDenseKernel:
@@ -108,7 +123,7 @@ class NMLinear(MaskedLinear):
     """
 
     mask: torch.Tensor
-    kernel: MaskedDenseKernel  # or any object with the same forward/drop_compressed (the 2:4 kernel)
+    kernel: LayerKernel
 
     def __init__(
         self,
