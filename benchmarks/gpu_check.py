@@ -254,7 +254,7 @@ def check_matmul(dtype_name: str, device: str = "cuda", width: int = 1024, batch
     dtype = ss.FAST_DTYPES[dtype_name]
     generator = torch.Generator().manual_seed(SEED)
     weight = torch.randn(width, width, generator=generator)
-    weight = (weight * ss._two_of_four_mask(weight)).to(device, dtype)
+    weight = (weight * ss.two_of_four_mask(weight)).to(device, dtype)
     inputs = torch.randn(batch, width, generator=generator).to(device, dtype)
     got = nn.functional.linear(inputs, torch.sparse.to_sparse_semi_structured(weight))
     error = _relative_error(got, nn.functional.linear(inputs.float(), weight.float()))
@@ -262,10 +262,10 @@ def check_matmul(dtype_name: str, device: str = "cuda", width: int = 1024, batch
     return Verdict(f"2:4 matmul {dtype_name}", error <= tolerance, f"max relative error {error:.2e} (<= {tolerance})")
 
 
-def _compressed_drift(layer: ss.SemiStructuredNMLinear, dtype: torch.dtype) -> float:
+def _compressed_drift(layer: NMLinear, dtype: torch.dtype) -> float:
     """Largest difference between the weight a fast layer multiplies by and its current one."""
     current = (layer.weight * layer.mask).detach().to(dtype).float()
-    return float((layer._packed_cache[1].to_dense().float() - current).abs().max())
+    return float((layer.kernel.cache[1].to_dense().float() - current).abs().max())
 
 
 def check_training_step(
@@ -316,7 +316,7 @@ def check_training_step(
     stale = [
         name
         for name, layer in fast.named_modules()
-        if isinstance(layer, ss.SemiStructuredNMLinear) and _compressed_drift(layer, dtype) > 2e-4
+        if ss.on_fast_path(layer) and _compressed_drift(layer, dtype) > 2e-4
     ]
     tolerance = TOLERANCE[dtype_name]
     worst = max(errors.values())
@@ -348,12 +348,12 @@ def section_matmul(
         for width in widths:
             generator = torch.Generator(device=device).manual_seed(SEED)
             weight = torch.randn(width, width, device=device, dtype=dtype, generator=generator)
-            weight = weight * ss._two_of_four_mask(weight)
+            weight = weight * ss.two_of_four_mask(weight)
             packed = torch.sparse.to_sparse_semi_structured(weight)
             for batch in batches:
                 inputs = torch.randn(batch, width, device=device, dtype=dtype, generator=generator)
-                dense_ms = ss.time_cuda(lambda w=weight, x=inputs: nn.functional.linear(x, w), repeats)
-                sparse_ms = ss.time_cuda(lambda w=packed, x=inputs: nn.functional.linear(x, w), repeats)
+                dense_ms = ss.timing.time_cuda(lambda w=weight, x=inputs: nn.functional.linear(x, w), repeats)
+                sparse_ms = ss.timing.time_cuda(lambda w=packed, x=inputs: nn.functional.linear(x, w), repeats)
                 report.add_row(Row("matmul", f"{width}x{width}", batch, width, dtype_name, dense_ms, sparse_ms))
                 del inputs
 
@@ -374,7 +374,7 @@ def section_td3(
         next_obs=torch.randn(batch_size, OBS_DIM, generator=generator).to(device),
         terminated=torch.zeros(batch_size, device=device),
     )
-    support = ss.device_support(device)
+    support = ss.probe.device_support(device)
     for width in widths:
         timings, notes = {}, ""
         for fast in (False, True):
@@ -391,7 +391,7 @@ def section_td3(
                 with torch.autocast(device.type, dtype=dtype):  # the same precision for both
                     algo.update(batch)
 
-            timings[fast] = ss.time_cuda(step, repeats)
+            timings[fast] = ss.timing.time_cuda(step, repeats)
             if fast:
                 broken = [
                     f"{name}.{layer_name}"
@@ -425,8 +425,8 @@ def section_actor(report: Report, widths: list[int], batches: list[int], repeats
         generator = torch.Generator(device="cuda").manual_seed(SEED)
         for batch in batches:
             obs = torch.randn(batch, OBS_DIM, device="cuda", dtype=torch.float16, generator=generator)
-            dense_ms = ss.time_cuda(lambda m=dense, o=obs: m(o), repeats)
-            sparse_ms = ss.time_cuda(lambda m=sparse, o=obs: m(o), repeats)
+            dense_ms = ss.timing.time_cuda(lambda m=dense, o=obs: m(o), repeats)
+            sparse_ms = ss.timing.time_cuda(lambda m=sparse, o=obs: m(o), repeats)
             report.add_row(Row("actor", f"forward {width}-{width}", batch, width, "float16", dense_ms, sparse_ms, note))
 
 

@@ -69,8 +69,8 @@ def test_actor_report_names_each_layer():
     sparsify(actor.net, NMPattern(2, 4))
     choices = ss.enable_semi_structured(actor, CUSPARSELT)
     assert [(c.name, c.sparse) for c in choices] == [("net.0", False), ("net.2", True), ("net.4", False)]
-    assert isinstance(actor.net[2], ss.SemiStructuredNMLinear)
-    assert type(actor.net[0]) is NMLinear
+    assert ss.on_fast_path(actor.net[2]) and type(actor.net[2]) is NMLinear  # a kernel it holds, no class swap
+    assert not ss.on_fast_path(actor.net[0])
     assert "net.2" in ss.format_choices(choices)
 
 
@@ -85,7 +85,7 @@ def test_enabled_module_keeps_state_dict_and_cpu_results():
     # On CPU (no fp16/bf16 CUDA input) the masked-dense forward runs.
     torch.testing.assert_close(actor(obs), before_out, rtol=0, atol=0)
     ss.disable_semi_structured(actor)
-    assert all(type(layer) is NMLinear for layer in actor.net if isinstance(layer, NMLinear))
+    assert not any(ss.on_fast_path(layer) for layer in actor.net)
 
 
 @pytest.mark.parametrize("decay", [0.0, 2e-4])
@@ -105,7 +105,7 @@ def test_custom_backward_matches_masked_dense(decay):
 
     (reference(x_ref) * upstream).sum().backward()
     stand_in = (fast.weight * fast.mask).detach()
-    out = ss._SemiStructuredLinearFn.apply(x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32)
+    out = ss.SemiStructuredLinearFn.apply(x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32)
     (out * upstream).sum().backward()
 
     torch.testing.assert_close(out, reference(x_ref))
@@ -127,20 +127,20 @@ def test_compressed_weight_is_rebuilt_only_when_weight_or_mask_change(monkeypatc
 
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake_compress)
     layer = _layer(32, 32)
-    layer.__class__ = ss.SemiStructuredNMLinear
-    layer.packed_weight(torch.float16)
-    layer.packed_weight(torch.float16)
+    layer.kernel = ss.SemiStructuredKernel()
+    layer.kernel.packed_weight(layer, torch.float16)
+    layer.kernel.packed_weight(layer, torch.float16)
     assert len(compressions) == 1
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     layer(torch.randn(4, 32)).sum().backward()
     optimizer.step()  # in-place update of the shadow weight
-    packed = layer.packed_weight(torch.float16)
+    packed = layer.kernel.packed_weight(layer, torch.float16)
     assert len(compressions) == 2
     torch.testing.assert_close(packed, (layer.weight * layer.mask).detach().half())
     refresh_masks(layer, now=True)  # mask recomputed
-    layer.packed_weight(torch.float16)
+    layer.kernel.packed_weight(layer, torch.float16)
     assert len(compressions) == 3
-    layer.packed_weight(torch.bfloat16)  # another compute dtype
+    layer.kernel.packed_weight(layer, torch.bfloat16)  # another compute dtype
     assert len(compressions) == 4
 
 
@@ -266,7 +266,7 @@ def test_gpu_td3_update_with_semi_structured_layers(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, semi_structured=True, hidden=(256, 256), batch_size=256)
     device = torch.device("cuda")
     algo = TD3(17, 6, [-1.0] * 6, [1.0] * 6, config, device)
-    assert isinstance(algo.critic1.net[2], ss.SemiStructuredNMLinear)
+    assert ss.on_fast_path(algo.critic1.net[2])
     batch = Batch(
         obs=torch.randn(256, 17, device=device),
         action=torch.rand(256, 6, device=device) * 2 - 1,
@@ -296,7 +296,7 @@ def test_a_semi_structured_run_loads_on_cpu_for_eval_and_export(tmp_path):
     config_path.write_text(json.dumps(config))
     loaded = load_policy(run_dir)
     assert loaded.config.semi_structured
-    assert not any(isinstance(m, ss.SemiStructuredNMLinear) for m in loaded.policy.modules())
+    assert not any(ss.on_fast_path(m) for m in loaded.policy.modules())
 
 
 # ---- the torch-2:4 deploy backend ----------------------------------------------------------------
@@ -350,11 +350,13 @@ def test_copies_drop_the_compressed_weight_cache(monkeypatch):
 
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense.clone())
     layer = _layer(32, 32)
-    layer.__class__ = ss.SemiStructuredNMLinear
-    layer.packed_weight(torch.float16)
+    layer.kernel = ss.SemiStructuredKernel()
+    layer.kernel.packed_weight(layer, torch.float16)
     clone = copy.deepcopy(layer)
-    assert layer._packed_cache is not None and clone._packed_cache is None
-    torch.testing.assert_close(clone.packed_weight(torch.float16), layer.packed_weight(torch.float16))
+    assert clone.kernel is not layer.kernel  # each layer its own cache
+    assert layer.kernel.cache is not None and clone.kernel.cache is None
+    from_clone = clone.kernel.packed_weight(clone, torch.float16)
+    torch.testing.assert_close(from_clone, layer.kernel.packed_weight(layer, torch.float16))
 
 
 # ---- which kernels torch will really run (defect: "cutlass" claimed whenever cuSPARSELt was missing) ----
@@ -371,7 +373,7 @@ def _fake_gpu(monkeypatch, capability, cusparselt: bool, force_cutlass: bool):
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: cusparselt)
     monkeypatch.setattr(torch.backends.cusparselt, "version", lambda: 800)
     monkeypatch.setattr(SparseSemiStructuredTensor, "_FORCE_CUTLASS", force_cutlass)
-    monkeypatch.setattr(ss, "_tiny_check", lambda dtype, device: None)
+    monkeypatch.setattr(ss.probe, "_tiny_check", lambda dtype, device: None)
     ss.probe_semi_structured.cache_clear()
 
 
@@ -428,9 +430,9 @@ def test_training_selection_times_each_shape_once_for_all_networks(monkeypatch, 
         timed.append(fn)
         return 2.0 if len(timed) % 2 else 1.0
 
-    monkeypatch.setattr(ss, "device_support", lambda device: CUSPARSELT)
+    monkeypatch.setattr(ss.probe, "device_support", lambda device: CUSPARSELT)
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda d: d.clone())
-    monkeypatch.setattr(ss, "time_cuda", timer)
+    monkeypatch.setattr(ss.timing, "time_cuda", timer)
     config = tiny_config(tmp_path, semi_structured=True, hidden=(32, 48))
     TD3(11, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
     # Six networks, but the only shapes the kernels take are 48x32 (actor and critics' hidden

@@ -82,7 +82,7 @@ def test_correctness_checks_are_reproducible_and_pass_on_a_faithful_stand_in(gpu
 
 
 def test_training_step_check_catches_a_stale_compressed_weight(gpu_check, dense_compressor, monkeypatch):
-    monkeypatch.setattr(ss.SemiStructuredNMLinear, "drop_compressed", lambda self: None)  # the defect
+    monkeypatch.setattr(ss.SemiStructuredKernel, "drop_compressed", lambda self: None)  # the defect
     verdict = gpu_check.check_training_step("bfloat16", device="cpu", width=64, batch=32, support=STAND_IN)
     assert not verdict.ok and "stale compressed weight" in verdict.detail
 
@@ -129,8 +129,8 @@ def test_without_a_capable_gpu_one_line_and_no_files(tmp_path):
 def test_timing_sections_run_end_to_end_on_stand_ins(gpu_check, dense_compressor, monkeypatch, tmp_path):
     """Sections (a) and (b) on the CPU with a stand-in timer and compressor: the code a GPU run
     will execute, minus the kernels, so a slip in it cannot waste the GPU's few minutes."""
-    monkeypatch.setattr(ss, "time_cuda", lambda fn, repeats=50, warmup=10: (fn(), 1.0)[1])
-    monkeypatch.setattr(ss, "device_support", lambda device: STAND_IN)
+    monkeypatch.setattr(ss.timing, "time_cuda", lambda fn, repeats=50, warmup=10: (fn(), 1.0)[1])
+    monkeypatch.setattr(ss.probe, "device_support", lambda device: STAND_IN)
     report = gpu_check.Report(tmp_path / "out", {"device": "stand-in"})
     gpu_check.section_matmul(report, [32], [8, 16], ("bfloat16",), repeats=1, device="cpu")
     gpu_check.section_td3(report, [32], repeats=1, device_name="cpu")

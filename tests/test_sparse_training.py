@@ -53,9 +53,9 @@ def compressed(monkeypatch):
         return dense.detach().clone()
 
     timings = iter([2.0, 1.0] * 100)  # dense step, then 2:4 step: 2:4 measures 2x faster
-    monkeypatch.setattr(ss, "device_support", lambda device: STAND_IN)
+    monkeypatch.setattr(ss.probe, "device_support", lambda device: STAND_IN)
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", compress)
-    monkeypatch.setattr(ss, "time_cuda", lambda fn, *args, **kwargs: (fn(), next(timings))[1])
+    monkeypatch.setattr(ss.timing, "time_cuda", lambda fn, *args, **kwargs: (fn(), next(timings))[1])
     return given
 
 
@@ -99,7 +99,7 @@ def test_semi_structured_engages_the_fast_path_in_every_network(tmp_path, algo, 
     assert agent.sparse.fast_path is not None and agent.sparse.fast_path.engaged
     for name, module in agent.networks().items():
         if masked_layers(module):  # the 32x32 hidden layer fits the kernels; 11- and 3-wide ones do not
-            fast = [n for n, layer in masked_layers(module) if isinstance(layer, ss.SemiStructuredNMLinear)]
+            fast = [n for n, layer in masked_layers(module) if ss.on_fast_path(layer)]
             assert fast, f"{name} has no layer on the fast path"
     before = len(compressed)
     agent.update(_batch(torch.Generator().manual_seed(1)))
@@ -121,7 +121,7 @@ def test_compressed_weights_are_fresh_after_every_step_with_fused_adam(tmp_path,
     agent = _agent(tmp_path, algo, semi_structured=True, semi_structured_dtype="bfloat16")
     assert all(opt.defaults.get("fused") for name, opt in agent.optimizers.items() if name != "temperature")
     dtype = torch.bfloat16
-    fast = [(name, layer) for name, layer in _sparse_layers(agent) if isinstance(layer, ss.SemiStructuredNMLinear)]
+    fast = [(name, layer) for name, layer in _sparse_layers(agent) if ss.on_fast_path(layer)]
     assert fast
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(5, 32, generator=generator)
@@ -131,7 +131,7 @@ def test_compressed_weights_are_fresh_after_every_step_with_fused_adam(tmp_path,
             current = (layer.weight * layer.mask).detach().to(dtype)
             with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
                 out = layer(x)
-            used = layer._packed_cache[1]  # what the forward multiplied by (the stand-in keeps it dense)
+            used = layer.kernel.cache[1]  # what the forward multiplied by (the stand-in keeps it dense)
             assert torch.equal(used, current), f"step {step}: {name} multiplied a stale weight"
             expected = nn.functional.linear(x.to(dtype), current, layer.bias.detach().to(dtype))
             torch.testing.assert_close(out, expected, msg=f"step {step}: {name}")

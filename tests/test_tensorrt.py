@@ -3,13 +3,15 @@ real engine builds with TensorRT-RTX (which builds without a GPU) for every kind
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-import warnings
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,36 +49,22 @@ def sparse_actor(kind: str, hidden=(256, 256)) -> tuple[Actor, NMPattern | None]
     return actor.eval(), claimed
 
 
-def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """A quickly exported actor ONNX (TorchScript exporter, opset 17, dynamic batch): dense, N:M or
-    unstructured. The CI compile of every kind uses nmrl's own exporter (``nmrl_export``)."""
-    actor, _ = sparse_actor(kind, hidden)
-    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
-    actor.to(torch_dtype)
-    obs = torch.zeros(1, OBS_DIM, dtype=torch_dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            actor,
-            (obs,),
-            str(path),
-            input_names=["obs"],
-            output_names=["action"],
-            dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path))
-    return path
-
-
-def nmrl_export(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
-    """The same actor through nmrl's own exporter (torch.export, verified N:M, metadata): what
-    ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+@functools.cache
+def _exported(kind: str, dtype: str, hidden: tuple[int, ...]) -> bytes:
+    """One export per kind of actor for the whole file (nmrl's export takes seconds)."""
     from nmrl.export.onnx_export import export_policy
 
     actor, claimed = sparse_actor(kind, hidden)
-    export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "actor.onnx"
+        export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+        return path.read_bytes()
+
+
+def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
+    """The actor through nmrl's own exporter (torch.export, verified N:M, metadata naming Ant-v5):
+    what ``nmrl export`` writes, so what TensorRT's parser and builder must accept."""
+    path.write_bytes(_exported(kind, dtype, tuple(hidden)))
     return path
 
 
@@ -208,7 +196,7 @@ def test_unknown_flavour_and_missing_file(tmp_path):
 @pytest.mark.parametrize("kind", ["dense", "2:4", "unstructured"])
 def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
     """NVIDIA's parser and builder must accept every graph nmrl exports; a rejection fails CI."""
-    onnx_path = nmrl_export(tmp_path / "actor.onnx", kind, dtype)
+    onnx_path = export_actor(tmp_path / "actor.onnx", kind, dtype)
     report = trt_deploy.build_engines(onnx_path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 1024))
 
     plan, twin = Path(report.plan), Path(report.dense_plan)
@@ -273,7 +261,7 @@ def test_cli_deploy_build_prints_the_report(tmp_path, capsys):
     assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt-rtx", "--max-batch", "512"]) == 0
     out = capsys.readouterr().out
     assert "actor.rtx.plan" in out and "SPARSE_WEIGHTS" in out and "1/64/512" in out
-    assert "/net/net.2/Gemm" in out
+    assert read_graph_info(onnx_path).gemms[1].node in out  # the per-layer 2:4 table
 
 
 @needs_rtx
@@ -291,7 +279,7 @@ def test_running_an_engine_without_a_gpu_is_one_clear_error(tmp_path):
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason="needs TensorRT and an NVIDIA GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_gpu_tensorrt_engine_matches_torch(tmp_path, dtype):
-    onnx_path = nmrl_export(tmp_path / "actor.onnx", "2:4", dtype, hidden=(1024, 1024))
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", dtype, hidden=(1024, 1024))
     report = trt_deploy.build_engines(onnx_path, "tensorrt", profile=trt_deploy.BatchProfile(1, 4096, 4096))
     assert report.builder_eligible is not None and report.builder_picked is not None
     if report.settings["sparse_possible"]:
@@ -323,38 +311,96 @@ def test_backend_probes_say_what_is_missing():
         assert "CUDA" in trt_deploy.tensorrt_rtx_unavailable_reason()
 
 
+def _files(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt", "tensorrt-rtx"])
+def test_loading_an_onnx_never_builds_and_names_the_build_command(tmp_path, flavour):
+    """Before: the loader quietly built and wrote engines beside the ONNX. Now it only finds them."""
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    before = _files(tmp_path)
+    for dense in (False, True):
+        with pytest.raises(NmrlError) as refusal:
+            trt_deploy.load_tensorrt_policy(onnx_path, flavour=flavour, dense=dense)
+        message = str(refusal.value)
+        assert "\n" not in message and f"nmrl deploy build {onnx_path} --backend {flavour}" in message
+    assert _files(tmp_path) == before  # nothing written
+
+
+def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, monkeypatch):
+    """The loader runs the engine ``nmrl deploy build`` wrote beside the ONNX (flavour from the name,
+    environment from the ONNX it was built from) and never reads the JSON report beside it."""
+    from nmrl.deploy.tensorrt import loader
+
+    opened = []
+    monkeypatch.setattr(loader, "TensorRTPolicy", lambda plan, flavour, env_id: opened.append((plan, flavour, env_id)))
+    onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
+    for name in ("actor.rtx.plan", "actor.rtx.dense.plan", "actor.plan", "actor.dense.plan"):
+        (tmp_path / name).write_bytes(b"engine")
+    # A report that lies about everything must change nothing: the runner does not read it.
+    (tmp_path / "actor.rtx.plan.json").write_text(json.dumps({"flavour": "tensorrt", "env_id": "evil:Env"}))
+    trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
+    trt_deploy.load_tensorrt_policy(tmp_path / "actor.rtx.plan")
+    trt_deploy.load_tensorrt_policy(tmp_path / "actor.plan", dense=True)
+    trt_deploy.load_tensorrt_policy(tmp_path)  # a run directory: the engine of its actor.onnx
+    assert opened == [
+        (tmp_path / "actor.rtx.dense.plan", "tensorrt-rtx", "Ant-v5"),
+        (tmp_path / "actor.rtx.plan", "tensorrt-rtx", "Ant-v5"),
+        (tmp_path / "actor.dense.plan", "tensorrt", "Ant-v5"),
+        (tmp_path / "actor.plan", "tensorrt", "Ant-v5"),
+    ]
+    assert trt_deploy.source_onnx(tmp_path / "actor.rtx.dense.plan") == onnx_path
+    assert trt_deploy.engine_flavour(tmp_path / "actor.rtx.dense.plan") == "tensorrt-rtx"
+    # An engine older than its ONNX was built from another file: refused, and names no environment.
+    os.utime(tmp_path / "actor.rtx.plan", ns=(1, 1))
+    with pytest.raises(NmrlError, match=r"actor\.rtx\.plan is older than .*rebuild it: nmrl deploy build"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path)
+    assert trt_deploy.source_onnx(tmp_path / "actor.rtx.plan") is None
+    trt_deploy.load_tensorrt_policy(tmp_path / "actor.rtx.plan")
+    assert opened[-1] == (tmp_path / "actor.rtx.plan", "tensorrt-rtx", None)
+
+
 @needs_rtx
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_loader_builds_the_engine_beside_an_onnx_once(tmp_path):
+def test_a_built_engine_is_what_the_loader_runs(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    with pytest.raises(NmrlError, match="could not load the engine"):
-        trt_deploy.load_tensorrt_rtx_policy(onnx_path, max_batch=256)
-    plan, twin = tmp_path / "actor.rtx.plan", tmp_path / "actor.rtx.dense.plan"
-    assert plan.is_file() and not twin.exists()  # only the engine asked for
-    assert trt_deploy.BuildReport.load(tmp_path / "actor.rtx.plan.json").profile["max"] == 256
-    with pytest.raises(NmrlError, match="could not load the engine"):
+    assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt-rtx", "--no-dense-twin"]) == 0
+    built = _files(tmp_path)
+    with pytest.raises(NmrlError, match=r"actor\.rtx\.plan: tensorrt-rtx could not load the engine"):
+        trt_deploy.load_tensorrt_rtx_policy(onnx_path)  # found it; only the GPU is missing
+    with pytest.raises(NmrlError, match="no tensorrt-rtx dense twin engine"):
         trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
-    assert twin.is_file()
-    built_at = plan.stat().st_mtime_ns, twin.stat().st_mtime_ns
-    for dense in (False, True):
-        with pytest.raises(NmrlError, match="could not load the engine"):
-            trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=dense)
-    assert (plan.stat().st_mtime_ns, twin.stat().st_mtime_ns) == built_at  # up to date: not rebuilt
+    assert _files(tmp_path) == built
 
 
 @needs_rtx
-def test_report_carries_the_env_id_and_flavour_for_the_runner(tmp_path):
+def test_bench_builds_only_its_own_scratch_models(tmp_path, monkeypatch):
+    """bench writes the dense twin ONNX itself and builds its engine (explicitly, profile up to the
+    largest batch timed); the user's ONNX gets no engine written beside it."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from nmrl.deploy import benchmodels
+    from nmrl.deploy.policy import BACKENDS
+
+    monkeypatch.setitem(BACKENDS, "tensorrt-rtx", replace(BACKENDS["tensorrt-rtx"], probe=None))  # as on a GPU
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    model = onnx.load(str(onnx_path))
-    model.metadata_props.add(key="nmrl.env_id", value="Ant-v5")
-    onnx.save(model, str(onnx_path))
-    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx")
-    assert report.env_id == "Ant-v5"
-    twin = Path(report.dense_plan)
-    assert trt_deploy._report_field(twin, "env_id") == "Ant-v5"  # the twin shares its sibling's report
-    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"
-    Path(report.plan + ".json").unlink()
-    assert trt_deploy.engine_flavour(twin) == "tensorrt-rtx"  # from the name when no report is left
+    models = benchmodels._onnx_file_models(
+        onnx_path, ["tensorrt-rtx"], {"threads": 1, "max_batch": 256}, tmp_path / "models", Console()
+    )
+    sparse, dense = (model.loaders["tensorrt-rtx"] for model in models)
+    with pytest.raises(NmrlError, match=r"no tensorrt-rtx engine.*build it first"):
+        sparse()
+    assert not (tmp_path / "actor.rtx.plan").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(NmrlError, match="could not load the engine"):
+            dense()
+    else:
+        dense().close()
+    report = trt_deploy.BuildReport.load(tmp_path / "models" / "actor.dense.rtx.plan.json")
+    assert report.profile == {"min": 1, "opt": 64, "max": 256} and report.dense_plan is None
 
 
 def _polygraphy() -> str | None:

@@ -10,18 +10,30 @@ from rich.console import Console
 from rich.table import Table
 
 from nmrl.deploy.bench import BenchModel, Timing, ratios
-from nmrl.deploy.policy import BACKENDS, Policy, accepted_options, load_policy
+from nmrl.deploy.policy import BACKENDS, Policy, accepted_options, build_for, load_policy
 from nmrl.errors import NmrlError
 
 
-def _loader(path: Path, backend: str, options: dict) -> Callable[[], Policy]:
-    return lambda: load_policy(path, backend, **accepted_options(backend, options))
+def _loader(path: Path, backend: str, options: dict, scratch: bool = False) -> Callable[[], Policy]:
+    """Load ``path`` on ``backend``; for a ``scratch`` ONNX file (one bench wrote itself) run the
+    backend's explicit build step first (TensorRT engines): the user's own files are never built."""
+
+    def load() -> Policy:
+        if scratch:
+            build_for(backend, path, **options)
+        return load_policy(path, backend, **accepted_options(backend, options))
+
+    return load
 
 
-def _onnx_loaders(path: Path, backends: list[str], options: dict) -> dict[str, Callable[[], Policy]]:
+def _onnx_loaders(
+    path: Path, backends: list[str], options: dict, scratch: bool = False
+) -> dict[str, Callable[[], Policy]]:
     """Loaders of the backends that run an .onnx file (``options``: threads, max_batch, ... as each
-    loader accepts them)."""
-    return {backend: _loader(path, backend, options) for backend in backends if BACKENDS[backend].takes == "onnx"}
+    loader accepts them); ``scratch``: bench wrote ``path`` and builds what it needs."""
+    return {
+        backend: _loader(path, backend, options, scratch) for backend in backends if BACKENDS[backend].takes == "onnx"
+    }
 
 
 def _run_loaders(run_dir: Path | None, backends: list[str], options: dict, dense: bool) -> dict:
@@ -78,7 +90,7 @@ def _module_models(
     twin = dense_twin_module(module)
     models = []
     for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
-        loaders = _onnx_loaders(path, backends, options)
+        loaders = _onnx_loaders(path, backends, options, scratch=True)
         loaders.update(_run_loaders(run_dir, backends, options, dense=variant == "dense"))
         if "torch" in backends and dtype != "int8":  # torch eager has no int8 Q/DQ policy here
             loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
@@ -184,7 +196,7 @@ def _onnx_file_models(
     onnx.save(dense_twin_onnx(load_onnx(path)), str(dense_path))
     return [
         BenchModel(path.stem, "sparse", _onnx_loaders(path, backends, options)),
-        BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, options)),
+        BenchModel(path.stem, "dense", _onnx_loaders(dense_path, backends, options, scratch=True)),
     ]
 
 

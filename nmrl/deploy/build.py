@@ -29,7 +29,9 @@ def build(
     (*.dense.plan), the full builder log (*.plan.log) and a JSON report (*.plan.json) saying which
     layers were 2:4 in the ONNX, which the builder found eligible for sparse math and which it
     picked sparse kernels for. TensorRT 10 builds the fp32 ONNX with the FP16 flag; TensorRT 11 and
-    TensorRT-RTX are strongly typed and need the fp16 export for sparse kernels.
+    TensorRT-RTX are strongly typed and need the fp16 export for sparse kernels. This is the only
+    command that builds engines: `deploy eval` and `bench` of the ONNX with this backend run the
+    engine written here, and fail with this command when it is missing or older than the ONNX.
 
     Args:
         onnx: the exported actor (runs/<run>/actor.onnx).

@@ -68,12 +68,16 @@ class Backend:
     ``loader(path, **options) -> Policy``; ``probe() -> str | None`` returns why the backend
     cannot run here (None when it can). ``takes`` says what ``path`` is: ``"onnx"`` (an exported
     .onnx file) or ``"run"`` (a run directory; such loaders take ``dense=True`` for the dense twin).
+    ``build``, for backends that run a compiled artefact (TensorRT engines), is the explicit build
+    step ``build(onnx_path, **options)``: loaders never build, so a caller that made an ONNX file
+    itself (bench's scratch models) calls :func:`build_for` before loading it.
     """
 
     loader: str
     probe: str | None
     help: str
     takes: str = "onnx"
+    build: str | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -96,12 +100,14 @@ BACKENDS: dict[str, Backend] = {
     "tensorrt": Backend(
         "nmrl.deploy.tensorrt:load_tensorrt_policy",
         "nmrl.deploy.tensorrt:tensorrt_unavailable_reason",
-        "TensorRT engine (2:4 sparse tactics); an .onnx gets its engine built beside it",
+        "TensorRT engine (2:4 sparse tactics): a .plan, or an .onnx whose engine nmrl deploy build made",
+        build="nmrl.deploy.tensorrt:build_engine",
     ),
     "tensorrt-rtx": Backend(
         "nmrl.deploy.tensorrt:load_tensorrt_rtx_policy",
         "nmrl.deploy.tensorrt:tensorrt_rtx_unavailable_reason",
-        "TensorRT for RTX engine (RTX-class GPU to run)",
+        "TensorRT for RTX engine (RTX-class GPU to run): a .plan, or an .onnx built with nmrl deploy build",
+        build="nmrl.deploy.tensorrt:build_rtx_engine",
     ),
     "torch-2:4": Backend(
         "nmrl.deploy.torch_semi_structured:load_torch_semi_structured_policy",
@@ -112,9 +118,11 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def register_backend(name: str, loader: str, probe: str | None = None, help: str = "", takes: str = "onnx") -> None:
-    """Add or replace a backend (``loader``/``probe`` as ``"module:function"``)."""
-    BACKENDS[name] = Backend(loader, probe, help, takes)
+def register_backend(
+    name: str, loader: str, probe: str | None = None, help: str = "", takes: str = "onnx", build: str | None = None
+) -> None:
+    """Add or replace a backend (``loader``/``probe``/``build`` as ``"module:function"``)."""
+    BACKENDS[name] = Backend(loader, probe, help, takes, build)
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -139,12 +147,25 @@ def load_policy(path: Path | str, backend: str = "ort", **options: Any) -> Polic
     return _resolve(BACKENDS[backend].loader)(Path(path), **options)
 
 
-def accepted_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``options`` that ``backend``'s loader takes (for callers such as ``bench``
-    that pass common settings like ``threads`` to every backend)."""
+def build_for(backend: str, path: Path | str, **options: Any) -> None:
+    """Run ``backend``'s explicit build step for an ONNX file the caller made (nothing for backends
+    that run the ONNX file itself); ``options`` are filtered as for its loader."""
+    target = BACKENDS[backend].build
+    if target is not None:
+        build = _resolve(target)
+        build(Path(path), **_accepted(build, options))
+
+
+def _accepted(function: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
-    parameters = inspect.signature(_resolve(BACKENDS[backend].loader)).parameters
+    parameters = inspect.signature(function).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(options)
     return {key: value for key, value in options.items() if key in parameters}
+
+
+def accepted_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that ``backend``'s loader takes (for callers such as ``bench``
+    that pass common settings like ``threads`` to every backend)."""
+    return _accepted(_resolve(BACKENDS[backend].loader), options)

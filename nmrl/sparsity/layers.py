@@ -6,12 +6,19 @@ weight unchanged (straight-through estimator); SR-STE adds ``srste_decay * shado
 gradient of the pruned weights so that they shrink unless the loss keeps pulling them back
 (Zhou et al., 2021). The mask is recomputed every ``mask_interval`` optimizer steps: the owner
 calls :func:`refresh_masks` after each ``optimizer.step()``.
+
+How an ``NMLinear`` multiplies is a strategy it holds, ``layer.kernel``: :data:`MASKED_DENSE`
+(this module; any device and dtype) by default, or the 2:4 sparse-tensor-core kernel of
+:mod:`nmrl.sparsity.semi_structured`, which the fast path puts in its place. The kernel is
+plain Python state, not a parameter or buffer: ``state_dict`` and checkpoints are the same
+either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -34,6 +41,46 @@ def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) 
         # grad + decay * (1 - mask) * weight, on its way back to ``weight``
         effective.register_hook(lambda grad: grad.sub(pruned_negated, alpha=decay))
     return effective
+
+
+class LayerKernel(Protocol):
+    """How an :class:`NMLinear` multiplies: the strategy it holds as ``layer.kernel``."""
+
+    name: str
+
+    def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x, layer.weight * layer.mask, layer.bias)``, with the layer's gradients."""
+        ...
+
+    def drop_compressed(self) -> None:
+        """Forget any derived copy of the weight (called after every optimizer step)."""
+        ...
+
+
+class MaskedDenseKernel:
+    """The default kernel of an :class:`NMLinear`: ``linear(x, weight * mask)`` as a dense GEMM, with
+    straight-through + SR-STE gradients while training. Stateless: one instance serves every layer."""
+
+    name = "masked dense"
+
+    def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and layer.weight.requires_grad:
+            weight = _sparse_refined_ste(layer.weight, layer.mask, layer.srste_decay)
+        else:  # target networks, acting, and critics frozen for the actor loss
+            weight = layer.weight * layer.mask
+        return nn.functional.linear(x, weight, layer.bias)
+
+    def drop_compressed(self) -> None:
+        """Nothing to drop: this kernel keeps no derived copy of the weight."""
+
+    def __deepcopy__(self, memo: dict) -> MaskedDenseKernel:
+        return self  # stateless: copies of a layer share it
+
+    def __repr__(self) -> str:
+        return "MaskedDenseKernel()"
+
+
+MASKED_DENSE = MaskedDenseKernel()
 
 
 class MaskedLinear(nn.Linear):
@@ -76,6 +123,7 @@ class NMLinear(MaskedLinear):
     """
 
     mask: torch.Tensor
+    kernel: LayerKernel
 
     def __init__(
         self,
@@ -100,6 +148,7 @@ class NMLinear(MaskedLinear):
         # Optimizer steps since the mask was last recomputed; saved with the state so that a
         # resumed run refreshes on the same schedule.
         self.register_buffer("steps_since_refresh", torch.zeros((), dtype=torch.long))
+        self.kernel = MASKED_DENSE
 
     @torch.no_grad()
     def update_mask(self) -> None:
@@ -122,16 +171,12 @@ class NMLinear(MaskedLinear):
         return str(self.pattern)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            weight = _sparse_refined_ste(self.weight, self.mask, self.srste_decay)
-        else:  # target networks, acting, and critics frozen for the actor loss
-            weight = self.weight * self.mask
-        return nn.functional.linear(x, weight, self.bias)
+        return self.kernel.forward(self, x)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, pattern={self.pattern}, mask_interval={self.mask_interval}, "
-            f"srste_decay={self.srste_decay}"
+            f"srste_decay={self.srste_decay}, kernel={self.kernel.name}"
         )
 
 
