@@ -516,7 +516,7 @@ def run_comparison(
     method_list = parse_methods(methods)
     out = Path(out) if out is not None else default_out(base, env_ids)
     if report_only and not out.is_dir():
-        raise NmrlError(f"{out}: no such grid folder to report on")
+        raise NmrlError(f"--report-only: {out} does not exist (no grid folder to report on)")
     cells = build_grid(base, env_ids, method_list, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
     grid_file = out / "grid.json"
