@@ -24,17 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report, replace_submodule
+from nmrl.sparsity.spec import TOPOLOGIES, Allocation, Topology
 
-Allocation = Literal["erdos_renyi", "uniform"]
-Topology = Literal["static", "set", "rigl"]
-TOPOLOGIES: tuple[str, ...] = ("static", "set", "rigl")
 ALLOCATIONS: tuple[str, ...] = ("erdos_renyi", "uniform")
 
 

@@ -37,8 +37,9 @@ import numpy as np
 import tyro
 
 from nmrl.errors import NmrlError
+from nmrl.sparsity.spec import UnstructuredSparsity, parse_sparsity
 from nmrl.train.config import TrainConfig
-from nmrl.train.sparse import COSTS_FILE, parse_sparsity
+from nmrl.train.sparse import COSTS_FILE
 
 METHOD_PREFIXES: dict[str, dict[str, Any]] = {
     "ss": {"topology": "static"},
@@ -74,7 +75,7 @@ def parse_method(text: str) -> Method:
             f"unknown method {text!r}: use dense, an N:M pattern (2:4), or "
             f"{'/'.join(METHOD_PREFIXES)} with a sparsity, like ds-0.5 or tows-0.9"
         )
-    if not isinstance(parse_sparsity(fraction), float):
+    if not isinstance(parse_sparsity(fraction), UnstructuredSparsity):
         raise NmrlError(f"method {text!r}: {prefix} needs an unstructured sparsity fraction like 0.9")
     return Method(name, {"sparsity": fraction, **METHOD_PREFIXES[prefix.lower()]})
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
-from nmrl.sparsity.pattern import NMPattern
+from nmrl.sparsity.pattern import fits_2of4
+from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
 
 
 @dataclass
@@ -97,9 +98,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
-        from nmrl.train.sparse import validate_sparsity
-
-        validate_sparsity(self)
+        self._validate_sparsity()
         positive = (
             "total_steps",
             "batch_size",
@@ -140,12 +139,32 @@ class TrainConfig:
         if self.threads < 0:
             raise NmrlError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
 
+    def _validate_sparsity(self) -> None:
+        """Raise :class:`NmrlError` for sparsity settings that do not go together."""
+        spec = self.spec
+        if not isinstance(spec, UnstructuredSparsity) and self.optimizer == "masked-adam":
+            raise NmrlError(
+                "--optimizer masked-adam is for unstructured sparsity: N:M training needs the "
+                "straight-through gradients of pruned weights"
+            )
+        if self.optimizer not in ("adam", "masked-adam"):
+            raise NmrlError(f"unknown --optimizer {self.optimizer!r}; choose adam or masked-adam")
+        if self.topology_interval < 1 or self.topology_end_step < 0:
+            raise NmrlError("--topology-interval must be >= 1 and --topology-end-step >= 0")
+        if not 0.0 <= self.drop_fraction < 1.0:
+            raise NmrlError(f"--drop-fraction must be in [0, 1), got {self.drop_fraction}")
+
     def _validate_semi_structured(self) -> None:
         """Fail before a run directory exists when the 2:4 fast path cannot run here."""
-        from nmrl.sparsity.pattern import fits_2of4
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
-        if self.pattern.is_dense or not fits_2of4(self.pattern):
+        spec = self.spec
+        if isinstance(spec, UnstructuredSparsity):
+            raise NmrlError(
+                f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
+                "use an N:M pattern that fits 2:4 (2:4, 1:4, 2:8, ...)"
+            )
+        if not isinstance(spec, NMSparsity) or not fits_2of4(spec.pattern):
             raise NmrlError(
                 f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), not {self.sparsity!r}"
             )
@@ -156,8 +175,9 @@ class TrainConfig:
             raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
 
     @property
-    def pattern(self) -> NMPattern:
-        return NMPattern.parse(self.sparsity)
+    def spec(self) -> Sparsity:
+        """The sparsity setting as a typed value (the one parser: :func:`nmrl.sparsity.spec.parse_sparsity`)."""
+        return parse_sparsity(self.sparsity, self.topology, self.density_allocation, self.sparse_layers)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -79,6 +79,7 @@ class SparseTraining:
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
+        self.spec = config.spec  # parsed once; every network of the algorithm gets this value
         self.soft_update = SoftUpdate(config.tau)
         self.fast_path: SemiStructuredTraining | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -87,7 +88,7 @@ class SparseTraining:
     def sparsify(self, network: nn.Module, update_every: int = 1) -> nn.Module:
         """``network`` (built dense) made sparse as the config says and moved to the device.
         ``update_every``: its optimizer steps once per this many gradient updates (TD3's actor)."""
-        sparsify_network(network, self.config, update_every=update_every)
+        sparsify_network(network, self.spec, self.config, update_every=update_every)
         return network.to(self.device)
 
     def target(self, online: nn.Module) -> nn.Module:
