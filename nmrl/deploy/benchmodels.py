@@ -101,7 +101,7 @@ def build_models(
             models += _onnx_file_models(target, backends, options, models_dir, console)
         else:
             from nmrl.export.onnx_export import run_metadata
-            from nmrl.train.run import load_policy as load_run
+            from nmrl.train.run import load_trained_actor as load_run
 
             loaded = load_run(target, checkpoint)
             run_pattern = claimed_pattern(loaded.config.sparsity)

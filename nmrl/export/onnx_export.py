@@ -321,9 +321,9 @@ def export_run(
     """
     from nmrl.export.parity import check_parity
     from nmrl.export.verify import claimed_pattern
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
-    loaded = load_policy(Path(run_dir), which)
+    loaded = load_trained_actor(Path(run_dir), which)
     claimed = claimed_pattern(loaded.config.sparsity)
     model, check = build_policy_onnx(
         loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), dtype, io_dtype

@@ -133,6 +133,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "algorithm": self.algo.state_dict(),
+            "policy": self.algo.policy_part(),
             "buffer": self.buffer.state_dict(),
             "train_state": vars(self.state).copy(),
             "rng": {
@@ -322,6 +323,7 @@ class Trainer:
                 {
                     "config": self.config.to_dict(),
                     "algorithm": self.algo.state_dict(),
+                    "policy": self.algo.policy_part(),
                     "train_state": vars(self.state).copy(),
                 },
             )
