@@ -38,7 +38,9 @@ TINY = {
 
 
 def tiny_config(tmp_path, **settings) -> TrainConfig:
-    return TrainConfig(**{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run", **settings})
+    return TrainConfig.from_settings(
+        **{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run", **settings}
+    )
 
 
 def build(config: TrainConfig):

@@ -295,7 +295,7 @@ def test_a_semi_structured_run_loads_on_cpu_for_eval_and_export(tmp_path):
     config["semi_structured"] = True  # as if it had been trained on a GPU with the fast path
     config_path.write_text(json.dumps(config))
     loaded = load_trained_actor(run_dir)
-    assert loaded.config.semi_structured
+    assert loaded.config.fast_path.semi_structured
     assert not any(isinstance(m, ss.SemiStructuredNMLinear) for m in loaded.policy.modules())
 
 

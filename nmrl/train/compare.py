@@ -20,7 +20,6 @@ Methods (all on ``--algo``, td3 or sac):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -149,8 +148,7 @@ def build_grid(base: TrainConfig, methods: Sequence[Method], seeds: int, out: Pa
     for method in methods:
         for seed in range(base.seed, base.seed + seeds):
             # One torch thread per worker unless asked otherwise: workers share the cores.
-            config = dataclasses.replace(
-                base,
+            config = base.with_settings(
                 **method.settings,
                 seed=seed,
                 runs_dir=out / "runs",

@@ -49,8 +49,8 @@ class SAC(Algorithm):
         device: torch.device,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
-        if config.alpha <= 0:
-            raise NmrlError(f"--alpha must be positive, got {config.alpha}")
+        if config.sac.alpha <= 0:
+            raise NmrlError(f"--alpha must be positive, got {config.sac.alpha}")
         sparse = self.sparse
         actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
         critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
@@ -59,7 +59,7 @@ class SAC(Algorithm):
         self.critic1, self.critic2 = sparse.sparsify(critic1), sparse.sparsify(critic2)
         self.critic1_target = sparse.target(self.critic1)
         self.critic2_target = sparse.target(self.critic2)
-        self.temperature = Temperature(config.alpha).to(device)
+        self.temperature = Temperature(config.sac.alpha).to(device)
         self.target_entropy = -float(act_dim)
         self.actor_optimizer = sparse.optimizer(self.actor, config.actor_lr)
         self.critic_optimizer = sparse.optimizer([self.critic1, self.critic2], config.critic_lr)
@@ -72,7 +72,7 @@ class SAC(Algorithm):
             "temperature": self.temperature,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
-        if config.autotune_alpha:
+        if config.sac.autotune_alpha:
             self.alpha_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=config.critic_lr)
             self.optimizers["temperature"] = self.alpha_optimizer
         sparse.enable_fast_path(self.modules)
@@ -118,7 +118,7 @@ class SAC(Algorithm):
             "alpha": alpha,
             "entropy": -log_prob.detach().mean(),
         }
-        if cfg.autotune_alpha:
+        if cfg.sac.autotune_alpha:
             alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             self.sparse.minimize(alpha_loss, self.alpha_optimizer)
             metrics["alpha_loss"] = alpha_loss.detach()

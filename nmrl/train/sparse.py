@@ -41,8 +41,8 @@ RIGL_DEFAULT_END = 0.75
 
 def rigl_end_step(config: TrainConfig, spec: UnstructuredSparsity) -> int:
     """The gradient update at which topology updates stop (0 = never)."""
-    if config.topology_end_step:
-        return config.topology_end_step
+    if config.unstructured.topology_end_step:
+        return config.unstructured.topology_end_step
     if spec.topology == "rigl":
         return max(1, int(RIGL_DEFAULT_END * max(config.total_steps - config.learning_starts, 1)))
     return 0
@@ -65,14 +65,14 @@ def sparsify_network(module: nn.Module, spec: Sparsity, config: TrainConfig, upd
     """
     set_leaky_relu_slope(module, config.activation_slope)
     if isinstance(spec, NMSparsity):
-        sparsify(module, spec.pattern, config.mask_interval, config.srste_decay)
+        sparsify(module, spec.pattern, config.nm.mask_interval, config.nm.srste_decay)
     elif isinstance(spec, UnstructuredSparsity):
         end = rigl_end_step(config, spec)
         sparsify_unstructured_network(
             module,
             spec,
-            interval=max(1, round(config.topology_interval / update_every)),
-            drop_fraction=config.drop_fraction,
+            interval=max(1, round(config.unstructured.topology_interval / update_every)),
+            drop_fraction=config.unstructured.drop_fraction,
             end_step=-(-end // update_every) if end else 0,
         )
 
@@ -93,7 +93,7 @@ def make_optimizer(
     modules = [networks] if isinstance(networks, nn.Module) else list(networks)
     params = [p for module in modules for p in module.parameters()]
     layers = [layer for module in modules for _, layer in unstructured_layers(module)]
-    return make_adam(params, lr, layers, masked=config.optimizer == "masked-adam", **adam_options)
+    return make_adam(params, lr, layers, masked=config.unstructured.optimizer == "masked-adam", **adam_options)
 
 
 def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:

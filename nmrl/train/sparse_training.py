@@ -116,21 +116,21 @@ class SparseTraining:
         """With ``--semi-structured``: run the 2:4 layers of ``networks`` (all of the algorithm's,
         targets included) on sparse tensor cores, or raise one NmrlError saying why they cannot.
         Call once, after every network exists. Without the flag: nothing."""
-        if not self.config.semi_structured:
+        if not self.config.fast_path.semi_structured:
             return
         from nmrl.sparsity.semi_structured import SemiStructuredTraining
 
         self.fast_path = SemiStructuredTraining(
-            networks, self.config.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
+            networks, self.config.fast_path.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
         )
-        print(f"2:4 semi-structured layers ({self.config.semi_structured_dtype}):\n{self.fast_path.report()}")
+        print(f"2:4 semi-structured layers ({self.config.fast_path.semi_structured_dtype}):\n{self.fast_path.report()}")
         self._precision = self.fast_path.autocast
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of an update: fp16/bf16 autocast on the fast path, else nothing."""
-        if self.config.semi_structured and self.fast_path is None:
+        if self.config.fast_path.semi_structured and self.fast_path is None:
             raise RuntimeError("--semi-structured: the algorithm never called SparseTraining.enable_fast_path")
         return self._precision()
 
