@@ -320,11 +320,11 @@ def export_run(
     Nothing is written when verification or parity fails (:class:`NmrlError`).
     """
     from nmrl.export.parity import check_parity
-    from nmrl.export.verify import claimed_pattern
+    from nmrl.sparsity.spec import nm_pattern
     from nmrl.train.run import load_trained_actor
 
     loaded = load_trained_actor(Path(run_dir), which)
-    claimed = claimed_pattern(loaded.config.sparsity)
+    claimed = nm_pattern(loaded.config.spec)
     model, check = build_policy_onnx(
         loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), dtype, io_dtype
     )

@@ -27,7 +27,7 @@ from torch import nn
 
 from nmrl.files import atomic_write_text
 from nmrl.sparsity import sparsify
-from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, summarize
+from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, total_cost
 from nmrl.sparsity.dynamic import make_adam, sparsify_unstructured, unstructured_layers
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity
 
@@ -110,7 +110,7 @@ def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:
         costs = network_costs(module)
         if not costs:
             continue
-        summary = summarize(costs)
+        summary = total_cost(costs)
         summaries[name] = summary
         if name.endswith("_target"):
             # Forward only: no training FLOPs and no parameters of its own.
