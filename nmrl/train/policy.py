@@ -8,6 +8,7 @@ existed get it derived from their full algorithm state (``nmrl.train.run``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,11 @@ def build_policy(spec: PolicySpec) -> tuple[nn.Module, nn.Module]:
     if isinstance(spec.sparsity, NMSparsity):
         sparsify(actor, spec.sparsity.pattern)
     elif isinstance(spec.sparsity, UnstructuredSparsity):
-        # The random masks are overwritten by the saved ones; a generator of its own keeps
-        # loading a policy from moving torch's global random stream.
-        sparsify_unstructured_network(actor, spec.sparsity, generator=torch.Generator().manual_seed(0))
+        # A loaded policy's masks never move, so its layers are static (a moving topology's
+        # schedule is a training setting). The random masks are overwritten by the saved ones; a
+        # generator of its own keeps loading from moving torch's global random stream.
+        frozen = dataclasses.replace(spec.sparsity, topology="static")
+        sparsify_unstructured_network(actor, frozen, generator=torch.Generator().manual_seed(0))
     return policy, actor
 
 
