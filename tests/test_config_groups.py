@@ -80,6 +80,14 @@ def test_a_grid_base_has_no_per_cell_settings():
     assert {f.name for f in dataclasses.fields(TrainConfig)} - shared == {"sparsity", "seed", "run_name"}
 
 
+def test_a_cell_config_is_the_shared_one_plus_its_settings():
+    shared = SharedConfig(env="Walker2d-v5", total_steps=9000).with_settings(policy_delay=4)
+    cell = TrainConfig.from_shared(shared, sparsity="0.9", seed=7, run_name="ds", topology="set")
+    assert cell == TrainConfig.from_settings(
+        env="Walker2d-v5", total_steps=9000, policy_delay=4, sparsity="0.9", seed=7, run_name="ds", topology="set"
+    )
+
+
 def test_a_run_from_before_option_groups_evaluates_and_resumes(tmp_path):
     """config.json and checkpoint as nmrl wrote them before groups and policy parts."""
     run_dir = train(tiny_config(tmp_path, total_steps=200, learning_starts=100, eval_every=100, algo="sac"))

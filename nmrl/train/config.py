@@ -175,6 +175,13 @@ class TrainConfig(SharedConfig):
         """The default config with ``settings`` (flag names, whatever group holds them) changed."""
         return cls().with_settings(**settings)
 
+    @classmethod
+    def from_shared(cls, shared: SharedConfig, **settings: Any) -> TrainConfig:
+        """A grid cell's config: ``shared`` with the cell's ``settings`` (sparsity, seed, run
+        name, and whatever else its method sets, by flag name)."""
+        values = {f.name: getattr(shared, f.name) for f in dataclasses.fields(SharedConfig)}
+        return cls(**values).with_settings(**settings)
+
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
         self._validate_sparsity()
