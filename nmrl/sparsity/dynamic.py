@@ -30,9 +30,7 @@ from torch import nn
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report, replace_submodule
-from nmrl.sparsity.spec import TOPOLOGIES, Allocation, Topology
-
-ALLOCATIONS: tuple[str, ...] = ("erdos_renyi", "uniform")
+from nmrl.sparsity.spec import ALLOCATIONS, TOPOLOGIES, Allocation, Topology
 
 
 # ---- density allocation ---------------------------------------------------------------------

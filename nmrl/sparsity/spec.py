@@ -22,6 +22,7 @@ DS-SAC), rigl (gradient regrowth)."""
 Allocation = Literal["erdos_renyi", "uniform"]
 SparseLayers = Literal["hidden", "all"]
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class UnstructuredSparsity:
             raise NmrlError(f"invalid --sparsity {self.fraction!r}: an unstructured sparsity is a fraction in (0, 1)")
         for name, value, choices in (
             ("topology", self.topology, TOPOLOGIES),
-            ("density-allocation", self.allocation, get_args(Allocation)),
+            ("density-allocation", self.allocation, ALLOCATIONS),
             ("sparse-layers", self.layers, get_args(SparseLayers)),
         ):
             if value not in choices:
