@@ -309,6 +309,20 @@ class TrainConfig(SharedConfig):
 # run whose config agrees on all of them.
 ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation")
 
+
+def check_compatible(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose networks were built from a different architecture."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise NmrlError(f"{path}: checkpoint has no config")
+    current = config.to_dict()
+    for name in ARCHITECTURE_FIELDS:
+        if saved.get(name) != current.get(name):
+            raise NmrlError(
+                f"{path}: checkpoint was trained with {name}={saved.get(name)!r}, this run has {current.get(name)!r}"
+            )
+
+
 OPTION_GROUPS: dict[str, type] = {
     "td3": TD3Options,
     "sac": SACOptions,

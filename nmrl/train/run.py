@@ -18,7 +18,7 @@ from nmrl.envs import env_dims, env_id_from_file, make_env
 from nmrl.errors import NmrlError
 from nmrl.train.algorithm import get_algorithm
 from nmrl.train.checkpoint import checkpoint_step, load_checkpoint
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import TrainConfig, check_compatible
 from nmrl.train.policy import PolicySpec, policy_from_part, policy_part
 
 CHECKPOINTS = {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"}
@@ -58,8 +58,6 @@ def load_trained_actor(run_dir: Path, which: str = "last") -> LoadedPolicy:
     A checkpoint from before policy parts existed gets its part derived from the full algorithm
     state (the actor's weights) and the environment's sizes and bounds.
     """
-    from nmrl.train.loop import check_compatible
-
     path = checkpoint_path(run_dir, which)
     config = TrainConfig.load(Path(run_dir) / "config.json")
     state = load_checkpoint(path)
