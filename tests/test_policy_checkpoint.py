@@ -64,6 +64,7 @@ def test_policy_loads_without_critics_optimizers_or_env(run_dir, which, monkeypa
     with torch.no_grad():
         assert torch.equal(loaded.policy(obs), expected(obs))
     assert not loaded.policy.training and loaded.act_dim == 1 and loaded.action_high == [3.0]
+    assert loaded.spec.sparsity == loaded.config.spec and loaded.spec.hidden == loaded.config.hidden
 
 
 def test_checkpoint_from_before_policy_parts_still_loads(run_dir, tmp_path):

@@ -37,6 +37,8 @@ class LoadedPolicy:
     action_high: list[float]
     step: int
     checkpoint: Path
+    spec: PolicySpec
+    """What the policy is (its sparsity included), as its checkpoint says."""
 
 
 def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
@@ -70,7 +72,7 @@ def load_trained_actor(run_dir: Path, which: str = "last") -> LoadedPolicy:
     except NmrlError as error:
         raise NmrlError(f"{path}: {error}") from None
     low, high = list(spec.action_low), list(spec.action_high)
-    return LoadedPolicy(policy, config, config.env, spec.obs_dim, spec.act_dim, low, high, step, path)
+    return LoadedPolicy(policy, config, config.env, spec.obs_dim, spec.act_dim, low, high, step, path, spec)
 
 
 def _derived_policy_part(state: dict[str, Any], config: TrainConfig, env_id: str, path: Path) -> dict[str, Any]:
