@@ -30,7 +30,7 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
         threads=1,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_settings(**settings)
 
 
 def assert_same(a: Any, b: Any, path: str = "state") -> None:

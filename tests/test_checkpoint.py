@@ -13,7 +13,7 @@ from helpers import assert_same, tiny_config
 from nmrl.errors import NmrlError
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
 from nmrl.train.loop import LAST_CHECKPOINT, Trainer, TrainingDiverged, resume, train
-from nmrl.train.run import load_policy
+from nmrl.train.run import load_trained_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_not_a_checkpoint_gives_one_line_errors(tmp_path):
     with pytest.raises(NmrlError, match="not an nmrl checkpoint"):
         load_checkpoint(foreign)
     with pytest.raises(NmrlError, match="not an nmrl run directory"):
-        load_policy(tmp_path)
+        load_trained_actor(tmp_path)
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
@@ -82,7 +82,7 @@ def test_incompatible_config_is_refused(tmp_path):
     with pytest.raises(NmrlError, match="hidden"):
         resume(run_dir)
     with pytest.raises(NmrlError, match="hidden"):
-        load_policy(run_dir)
+        load_trained_actor(run_dir)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

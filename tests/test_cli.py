@@ -62,6 +62,10 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path):
     cases = [
         (["train", "--sparsity", "5:4"], "N must be between 1 and M"),
         (["train", "--sparsity", "2/4"], "invalid --sparsity"),
+        (
+            ["train", "--sparsity", "0.9", "--semi-structured"],
+            "has no 2:4 fast path",
+        ),
         (["train", "--env", "NoSuchEnv-v0"], "cannot make environment"),
         (["train", "--env", "CartPole-v1"], "Box action space"),
         (["eval", str(tmp_path)], "not an nmrl run directory"),

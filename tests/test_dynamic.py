@@ -13,7 +13,7 @@ from torch import nn
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMLinear, NMPattern, refresh_masks, sparsify
-from nmrl.sparsity.accounting import format_count, network_costs, summarize
+from nmrl.sparsity.accounting import format_count, network_costs, total_cost
 from nmrl.sparsity.dynamic import (
     MaskedAdam,
     UnstructuredLinear,
@@ -267,7 +267,7 @@ def test_layer_state_round_trips_through_state_dict():
 def test_accounting_counts_unstructured_nm_and_dense_layers():
     torch.manual_seed(0)
     dense = mlp(16, 4, (64, 64))
-    costs = summarize(network_costs(dense))
+    costs = total_cost(network_costs(dense))
     assert costs.params == 16 * 64 + 64 + 64 * 64 + 64 + 64 * 4 + 4
     assert costs.params_ratio == costs.training_ratio == costs.inference_ratio == 1.0
 
@@ -283,7 +283,7 @@ def test_accounting_counts_unstructured_nm_and_dense_layers():
 
     sparse = mlp(16, 4, (64, 64))
     sparsify_unstructured(sparse, 0.9, "uniform", skip=("4",))
-    summary = summarize(network_costs(sparse))
+    summary = total_cost(network_costs(sparse))
     weights = summary.params - summary.biases
     assert weights == round(0.1 * 16 * 64) + round(0.1 * 64 * 64) + 64 * 4
     assert summary.training_ratio == pytest.approx(summary.inference_ratio)

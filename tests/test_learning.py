@@ -8,7 +8,7 @@ import pytest
 from nmrl.sparsity import NMPattern, check_nm, nm_layers
 from nmrl.train.config import TrainConfig
 from nmrl.train.loop import train
-from nmrl.train.run import load_policy
+from nmrl.train.run import load_trained_actor
 
 
 @pytest.mark.slow
@@ -35,6 +35,6 @@ def test_rnm_td3_2of4_solves_inverted_pendulum(tmp_path):
     assert max(ret for _, ret in returns) >= 800, returns
     assert returns[-1][0] <= 40_000
     # the policy that did it is 2:4 in every layer
-    policy = load_policy(run_dir, "best").policy
+    policy = load_trained_actor(run_dir, "best").policy
     for _, layer in nm_layers(policy):
         assert check_nm(layer.effective_weight(), NMPattern(2, 4)) == []

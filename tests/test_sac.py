@@ -19,7 +19,7 @@ from nmrl.train.algorithm import get_algorithm
 from nmrl.train.checkpoint import load_checkpoint
 from nmrl.train.config import TrainConfig
 from nmrl.train.loop import LAST_CHECKPOINT, resume, train
-from nmrl.train.run import load_policy
+from nmrl.train.run import load_trained_actor
 from nmrl.train.sac import SAC
 
 pytestmark = pytest.mark.xdist_group("train")
@@ -38,7 +38,9 @@ TINY = {
 
 
 def tiny_config(tmp_path, **settings) -> TrainConfig:
-    return TrainConfig(**{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run", **settings})
+    return TrainConfig.from_settings(
+        **{**TINY, "env": "InvertedPendulum-v5", "runs_dir": tmp_path, "run_name": "run", **settings}
+    )
 
 
 def build(config: TrainConfig):
@@ -156,7 +158,7 @@ def test_unstructured_topologies_train_end_to_end(tmp_path, algo, settings):
             assert bool((optimizer.state[layer.weight]["exp_avg_sq"][layer.mask == 0] == 0).all())
         assert all(m.negative_slope == 0.2 for m in final.actor.modules() if isinstance(m, torch.nn.LeakyReLU))
     # An unstructured actor loads as a deployable policy.
-    loaded = load_policy(run_dir)
+    loaded = load_trained_actor(run_dir)
     assert any(isinstance(m, UnstructuredLinear) for m in loaded.policy.modules())
     # The requested sparsity holds over each network's sparse layers; dense output layers dilute it.
     costs = json.loads((run_dir / "costs.json").read_text())

@@ -287,15 +287,15 @@ def test_a_semi_structured_run_loads_on_cpu_for_eval_and_export(tmp_path):
     from helpers import tiny_config
 
     from nmrl.train.loop import train
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
     run_dir = train(tiny_config(tmp_path, total_steps=250, learning_starts=200, eval_every=250, checkpoint_every=250))
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text())
     config["semi_structured"] = True  # as if it had been trained on a GPU with the fast path
     config_path.write_text(json.dumps(config))
-    loaded = load_policy(run_dir)
-    assert loaded.config.semi_structured
+    loaded = load_trained_actor(run_dir)
+    assert loaded.config.fast_path.semi_structured
     assert not any(ss.on_fast_path(m) for m in loaded.policy.modules())
 
 

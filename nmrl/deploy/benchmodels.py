@@ -125,10 +125,11 @@ def build_models(
             models += _onnx_file_models(target, backends, options, models_dir, console)
         else:
             from nmrl.export.onnx_export import run_metadata
-            from nmrl.train.run import load_policy as load_run
+            from nmrl.sparsity.spec import nm_pattern
+            from nmrl.train.run import load_trained_actor as load_run
 
             loaded = load_run(target, checkpoint)
-            run_pattern = claimed_pattern(loaded.config.sparsity)
+            run_pattern = nm_pattern(loaded.config.spec)
             hidden = "-".join(map(str, loaded.config.hidden))
             name = f"{loaded.env_id} {hidden} {loaded.config.sparsity}"
             models += _module_models(

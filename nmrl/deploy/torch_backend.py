@@ -61,9 +61,9 @@ class TorchPolicy(Policy):
 
 def load_torch_policy(path: Path, which: str = "last", device: str = "cpu", threads: int | None = 1) -> TorchPolicy:
     """A run directory's ``last`` or ``best`` checkpoint as a policy."""
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
     if Path(path).suffix == ".onnx":
         raise NmrlError(f"{path}: the torch backend loads a run directory's checkpoint, not an ONNX file")
-    loaded = load_policy(Path(path), which)
+    loaded = load_trained_actor(Path(path), which)
     return TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, device, threads, loaded.env_id)

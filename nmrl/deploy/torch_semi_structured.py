@@ -80,7 +80,7 @@ def load_torch_semi_structured_policy(
         raise NmrlError(f"torch-2:4 needs a GPU with 2:4 sparse tensor cores: {reason}")
     if Path(path).suffix == ".onnx":
         raise NmrlError(f"{path}: the torch-2:4 backend loads a run directory's checkpoint, not an ONNX file")
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
-    loaded = load_policy(Path(path), which)
+    loaded = load_trained_actor(Path(path), which)
     return SemiStructuredTorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, dtype, not dense, loaded.env_id)

@@ -348,11 +348,11 @@ def export_run(
     Nothing is written when verification fails (:class:`NmrlError`).
     """
     from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
-    from nmrl.export.verify import claimed_pattern
-    from nmrl.train.run import load_policy
+    from nmrl.sparsity.spec import nm_pattern
+    from nmrl.train.run import load_trained_actor
 
-    loaded = load_policy(Path(run_dir), which)
-    claimed = claimed_pattern(loaded.config.sparsity)
+    loaded = load_trained_actor(Path(run_dir), which)
+    claimed = nm_pattern(loaded.config.spec)
     if fmt != "onnx" and dtype == "int8":
         raise NmrlError("--format nm-packed stores fp32/fp16 values; int8 values are not supported yet")
     if fmt != "onnx" and claimed is None:

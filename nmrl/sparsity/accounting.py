@@ -137,7 +137,8 @@ class CostSummary:
         }
 
 
-def summarize(costs: Iterable[LayerCost]) -> CostSummary:
+def total_cost(costs: Iterable[LayerCost]) -> CostSummary:
+    """The summed cost of some layers (one network, or a whole agent)."""
     costs = list(costs)
     return CostSummary(
         params=sum(c.params for c in costs),

@@ -24,18 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report, replace_submodule
-
-Allocation = Literal["erdos_renyi", "uniform"]
-Topology = Literal["static", "set", "rigl"]
-TOPOLOGIES: tuple[str, ...] = ("static", "set", "rigl")
-ALLOCATIONS: tuple[str, ...] = ("erdos_renyi", "uniform")
+from nmrl.sparsity.spec import ALLOCATIONS, TOPOLOGIES, Allocation, Topology
 
 
 # ---- density allocation ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ from torch import nn
 
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
+from nmrl.train.policy import PolicySpec, policy_part
 from nmrl.train.sparse_training import SparseTraining
 
 
@@ -20,8 +21,12 @@ class Algorithm:
     :class:`~nmrl.train.sparse_training.SparseTraining` that keeps every sparse-training rule),
     list them in ``self.modules`` / ``self.optimizers`` (name -> object), call
     ``self.sparse.enable_fast_path(self.modules)`` last, and implement :meth:`learn`;
-    checkpointing and sparsity logging come from the two dicts.
+    checkpointing and sparsity logging come from the two dicts. ``modules["actor"]`` is the
+    network of the evaluated policy, saved on its own as the checkpoint's policy part, which
+    :func:`nmrl.train.policy.build_policy` rebuilds as ``policy_kind`` says.
     """
+
+    policy_kind: str = "deterministic"
 
     def __init__(
         self,
@@ -33,6 +38,7 @@ class Algorithm:
         device: torch.device,
     ) -> None:
         self.obs_dim, self.act_dim, self.config, self.device = obs_dim, act_dim, config, device
+        self.action_bounds = (tuple(map(float, action_low)), tuple(map(float, action_high)))
         self.action_low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
         self.action_high = torch.as_tensor(action_high, dtype=torch.float32, device=device)
         self.modules: dict[str, nn.Module] = {}
@@ -57,6 +63,26 @@ class Algorithm:
     def policy(self) -> nn.Module:
         """The deterministic policy (obs -> action in env units) that is evaluated and exported."""
         raise NotImplementedError
+
+    def policy_spec(self) -> PolicySpec:
+        """What :meth:`policy` is, short of its weights (saved beside them in every checkpoint)."""
+        cfg = self.config
+        low, high = self.action_bounds
+        return PolicySpec(
+            self.policy_kind,
+            self.obs_dim,
+            self.act_dim,
+            low,
+            high,
+            tuple(cfg.hidden),
+            cfg.activation,
+            cfg.activation_slope,
+            self.sparse.spec,
+        )
+
+    def policy_part(self) -> dict[str, Any]:
+        """The checkpoint's ``policy`` part: the spec and the actor's weights."""
+        return policy_part(self.policy_spec(), self.modules["actor"].state_dict())
 
     def networks(self) -> dict[str, nn.Module]:
         return dict(self.modules)

@@ -61,12 +61,12 @@ def evaluate(
     """
     from nmrl.envs import confirm_env_id
     from nmrl.train.evaluate import evaluate as run_episodes
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
     confirm_env_id(env)
-    loaded = load_policy(run_dir, checkpoint)
+    loaded = load_trained_actor(run_dir, checkpoint)
     if env and env != loaded.env_id:
         raise NmrlError(f"--env {env} is not this run's environment ({loaded.env_id})")
 

@@ -22,7 +22,6 @@ Methods (all on ``--algo``, td3 or sac):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -37,9 +36,10 @@ import tyro
 
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
+from nmrl.sparsity.spec import UnstructuredSparsity, parse_sparsity
 from nmrl.train.aggregate import curve_band, iqm, stratified_bootstrap_ci
 from nmrl.train.config import TrainConfig
-from nmrl.train.sparse import COSTS_FILE, parse_sparsity
+from nmrl.train.sparse import COSTS_FILE
 
 METHOD_PREFIXES: dict[str, dict[str, Any]] = {
     "ss": {"topology": "static"},
@@ -75,7 +75,7 @@ def parse_method(text: str) -> Method:
             f"unknown method {text!r}: use dense, an N:M pattern (2:4), or "
             f"{'/'.join(METHOD_PREFIXES)} with a sparsity, like ds-0.5 or tows-0.9"
         )
-    if not isinstance(parse_sparsity(fraction), float):
+    if not isinstance(parse_sparsity(fraction), UnstructuredSparsity):
         raise NmrlError(f"method {text!r}: {prefix} needs an unstructured sparsity fraction like 0.9")
     return Method(name, {"sparsity": fraction, **METHOD_PREFIXES[prefix.lower()]})
 
@@ -155,8 +155,7 @@ def build_grid(base: TrainConfig, envs: Sequence[str], methods: Sequence[Method]
         for method in methods:
             for seed in range(base.seed, base.seed + seeds):
                 # One torch thread per worker unless asked otherwise: workers share the cores.
-                config = dataclasses.replace(
-                    base,
+                config = base.with_settings(
                     **method.settings,
                     env=env,
                     seed=seed,

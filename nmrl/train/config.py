@@ -1,4 +1,14 @@
-"""Training configuration: one dataclass, the CLI is generated from it (tyro)."""
+"""Training configuration: dataclasses, the CLI is generated from them (tyro).
+
+A :class:`TrainConfig` is the settings every run shares (env, algorithm, network, optimization,
+evaluation, run directory) plus one option group per algorithm or sparsity family
+(:class:`TD3Options`, :class:`SACOptions`, :class:`NMOptions`, :class:`UnstructuredOptions`,
+:class:`FastPathOptions`). The groups' flags carry no prefix (``--policy-delay``, not
+``--td3.policy-delay``) and ``--help`` shows each group in its own panel. :class:`SharedConfig` is
+a TrainConfig without the settings a grid of runs chooses per cell (sparsity, seed, run name).
+
+``config.json`` holds the nested form; a flat one (nmrl before option groups) is converted on load.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +17,54 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
-from nmrl.sparsity.pattern import NMPattern
+from nmrl.sparsity.pattern import fits_2of4
+from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
 
 
 @dataclass
-class TrainConfig:
-    """Defaults reproduce the published TD3 setup (Fujimoto et al. 2018, as in CleanRL/SB3), with
-    RNM-TD3's 2:4 sparsity in all six networks."""
+class TD3Options:
+    """TD3's settings (ignored by SAC)."""
 
-    env: str = "Hopper-v5"
-    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
-    algo: str = "td3"
-    """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
-    sparsity: str = "2:4"
-    """N:M pattern for every Linear of every network ('2:4', '1:4', '1:8', ...), 'dense', or a
-    fraction of weights to prune without structure ('0.9'; see --topology)."""
-    seed: int = 1
-    total_steps: int = 1_000_000
-    """Environment steps in all."""
-    learning_starts: int = 25_000
-    """Uniform-random warm-up steps before the first update."""
-    batch_size: int = 256
-    buffer_size: int = 1_000_000
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden widths of actor and critics."""
-    activation: str = "relu"
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    """Polyak factor of the target networks."""
     policy_noise: float = 0.2
     """Target policy smoothing noise (fraction of the action range's half-width)."""
     noise_clip: float = 0.5
     policy_delay: int = 2
     """Critic updates per actor (and target) update."""
     exploration_noise: float = 0.1
+
+
+@dataclass
+class SACOptions:
+    """SAC's settings (ignored by TD3)."""
+
+    alpha: float = 1.0
+    """SAC: initial entropy temperature (kept fixed with --no-autotune-alpha)."""
+    autotune_alpha: bool = True
+    """SAC: learn the temperature towards the target entropy -act_dim."""
+
+
+@dataclass
+class NMOptions:
+    """How N:M masks are trained (ignored by dense and unstructured runs)."""
+
     mask_interval: int = 1
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
-    semi_structured: bool = False
-    """Run 2:4-compatible layers on sparse tensor cores (CUDA, Ampere or newer) under autocast."""
-    semi_structured_dtype: Literal["bfloat16", "float16"] = "bfloat16"
-    """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
-    # -- unstructured sparse baselines (nmrl.train.sparse); ignored by N:M and dense runs --
+
+
+@dataclass
+class UnstructuredOptions:
+    """Unstructured sparse baselines (--sparsity 0.9); ignored by N:M and dense runs."""
+
     topology: Literal["auto", "static", "set", "rigl"] = "auto"
     """Unstructured mask over training: static (SS), set (DS-TD3/DS-SAC random regrowth), rigl
     (gradient regrowth); auto = N:M masks for an N:M --sparsity, static for a fraction."""
@@ -73,13 +80,43 @@ class TrainConfig:
     """Unstructured layers: every Linear but each network's output layer (hidden, as DS-TD3), or all."""
     optimizer: Literal["adam", "masked-adam"] = "adam"
     """masked-adam (TowS) keeps gradient and Adam moments at zero where weights are inactive."""
+
+
+@dataclass
+class FastPathOptions:
+    """The 2:4 fast path on sparse tensor cores (CUDA, Ampere or newer)."""
+
+    semi_structured: bool = False
+    """Run 2:4-compatible layers on sparse tensor cores (CUDA, Ampere or newer) under autocast."""
+    semi_structured_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
+
+
+@dataclass
+class SharedConfig:
+    """Every training setting except sparsity, seed and run name (which a grid sets per cell).
+    Defaults reproduce the published TD3 setup (Fujimoto et al. 2018, as in CleanRL/SB3)."""
+
+    env: str = "Hopper-v5"
+    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
+    algo: str = "td3"
+    """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
+    total_steps: int = 1_000_000
+    """Environment steps in all."""
+    learning_starts: int = 25_000
+    """Uniform-random warm-up steps before the first update."""
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of actor and critics."""
+    activation: str = "relu"
     activation_slope: float = 0.01
     """Negative slope of --activation leaky_relu."""
-    # -- SAC --
-    alpha: float = 1.0
-    """SAC: initial entropy temperature (kept fixed with --no-autotune-alpha)."""
-    autotune_alpha: bool = True
-    """SAC: learn the temperature towards the target entropy -act_dim."""
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    """Polyak factor of the target networks."""
     eval_every: int = 5_000
     eval_episodes: int = 10
     stop_at_return: float | None = None
@@ -90,16 +127,64 @@ class TrainConfig:
     """torch CPU threads (0 = leave torch's default)."""
     runs_dir: Path = Path("runs")
     """Parent folder of new run directories."""
-    run_name: str = ""
-    """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
     progress: bool = True
     """Show a progress bar (on a terminal)."""
+    td3: Annotated[TD3Options, tyro.conf.OmitArgPrefixes] = field(default_factory=TD3Options)
+    sac: Annotated[SACOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=SACOptions)
+    nm: Annotated[NMOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=NMOptions)
+    unstructured: Annotated[UnstructuredOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=UnstructuredOptions)
+    fast_path: Annotated[FastPathOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=FastPathOptions)
+
+    def setting(self, name: str) -> Any:
+        """The value of the setting whose flag is ``--name`` (``policy_delay``), whichever group holds it."""
+        group = GROUP_OF.get(name)
+        return getattr(getattr(self, group), name) if group is not None else getattr(self, name)
+
+    def with_settings(self, **settings: Any) -> typing.Self:
+        """A copy with ``settings`` changed, each named as its flag is (``policy_delay=3``, not
+        ``td3=...``): the one way to change a setting whichever group holds it."""
+        top: dict[str, Any] = {}
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in settings.items():
+            group = GROUP_OF.get(name)
+            if group is not None:
+                groups.setdefault(group, {})[name] = value
+            elif name in {f.name for f in dataclasses.fields(self)} and name not in OPTION_GROUPS:
+                top[name] = value
+            else:
+                raise NmrlError(f"unknown setting {name!r}")
+        for group, values in groups.items():
+            top[group] = dataclasses.replace(getattr(self, group), **values)
+        return dataclasses.replace(self, **top)
+
+
+@dataclass
+class TrainConfig(SharedConfig):
+    """One run's settings. Defaults reproduce the published TD3 setup with RNM-TD3's 2:4 sparsity
+    in all six networks."""
+
+    sparsity: str = "2:4"
+    """N:M pattern for every Linear of every network ('2:4', '1:4', '1:8', ...), 'dense', or a
+    fraction of weights to prune without structure ('0.9'; see --topology)."""
+    seed: int = 1
+    run_name: str = ""
+    """Run directory name; empty = <env>__<algo>__<sparsity>__s<seed>__<time>."""
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> TrainConfig:
+        """The default config with ``settings`` (flag names, whatever group holds them) changed."""
+        return cls().with_settings(**settings)
+
+    @classmethod
+    def from_shared(cls, shared: SharedConfig, **settings: Any) -> TrainConfig:
+        """A grid cell's config: ``shared`` with the cell's ``settings`` (sparsity, seed, run
+        name, and whatever else its method sets, by flag name)."""
+        values = {f.name: getattr(shared, f.name) for f in dataclasses.fields(SharedConfig)}
+        return cls(**values).with_settings(**settings)
 
     def validate(self) -> None:
         """Raise :class:`NmrlError` for settings that cannot work."""
-        from nmrl.train.sparse import validate_sparsity
-
-        validate_sparsity(self)
+        self._validate_sparsity()
         positive = (
             "total_steps",
             "batch_size",
@@ -111,24 +196,24 @@ class TrainConfig:
             "checkpoint_every",
         )
         for name in positive:
-            if getattr(self, name) < 1:
-                raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            if self.setting(name) < 1:
+                raise NmrlError(f"--{name.replace('_', '-')} must be at least 1, got {self.setting(name)}")
         if self.learning_starts < self.batch_size:
             raise NmrlError(
                 f"--learning-starts ({self.learning_starts}) must be at least --batch-size ({self.batch_size})"
             )
         if not self.hidden or any(width < 1 for width in self.hidden):
             raise NmrlError(f"--hidden needs positive widths, got {self.hidden}")
-        if self.semi_structured:
+        if self.fast_path.semi_structured:
             self._validate_semi_structured()
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise NmrlError("--tau must be in (0, 1] and --gamma in [0, 1]")
         for name in ("actor_lr", "critic_lr", "alpha"):
-            value = getattr(self, name)
+            value = self.setting(name)
             if not (math.isfinite(value) and value > 0):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
         for name in ("policy_noise", "noise_clip", "exploration_noise", "srste_decay", "activation_slope"):
-            value = getattr(self, name)
+            value = self.setting(name)
             if not (math.isfinite(value) and value >= 0):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
@@ -140,12 +225,32 @@ class TrainConfig:
         if self.threads < 0:
             raise NmrlError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
 
+    def _validate_sparsity(self) -> None:
+        """Raise :class:`NmrlError` for sparsity settings that do not go together."""
+        spec, options = self.spec, self.unstructured
+        if not isinstance(spec, UnstructuredSparsity) and options.optimizer == "masked-adam":
+            raise NmrlError(
+                "--optimizer masked-adam is for unstructured sparsity: N:M training needs the "
+                "straight-through gradients of pruned weights"
+            )
+        if options.optimizer not in ("adam", "masked-adam"):
+            raise NmrlError(f"unknown --optimizer {options.optimizer!r}; choose adam or masked-adam")
+        if options.topology_interval < 1 or options.topology_end_step < 0:
+            raise NmrlError("--topology-interval must be >= 1 and --topology-end-step >= 0")
+        if not 0.0 <= options.drop_fraction < 1.0:
+            raise NmrlError(f"--drop-fraction must be in [0, 1), got {options.drop_fraction}")
+
     def _validate_semi_structured(self) -> None:
         """Fail before a run directory exists when the 2:4 fast path cannot run here."""
-        from nmrl.sparsity.pattern import fits_2of4
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
-        if self.pattern.is_dense or not fits_2of4(self.pattern):
+        spec = self.spec
+        if isinstance(spec, UnstructuredSparsity):
+            raise NmrlError(
+                f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
+                "use an N:M pattern that fits 2:4 (2:4, 1:4, 2:8, ...)"
+            )
+        if not isinstance(spec, NMSparsity) or not fits_2of4(spec.pattern):
             raise NmrlError(
                 f"--semi-structured needs a --sparsity that fits 2:4 (2:4, 1:4, 2:8, ...), not {self.sparsity!r}"
             )
@@ -156,8 +261,10 @@ class TrainConfig:
             raise NmrlError(f"--semi-structured: 2:4 kernels do not work here: {support.reason}")
 
     @property
-    def pattern(self) -> NMPattern:
-        return NMPattern.parse(self.sparsity)
+    def spec(self) -> Sparsity:
+        """The sparsity setting as a typed value (the one parser: :func:`nmrl.sparsity.spec.parse_sparsity`)."""
+        options = self.unstructured
+        return parse_sparsity(self.sparsity, options.topology, options.density_allocation, options.sparse_layers)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -167,27 +274,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The config a saved dict describes; :class:`NmrlError` for unknown or missing settings and
-        for values of the wrong type (a config file is untrusted input)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise NmrlError(f"config has settings this nmrl does not know: {', '.join(unknown)}")
+        """The config a saved dict describes, nested or flat (nmrl before option groups);
+        :class:`NmrlError` for unknown or missing settings and for values of the wrong type (a
+        config file is untrusted input)."""
         # A default would silently change what the saved networks mean (a Hopper-v5 default for a
         # config that lost its env), so these must be present.
         missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
         if missing:
             raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
-        hints = typing.get_type_hints(cls)
-        for name, value in data.items():
-            if not _fits_type(value, hints[name]):
-                raise NmrlError(f"config setting {name}={value!r} is not a valid {_type_name(hints[name])}")
-        values = dict(data)
-        if "runs_dir" in values:
-            values["runs_dir"] = Path(values["runs_dir"])
-        if "hidden" in values:
-            values["hidden"] = tuple(values["hidden"])
-        return cls(**values)
+        return _checked(cls, _nested(data))
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -213,6 +308,63 @@ class TrainConfig:
 # Settings that fix the shapes and meaning of the saved networks: a checkpoint only loads into a
 # run whose config agrees on all of them.
 ARCHITECTURE_FIELDS = ("env", "algo", "sparsity", "hidden", "activation")
+
+
+def check_compatible(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose networks were built from a different architecture."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise NmrlError(f"{path}: checkpoint has no config")
+    current = config.to_dict()
+    for name in ARCHITECTURE_FIELDS:
+        if saved.get(name) != current.get(name):
+            raise NmrlError(
+                f"{path}: checkpoint was trained with {name}={saved.get(name)!r}, this run has {current.get(name)!r}"
+            )
+
+
+OPTION_GROUPS: dict[str, type] = {
+    "td3": TD3Options,
+    "sac": SACOptions,
+    "nm": NMOptions,
+    "unstructured": UnstructuredOptions,
+    "fast_path": FastPathOptions,
+}
+# flat setting name (its flag) -> the option group that holds it
+GROUP_OF: dict[str, str] = {f.name: group for group, cls in OPTION_GROUPS.items() for f in dataclasses.fields(cls)}
+
+
+def _nested(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with flat settings of option groups (``policy_delay``) moved into their group."""
+    nested = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for group in OPTION_GROUPS:
+        if not isinstance(nested.setdefault(group, {}), dict):
+            raise NmrlError(f"config setting {group}={nested[group]!r} is not a group of settings")
+    for name in [key for key in nested if key in GROUP_OF]:
+        nested[GROUP_OF[name]][name] = nested.pop(name)
+    return nested
+
+
+def _checked(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with option groups built from their dicts, after checking every name and type."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise NmrlError(f"config has settings this nmrl does not know: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        if name in OPTION_GROUPS:
+            values[name] = _checked(OPTION_GROUPS[name], value)
+            continue
+        if not _fits_type(value, hints[name]):
+            raise NmrlError(f"config setting {name}={value!r} is not a valid {_type_name(hints[name])}")
+        values[name] = value
+    if "runs_dir" in values:
+        values["runs_dir"] = Path(values["runs_dir"])
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    return cls(**values)
 
 
 def _fits_type(value: Any, hint: Any) -> bool:

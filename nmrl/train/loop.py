@@ -32,7 +32,7 @@ from nmrl.sparsity import layer_report
 from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
 from nmrl.train.checkpoint import checkpoint_step, load_checkpoint, nonfinite_tensors, save_checkpoint
-from nmrl.train.config import ARCHITECTURE_FIELDS, TrainConfig
+from nmrl.train.config import TrainConfig, check_compatible
 from nmrl.train.evaluate import EvalResult, evaluate
 from nmrl.train.run import read_metrics
 from nmrl.train.sparse import log_costs
@@ -133,6 +133,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "algorithm": self.algo.state_dict(),
+            "policy": self.algo.policy_part(),
             "buffer": self.buffer.state_dict(),
             "train_state": vars(self.state).copy(),
             "rng": {
@@ -322,6 +323,7 @@ class Trainer:
                 {
                     "config": self.config.to_dict(),
                     "algorithm": self.algo.state_dict(),
+                    "policy": self.algo.policy_part(),
                     "train_state": vars(self.state).copy(),
                 },
             )
@@ -331,19 +333,6 @@ def _as_python_random_state(saved: Any) -> tuple:
     # weights_only loading turns the nested tuples of random.getstate() into lists.
     version, internal, gauss = saved
     return (version, tuple(internal), gauss)
-
-
-def check_compatible(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """Refuse a checkpoint whose networks were built from a different architecture."""
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise NmrlError(f"{path}: checkpoint has no config")
-    current = config.to_dict()
-    for name in ARCHITECTURE_FIELDS:
-        if saved.get(name) != current.get(name):
-            raise NmrlError(
-                f"{path}: checkpoint was trained with {name}={saved.get(name)!r}, this run has {current.get(name)!r}"
-            )
 
 
 class _Progress:

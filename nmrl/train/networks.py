@@ -1,8 +1,13 @@
-"""The MLPs of TD3-family agents. Sparsity is applied afterwards by ``nmrl.sparsity.sparsify``."""
+"""The networks of TD3-family agents: MLPs, deterministic and Gaussian actors, critics.
+
+Sparsity is applied afterwards (:mod:`nmrl.train.sparse`); :mod:`nmrl.train.policy` rebuilds a
+trained policy from its saved spec with these classes.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -66,3 +71,67 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1)).squeeze(-1)
+
+
+# The actor's log standard deviation is squashed into this range (as CleanRL and SpinningUp do):
+# wide enough for near-deterministic and near-uniform policies, bounded so exp() stays finite.
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class GaussianActor(nn.Module):
+    """A tanh-squashed Gaussian policy: one MLP outputs the mean and log-std of each action
+    dimension; actions are ``tanh(sample)`` rescaled to the action bounds."""
+
+    action_scale: torch.Tensor
+    action_bias: torch.Tensor
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, activation)
+        register_action_bounds(self, action_low, action_high)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-squash Gaussian."""
+        mean, log_std = self.net(obs).split(self.act_dim, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action in env units and its log-probability [batch]."""
+        mean, log_std = self(obs)
+        std = log_std.exp()
+        pre_squash = mean + std * torch.randn_like(mean)
+        squashed = torch.tanh(pre_squash)
+        # log N(pre_squash; mean, std) minus the log-determinant of the squash and rescale.
+        gaussian = -0.5 * ((pre_squash - mean) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        correction = torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)
+        log_prob = (gaussian - correction).sum(dim=-1)
+        return squashed * self.action_scale + self.action_bias, log_prob
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self(obs)
+        return torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class DeterministicPolicy(nn.Module):
+    """The actor's mean action, ``tanh(mean)`` rescaled: SAC's evaluated and exported policy.
+
+    It shares the actor's layers (no copy), so it always acts with the current weights; its only
+    input is the observation and its only output the action, as ONNX export expects.
+    """
+
+    def __init__(self, actor: GaussianActor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor.deterministic(obs)

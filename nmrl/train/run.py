@@ -1,4 +1,4 @@
-"""Reading a run directory back: its config, its metrics and the policy of one of its checkpoints.
+"""Reading a run directory back: its config, its metrics and the trained policy of one of its checkpoints.
 
 Everything in a run directory is treated as untrusted input: a config or checkpoint that is
 incomplete, malformed or holds NaN weights gives one :class:`NmrlError`, and its env id never
@@ -8,18 +8,18 @@ imports a module the user did not name (:func:`nmrl.envs.env_id_from_file`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from nmrl.envs import env_dims, env_id_from_file, make_env
-from nmrl.errors import NmrlError, gist
+from nmrl.errors import NmrlError
 from nmrl.train.algorithm import get_algorithm
-from nmrl.train.checkpoint import checkpoint_step, load_checkpoint, nonfinite_tensors
-from nmrl.train.config import TrainConfig
+from nmrl.train.checkpoint import checkpoint_step, load_checkpoint
+from nmrl.train.config import TrainConfig, check_compatible
+from nmrl.train.policy import PolicySpec, policy_from_part, policy_part
 
 CHECKPOINTS = {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"}
 
@@ -37,6 +37,8 @@ class LoadedPolicy:
     action_high: list[float]
     step: int
     checkpoint: Path
+    spec: PolicySpec
+    """What the policy is (its sparsity included), as its checkpoint says."""
 
 
 def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
@@ -51,31 +53,50 @@ def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
     return path
 
 
-def load_policy(run_dir: Path, which: str = "last") -> LoadedPolicy:
-    """Load the policy of a run's ``last`` or ``best`` checkpoint."""
-    from nmrl.train.loop import check_compatible
+def load_trained_actor(run_dir: Path, which: str = "last") -> LoadedPolicy:
+    """The deterministic policy of a run's ``last`` or ``best`` checkpoint, built from the
+    checkpoint's policy part alone: no critics, targets, optimizers or environment.
 
+    A checkpoint from before policy parts existed gets its part derived from the full algorithm
+    state (the actor's weights) and the environment's sizes and bounds.
+    """
     path = checkpoint_path(run_dir, which)
     config = TrainConfig.load(Path(run_dir) / "config.json")
     state = load_checkpoint(path)
     check_compatible(state, config, path)
     step = checkpoint_step(state, path)
-    env = make_env(env_id_from_file(config.env, Path(run_dir) / "config.json"))
+    env_id = env_id_from_file(config.env, Path(run_dir) / "config.json")
+    part = state["policy"] if "policy" in state else _derived_policy_part(state, config, env_id, path)
+    try:
+        spec, policy = policy_from_part(part)
+    except NmrlError as error:
+        raise NmrlError(f"{path}: {error}") from None
+    _refuse_false_pattern(policy, path)
+    low, high = list(spec.action_low), list(spec.action_high)
+    return LoadedPolicy(policy, config, config.env, spec.obs_dim, spec.act_dim, low, high, step, path, spec)
+
+
+def _derived_policy_part(state: dict[str, Any], config: TrainConfig, env_id: str, path: Path) -> dict[str, Any]:
+    """The policy part of a checkpoint written before checkpoints held one: the actor's weights
+    from the algorithm state, its sizes and action bounds from the run's environment."""
+    modules = state.get("algorithm", {}).get("modules") if isinstance(state.get("algorithm"), dict) else None
+    if not isinstance(modules, dict) or not isinstance(modules.get("actor"), dict):
+        raise NmrlError(f"{path}: holds no policy and no actor weights; not a complete nmrl checkpoint")
+    env = make_env(env_id)
     obs_dim, act_dim, low, high = env_dims(env)
     env.close()
-    # The deployed policy is the plain N:M network: no 2:4 GPU fast path when loading on the CPU.
-    cpu_config = replace(config, semi_structured=False)
-    algo = get_algorithm(config.algo)(obs_dim, act_dim, low, high, cpu_config, torch.device("cpu"))
-    try:
-        algo.load_state_dict(state["algorithm"], modules_only=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise NmrlError(f"{path}: does not fit its run's config ({gist(error)})") from None
-    broken = nonfinite_tensors({name: net.state_dict() for name, net in algo.networks().items()})
-    if broken:
-        raise NmrlError(f"{path}: the networks hold NaN/inf weights ({', '.join(broken[:3])}); nothing to run")
-    policy = algo.policy().eval()
-    _refuse_false_pattern(policy, path)
-    return LoadedPolicy(policy, config, config.env, obs_dim, act_dim, low, high, step, path)
+    spec = PolicySpec(
+        get_algorithm(config.algo).policy_kind,  # a class attribute: nothing is constructed
+        obs_dim,
+        act_dim,
+        tuple(low),
+        tuple(high),
+        tuple(config.hidden),
+        config.activation,
+        config.activation_slope,
+        config.spec,
+    )
+    return policy_part(spec, modules["actor"])
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

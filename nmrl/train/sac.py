@@ -19,71 +19,8 @@ from nmrl.errors import NmrlError
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
 from nmrl.train.config import TrainConfig
-from nmrl.train.networks import Critic, mlp, register_action_bounds
+from nmrl.train.networks import Critic, DeterministicPolicy, GaussianActor
 from nmrl.train.td3 import frozen
-
-# The actor's log standard deviation is squashed into this range (as CleanRL and SpinningUp do):
-# wide enough for near-deterministic and near-uniform policies, bounded so exp() stays finite.
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-class GaussianActor(nn.Module):
-    """A tanh-squashed Gaussian policy: one MLP outputs the mean and log-std of each action
-    dimension; actions are ``tanh(sample)`` rescaled to the action bounds."""
-
-    action_scale: torch.Tensor
-    action_bias: torch.Tensor
-
-    def __init__(
-        self,
-        obs_dim: int,
-        act_dim: int,
-        action_low: Sequence[float],
-        action_high: Sequence[float],
-        hidden: Sequence[int] = (256, 256),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.act_dim = act_dim
-        self.net = mlp(obs_dim, 2 * act_dim, hidden, activation)
-        register_action_bounds(self, action_low, action_high)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of the pre-squash Gaussian."""
-        mean, log_std = self.net(obs).split(self.act_dim, dim=-1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
-        return mean, log_std
-
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterized action in env units and its log-probability [batch]."""
-        mean, log_std = self(obs)
-        std = log_std.exp()
-        pre_squash = mean + std * torch.randn_like(mean)
-        squashed = torch.tanh(pre_squash)
-        # log N(pre_squash; mean, std) minus the log-determinant of the squash and rescale.
-        gaussian = -0.5 * ((pre_squash - mean) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-        correction = torch.log(self.action_scale * (1 - squashed.pow(2)) + 1e-6)
-        log_prob = (gaussian - correction).sum(dim=-1)
-        return squashed * self.action_scale + self.action_bias, log_prob
-
-    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        mean, _ = self(obs)
-        return torch.tanh(mean) * self.action_scale + self.action_bias
-
-
-class DeterministicPolicy(nn.Module):
-    """The actor's mean action, ``tanh(mean)`` rescaled: SAC's evaluated and exported policy.
-
-    It shares the actor's layers (no copy), so it always acts with the current weights; its only
-    input is the observation and its only output the action, as ONNX export expects.
-    """
-
-    def __init__(self, actor: GaussianActor) -> None:
-        super().__init__()
-        self.actor = actor
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor.deterministic(obs)
 
 
 class Temperature(nn.Module):
@@ -100,6 +37,8 @@ class Temperature(nn.Module):
 
 @register("sac")
 class SAC(Algorithm):
+    policy_kind = "gaussian"
+
     def __init__(
         self,
         obs_dim: int,
@@ -110,8 +49,8 @@ class SAC(Algorithm):
         device: torch.device,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
-        if config.alpha <= 0:
-            raise NmrlError(f"--alpha must be positive, got {config.alpha}")
+        if config.sac.alpha <= 0:
+            raise NmrlError(f"--alpha must be positive, got {config.sac.alpha}")
         sparse = self.sparse
         actor = GaussianActor(obs_dim, act_dim, action_low, action_high, config.hidden, config.activation)
         critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
@@ -120,7 +59,7 @@ class SAC(Algorithm):
         self.critic1, self.critic2 = sparse.sparsify(critic1), sparse.sparsify(critic2)
         self.critic1_target = sparse.target(self.critic1)
         self.critic2_target = sparse.target(self.critic2)
-        self.temperature = Temperature(config.alpha).to(device)
+        self.temperature = Temperature(config.sac.alpha).to(device)
         self.target_entropy = -float(act_dim)
         self.actor_optimizer = sparse.optimizer(self.actor, config.actor_lr)
         self.critic_optimizer = sparse.optimizer([self.critic1, self.critic2], config.critic_lr)
@@ -133,7 +72,7 @@ class SAC(Algorithm):
             "temperature": self.temperature,
         }
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
-        if config.autotune_alpha:
+        if config.sac.autotune_alpha:
             self.alpha_optimizer = torch.optim.Adam(self.temperature.parameters(), lr=config.critic_lr)
             self.optimizers["temperature"] = self.alpha_optimizer
         sparse.enable_fast_path(self.modules)
@@ -179,7 +118,7 @@ class SAC(Algorithm):
             "alpha": alpha,
             "entropy": -log_prob.detach().mean(),
         }
-        if cfg.autotune_alpha:
+        if cfg.sac.autotune_alpha:
             alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             self.sparse.minimize(alpha_loss, self.alpha_optimizer)
             metrics["alpha_loss"] = alpha_loss.detach()

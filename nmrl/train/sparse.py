@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
-from nmrl.sparsity import NMPattern, sparsify
-from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, summarize
-from nmrl.sparsity.dynamic import TOPOLOGIES, make_adam, sparsify_unstructured, unstructured_layers
+from nmrl.sparsity import sparsify
+from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, total_cost
+from nmrl.sparsity.dynamic import make_adam, sparsify_unstructured, unstructured_layers
+from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity
 
 if TYPE_CHECKING:
     from nmrl.train.config import TrainConfig
@@ -39,60 +39,11 @@ if TYPE_CHECKING:
 RIGL_DEFAULT_END = 0.75
 
 
-def parse_sparsity(text: str) -> NMPattern | float:
-    """``"2:4"`` / ``"dense"`` -> NMPattern; ``"0.9"`` -> 0.9 (fraction of weights pruned)."""
-    stripped = str(text).strip()
-    if ":" in stripped or stripped.lower() == "dense":
-        return NMPattern.parse(stripped)
-    try:
-        fraction = float(stripped)
-    except ValueError:
-        raise NmrlError(
-            f"invalid --sparsity {text!r}: expected an N:M pattern ('2:4'), 'dense', or a fraction of "
-            "weights to prune for unstructured sparsity ('0.9')"
-        ) from None
-    if not 0.0 < fraction < 1.0:
-        raise NmrlError(f"invalid --sparsity {text!r}: an unstructured sparsity is a fraction in (0, 1)")
-    return fraction
-
-
-def topology_of(config: TrainConfig) -> str:
-    """The topology a config asks for, ``auto`` resolved: ``nm`` for N:M and dense, ``static``
-    for an unstructured fraction."""
-    spec = parse_sparsity(config.sparsity)
-    if config.topology != "auto":
-        return config.topology
-    return "nm" if isinstance(spec, NMPattern) else "static"
-
-
-def validate_sparsity(config: TrainConfig) -> None:
-    """Raise :class:`NmrlError` for sparsity settings that do not go together."""
-    spec = parse_sparsity(config.sparsity)
-    if config.topology not in ("auto", *TOPOLOGIES):
-        raise NmrlError(f"unknown --topology {config.topology!r}; choose from auto, {', '.join(TOPOLOGIES)}")
-    if isinstance(spec, NMPattern) and config.topology != "auto":
-        raise NmrlError(
-            f"--topology {config.topology} is for unstructured sparsity (--sparsity 0.9); N:M masks "
-            "follow the weights' magnitude every --mask-interval steps"
-        )
-    if isinstance(spec, NMPattern) and config.optimizer == "masked-adam":
-        raise NmrlError(
-            "--optimizer masked-adam is for unstructured sparsity: N:M training needs the "
-            "straight-through gradients of pruned weights"
-        )
-    if config.optimizer not in ("adam", "masked-adam"):
-        raise NmrlError(f"unknown --optimizer {config.optimizer!r}; choose adam or masked-adam")
-    if config.topology_interval < 1 or config.topology_end_step < 0:
-        raise NmrlError("--topology-interval must be >= 1 and --topology-end-step >= 0")
-    if not 0.0 <= config.drop_fraction < 1.0:
-        raise NmrlError(f"--drop-fraction must be in [0, 1), got {config.drop_fraction}")
-
-
-def rigl_end_step(config: TrainConfig) -> int:
+def rigl_end_step(config: TrainConfig, spec: UnstructuredSparsity) -> int:
     """The gradient update at which topology updates stop (0 = never)."""
-    if config.topology_end_step:
-        return config.topology_end_step
-    if topology_of(config) == "rigl":
+    if config.unstructured.topology_end_step:
+        return config.unstructured.topology_end_step
+    if spec.topology == "rigl":
         return max(1, int(RIGL_DEFAULT_END * max(config.total_steps - config.learning_starts, 1)))
     return 0
 
@@ -104,31 +55,34 @@ def set_leaky_relu_slope(module: nn.Module, slope: float) -> None:
             layer.negative_slope = slope
 
 
-def sparsify_network(module: nn.Module, config: TrainConfig, update_every: int = 1) -> None:
-    """Make ``module`` (an online network, built dense) sparse as ``config`` says, in place.
+def sparsify_network(module: nn.Module, spec: Sparsity, config: TrainConfig, update_every: int = 1) -> None:
+    """Make ``module`` (an online network, built dense) sparse as ``spec`` says, in place; ``config``
+    gives the training schedule (N:M mask interval and SR-STE decay, unstructured topology updates).
 
     ``update_every``: the network's optimizer steps once per this many gradient updates (TD3's
     actor: ``policy_delay``), so that ``--topology-interval`` and ``--topology-end-step``, counted
     in gradient updates, mean the same wall of training for every network.
     """
     set_leaky_relu_slope(module, config.activation_slope)
-    spec = parse_sparsity(config.sparsity)
-    if isinstance(spec, NMPattern):
-        sparsify(module, spec, config.mask_interval, config.srste_decay)
-        return
+    if isinstance(spec, NMSparsity):
+        sparsify(module, spec.pattern, config.nm.mask_interval, config.nm.srste_decay)
+    elif isinstance(spec, UnstructuredSparsity):
+        end = rigl_end_step(config, spec)
+        sparsify_unstructured_network(
+            module,
+            spec,
+            interval=max(1, round(config.unstructured.topology_interval / update_every)),
+            drop_fraction=config.unstructured.drop_fraction,
+            end_step=-(-end // update_every) if end else 0,
+        )
+
+
+def sparsify_unstructured_network(module: nn.Module, spec: UnstructuredSparsity, **schedule: Any) -> None:
+    """``module``'s Linears made unstructured-sparse as ``spec`` says (its output layer kept dense
+    with ``layers="hidden"``); ``schedule``: topology-update settings of :func:`sparsify_unstructured`."""
     linears = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
-    skip = linears[-1:] if config.sparse_layers == "hidden" else []
-    end = rigl_end_step(config)
-    sparsify_unstructured(
-        module,
-        spec,
-        config.density_allocation,
-        skip=skip,
-        topology=topology_of(config),
-        interval=max(1, round(config.topology_interval / update_every)),
-        drop_fraction=config.drop_fraction,
-        end_step=-(-end // update_every) if end else 0,
-    )
+    skip = linears[-1:] if spec.layers == "hidden" else []
+    sparsify_unstructured(module, spec.fraction, spec.allocation, skip=skip, topology=spec.topology, **schedule)
 
 
 def make_optimizer(
@@ -139,7 +93,7 @@ def make_optimizer(
     modules = [networks] if isinstance(networks, nn.Module) else list(networks)
     params = [p for module in modules for p in module.parameters()]
     layers = [layer for module in modules for _, layer in unstructured_layers(module)]
-    return make_adam(params, lr, layers, masked=config.optimizer == "masked-adam", **adam_options)
+    return make_adam(params, lr, layers, masked=config.unstructured.optimizer == "masked-adam", **adam_options)
 
 
 def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:
@@ -156,7 +110,7 @@ def agent_costs(networks: dict[str, nn.Module]) -> dict[str, CostSummary]:
         costs = network_costs(module)
         if not costs:
             continue
-        summary = summarize(costs)
+        summary = total_cost(costs)
         summaries[name] = summary
         if name.endswith("_target"):
             # Forward only: no training FLOPs and no parameters of its own.

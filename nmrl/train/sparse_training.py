@@ -79,6 +79,7 @@ class SparseTraining:
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
+        self.spec = config.spec  # parsed once; every network of the algorithm gets this value
         self.soft_update = SoftUpdate(config.tau)
         self.fast_path: SemiStructuredTraining | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -87,7 +88,7 @@ class SparseTraining:
     def sparsify(self, network: nn.Module, update_every: int = 1) -> nn.Module:
         """``network`` (built dense) made sparse as the config says and moved to the device.
         ``update_every``: its optimizer steps once per this many gradient updates (TD3's actor)."""
-        sparsify_network(network, self.config, update_every=update_every)
+        sparsify_network(network, self.spec, self.config, update_every=update_every)
         return network.to(self.device)
 
     def target(self, online: nn.Module) -> nn.Module:
@@ -115,21 +116,21 @@ class SparseTraining:
         """With ``--semi-structured``: run the 2:4 layers of ``networks`` (all of the algorithm's,
         targets included) on sparse tensor cores, or raise one NmrlError saying why they cannot.
         Call once, after every network exists. Without the flag: nothing."""
-        if not self.config.semi_structured:
+        if not self.config.fast_path.semi_structured:
             return
         from nmrl.sparsity.semi_structured import SemiStructuredTraining
 
         self.fast_path = SemiStructuredTraining(
-            networks, self.config.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
+            networks, self.config.fast_path.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
         )
-        print(f"2:4 semi-structured layers ({self.config.semi_structured_dtype}):\n{self.fast_path.report()}")
+        print(f"2:4 semi-structured layers ({self.config.fast_path.semi_structured_dtype}):\n{self.fast_path.report()}")
         self._precision = self.fast_path.autocast
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of an update: fp16/bf16 autocast on the fast path, else nothing."""
-        if self.config.semi_structured and self.fast_path is None:
+        if self.config.fast_path.semi_structured and self.fast_path is None:
             raise RuntimeError("--semi-structured: the algorithm never called SparseTraining.enable_fast_path")
         return self._precision()
 

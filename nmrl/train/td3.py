@@ -53,7 +53,7 @@ class TD3(Algorithm):
         critic1 = Critic(obs_dim, act_dim, config.hidden, config.activation)
         critic2 = Critic(obs_dim, act_dim, config.hidden, config.activation)
         # The actor steps once per policy_delay updates; topology schedules count updates.
-        self.actor = sparse.sparsify(actor, update_every=config.policy_delay)
+        self.actor = sparse.sparsify(actor, update_every=config.td3.policy_delay)
         self.critic1, self.critic2 = sparse.sparsify(critic1), sparse.sparsify(critic2)
         self.actor_target = sparse.target(self.actor)
         self.critic1_target = sparse.target(self.critic1)
@@ -76,15 +76,16 @@ class TD3(Algorithm):
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
         action = self.actor(obs)
         if explore:
-            noise = torch.randn_like(action) * (self.config.exploration_noise * self.action_scale)
+            noise = torch.randn_like(action) * (self.config.td3.exploration_noise * self.action_scale)
             action = torch.max(torch.min(action + noise, self.action_high), self.action_low)
         return action
 
     def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        cfg, options = self.config, self.config.td3
         with torch.no_grad():
             # Target policy smoothing: clipped noise on the target action.
-            noise = (torch.randn_like(batch.action) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            noise = torch.randn_like(batch.action) * options.policy_noise
+            noise = noise.clamp(-options.noise_clip, options.noise_clip)
             next_action = self.actor_target(batch.next_obs) + noise * self.action_scale
             next_action = torch.max(torch.min(next_action, self.action_high), self.action_low)
             next_q = torch.min(
@@ -101,7 +102,7 @@ class TD3(Algorithm):
         self.updates += 1
         metrics = {"critic_loss": critic_loss.detach(), "q": q1.detach().mean()}
 
-        if self.updates % cfg.policy_delay == 0:  # delayed policy and target updates
+        if self.updates % options.policy_delay == 0:  # delayed policy and target updates
             with frozen(self.critic1):
                 actor_loss = -self.critic1(batch.obs, self.actor(batch.obs)).mean()
             self.sparse.minimize(actor_loss, self.actor_optimizer)
