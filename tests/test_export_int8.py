@@ -25,7 +25,7 @@ def run_dir(tmp_path_factory):
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_dir, tmp_path) -> None:
     from nmrl.deploy.policy import load_policy
-    from nmrl.train.run import load_policy as load_run
+    from nmrl.train.run import load_trained_actor
 
     path = tmp_path / "actor.int8.onnx"
     result = export_run(run_dir, "int8", output=path, episodes=2, pad_k=True)
@@ -35,7 +35,7 @@ def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_d
     assert [layer.shape for layer in check.layers] == [(64, 12), (64, 64), (3, 64)]  # K 11 -> 12 in the graph
     assert all(layer.eligible_2of4 for layer in check.layers)
     # Every zero of the fp32 actor is a zero of the int8 file (the padded column too).
-    loaded = load_run(run_dir)
+    loaded = load_trained_actor(run_dir)
     fp32 = [m.effective_weight().detach().numpy() for m in loaded.policy.modules() if hasattr(m, "effective_weight")]
     for weights, layer in zip(fp32, check.layers, strict=True):
         quantized = check.weights[layer.weight_name][:, : weights.shape[1]]

@@ -38,7 +38,7 @@ def _lines(text: str) -> list[str]:
 
 def test_a_trained_policy_the_old_random_input_check_refused_exports_in_fp16(cheetah_run, capsys) -> None:
     from nmrl.export.onnx_export import random_observations
-    from nmrl.train.run import load_policy
+    from nmrl.train.run import load_trained_actor
 
     assert main(["export", str(cheetah_run), "--dtype", "fp16", "--checkpoint", "best", "--check-episodes", "2"]) == 0
     out = capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_a_trained_policy_the_old_random_input_check_refused_exports_in_fp16(che
     assert written.is_file()
     # The check this verification replaced: 256 Gaussian observations at 3x unit scale, max abs error
     # over the largest |action| of the batch, fp16 limit 1e-2. This policy's fp16 file fails it.
-    loaded = load_policy(cheetah_run, "best")
+    loaded = load_trained_actor(cheetah_run, "best")
     wide = random_observations(loaded.obs_dim, 256, 0)
     reference = torch_actor(loaded.policy)(wide)
     old_rel_error = np.abs(onnx_actor(written)(wide) - reference).max() / np.abs(reference).max()

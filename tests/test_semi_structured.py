@@ -249,7 +249,7 @@ def test_train_flag_round_trips_through_config_json(tmp_path):
 
     config = tiny_config(tmp_path, semi_structured=True, semi_structured_dtype="float16")
     restored = TrainConfig.from_dict(config.to_dict())
-    assert restored.semi_structured and restored.semi_structured_dtype == "float16"
+    assert restored.fast_path.semi_structured and restored.fast_path.semi_structured_dtype == "float16"
 
 
 @GPU
