@@ -38,7 +38,7 @@ from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.spec import UnstructuredSparsity, parse_sparsity
 from nmrl.train.aggregate import curve_band, iqm, stratified_bootstrap_ci
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import SharedConfig, TrainConfig
 from nmrl.train.sparse import COSTS_FILE
 
 METHOD_PREFIXES: dict[str, dict[str, Any]] = {
@@ -149,13 +149,17 @@ def env_folder(out: Path, env: str) -> Path:
     return out / env
 
 
-def build_grid(base: TrainConfig, envs: Sequence[str], methods: Sequence[Method], seeds: int, out: Path) -> list[Cell]:
+def build_grid(
+    base: SharedConfig, envs: Sequence[str], methods: Sequence[Method], seeds: int, first_seed: int, out: Path
+) -> list[Cell]:
+    """One cell per env x method x seed (seeds ``first_seed .. first_seed + seeds - 1``)."""
     cells = []
     for env in envs:
         for method in methods:
-            for seed in range(base.seed, base.seed + seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 # One torch thread per worker unless asked otherwise: workers share the cores.
-                config = base.with_settings(
+                config = TrainConfig.from_shared(
+                    base,
                     **method.settings,
                     env=env,
                     seed=seed,
@@ -179,7 +183,7 @@ def check_same_settings(cell: Cell) -> None:
     saved_path = cell.run_dir / "config.json"
     if not saved_path.exists():
         return
-    saved, wanted = TrainConfig.load(saved_path).to_dict(), cell.config.to_dict()
+    saved, wanted = TrainConfig.load(saved_path).flat_settings(), cell.config.flat_settings()
     changed = sorted(key for key in wanted if key not in MAY_CHANGE and saved.get(key) != wanted[key])
     if changed:
         raise NmrlError(
@@ -388,7 +392,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]
     atomic_write_text(path, buffer.getvalue())
 
 
-def write_results(results: Sequence[MethodResult], folder: Path, env: str, base: TrainConfig) -> str:
+def write_results(results: Sequence[MethodResult], folder: Path, env: str, base: SharedConfig) -> str:
     """One env's results.md, results.csv, curves.csv and curves.png in ``folder``; returns the markdown."""
     rows = table_rows(results)
     write_csv(folder / "results.csv", TABLE_COLUMNS, rows)
@@ -476,7 +480,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], envs: Sequence[str], algo: 
     return "\n".join(lines) + "\n"
 
 
-def write_summary(per_env: dict[str, list[MethodResult]], out: Path, base: TrainConfig) -> str:
+def write_summary(per_env: dict[str, list[MethodResult]], out: Path, base: SharedConfig) -> str:
     """summary.md and summary.csv in ``out``; returns the markdown ('' without a dense method)."""
     if not any(r.method.name == "dense" for r in next(iter(per_env.values()))):
         return ""
@@ -488,14 +492,15 @@ def write_summary(per_env: dict[str, list[MethodResult]], out: Path, base: Train
     return markdown
 
 
-def default_out(base: TrainConfig, envs: Sequence[str]) -> Path:
+def default_out(base: SharedConfig, envs: Sequence[str]) -> Path:
     return Path(base.runs_dir) / f"compare__{'+'.join(envs)}__{base.algo}"
 
 
 def run_comparison(
-    base: TrainConfig,
+    base: SharedConfig,
     methods: str,
     seeds: int = 3,
+    first_seed: int = 1,
     envs: str = "",
     out: Path | None = None,
     report_only: bool = False,
@@ -516,13 +521,18 @@ def run_comparison(
     out = Path(out) if out is not None else default_out(base, env_ids)
     if report_only and not out.is_dir():
         raise NmrlError(f"--report-only: {out} does not exist (no grid folder to report on)")
-    cells = build_grid(base, env_ids, method_list, seeds, out)
+    cells = build_grid(base, env_ids, method_list, seeds, first_seed, out)
     out.mkdir(parents=True, exist_ok=True)
     grid_file = out / "grid.json"
     atomic_write_text(
         grid_file,
         json.dumps(
-            {"envs": env_ids, "methods": [m.name for m in method_list], "seeds": seeds, "base_config": base.to_dict()},
+            {
+                "envs": env_ids,
+                "methods": [m.name for m in method_list],
+                "seeds": list(range(first_seed, first_seed + seeds)),
+                "base_config": base.to_dict(),
+            },
             indent=2,
         )
         + "\n",
@@ -544,9 +554,10 @@ def run_comparison(
 
 
 def compare(
-    config: Annotated[TrainConfig, tyro.conf.arg(name="")],
+    config: Annotated[SharedConfig, tyro.conf.arg(name="")],
     methods: str = "dense,2:4,ds-0.5",
     seeds: int = 3,
+    seed: int = 1,
     envs: str = "",
     engine: Literal["local", "ray"] = "local",
     workers: int = 2,
@@ -563,10 +574,12 @@ def compare(
     resumes interrupted ones.
 
     Args:
-        config: Training settings shared by every cell; each method sets --sparsity and --topology.
+        config: Training settings shared by every cell (each method sets the sparsity, and the
+            topology, optimizer or activation it needs; each cell sets its seed and run name).
         methods: Comma-separated: dense, N:M patterns (2:4, 1:4, 1:8), ss-F (static sparse), ds-F (SET:
             DS-TD3/DS-SAC), rigl-F, tows-F (SET + masked Adam + LeakyReLU); F = fraction of weights pruned.
         seeds: Seeds per method and env: --seed, --seed+1, ...
+        seed: The first seed.
         envs: Comma-separated Gymnasium ids (Hopper-v5,HalfCheetah-v5); empty = the one --env.
         engine: local (worker processes on this machine) or ray (tasks on a Ray cluster: pip install 'nmrl[ray]').
         workers: Cells trained at once on the local engine (one torch thread each unless --threads is given);
@@ -579,4 +592,6 @@ def compare(
         report_only: Only rebuild the tables and plots from the runs already in --out.
     """
     settings = EngineSettings(engine, workers, address, retries, cell_gpus)
-    run_comparison(config, methods, seeds=seeds, envs=envs, out=out, report_only=report_only, settings=settings)
+    run_comparison(
+        config, methods, seeds=seeds, first_seed=seed, envs=envs, out=out, report_only=report_only, settings=settings
+    )

@@ -157,6 +157,19 @@ class SharedConfig:
             top[group] = dataclasses.replace(getattr(self, group), **values)
         return dataclasses.replace(self, **top)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready data, grouped as the dataclasses are (``config.json``)."""
+        data = dataclasses.asdict(self)
+        data["runs_dir"] = str(self.runs_dir)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    def flat_settings(self) -> dict[str, Any]:
+        """Every setting by its flag name (``policy_delay``, not ``td3``), groups flattened."""
+        data = self.to_dict()
+        groups = {name: data.pop(name) for name in OPTION_GROUPS if name in data}
+        return {**data, **{key: value for values in groups.values() for key, value in values.items()}}
+
 
 @dataclass
 class TrainConfig(SharedConfig):
@@ -265,12 +278,6 @@ class TrainConfig(SharedConfig):
         """The sparsity setting as a typed value (the one parser: :func:`nmrl.sparsity.spec.parse_sparsity`)."""
         options = self.unstructured
         return parse_sparsity(self.sparsity, options.topology, options.density_allocation, options.sparse_layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["runs_dir"] = str(self.runs_dir)
-        data["hidden"] = list(self.hidden)
-        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
