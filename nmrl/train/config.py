@@ -142,7 +142,7 @@ class TrainConfig:
 
     def _validate_semi_structured(self) -> None:
         """Fail before a run directory exists when the 2:4 fast path cannot run here."""
-        from nmrl.sparsity.pattern import fits_2of4
+        from nmrl.sparsity.nm_core import fits_2of4
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         if self.pattern.is_dense or not fits_2of4(self.pattern):
