@@ -11,7 +11,8 @@ this order:
 3. ``dtype``: reduced precision (fp16, bf16, int8, fp8); fp32 has no 2:4 sparse form.
 4. ``tile``: the kernel's tile shape, for torch's semi-structured tensors: rows (out) and K at
    least, and multiples of, the backend's tile for the dtype (cuSPARSELt: 16 for fp16/bf16, 32 for
-   int8; CUTLASS: 32 x 64 for fp16/bf16). TensorRT pads and has no such rule.
+   int8; CUTLASS: 32 x 64 for fp16/bf16, 16 x 128 for int8). Not asked for TensorRT, whose
+   builder chooses its tactics itself.
 
 Every layer is always judged; each caller asks about the layers it needs:
 :data:`FOR_TENSORRT` (``nmrl inspect`` and ``nmrl deploy build``) and :data:`FOR_TORCH_KERNELS`
@@ -35,7 +36,7 @@ DTYPE = "dtype"
 TILE = "tile"
 LAYERS = (STRUCTURE, K_MULTIPLE_OF_4, DTYPE, TILE)
 FOR_TENSORRT = (STRUCTURE, K_MULTIPLE_OF_4, DTYPE)
-"""What ``nmrl inspect`` and ``nmrl deploy build`` ask: TensorRT pads tiles itself."""
+"""What ``nmrl inspect`` and ``nmrl deploy build`` ask (TensorRT's builder has no torch tile rule)."""
 FOR_TORCH_KERNELS = (STRUCTURE, TILE)
 """What the semi-structured selection asks (the tile rule implies K % 4; it picks fp16/bf16 itself)."""
 
@@ -45,7 +46,7 @@ REDUCED_PRECISION = ("float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m
 # at least, and multiples of, these (torch/sparse/semi_structured.py, _DTYPE_SHAPE_CONSTRAINTS).
 WEIGHT_TILE: dict[str, dict[str, tuple[int, int]]] = {
     "cusparselt": {"float16": (16, 16), "bfloat16": (16, 16), "int8": (32, 32), "float8_e4m3fn": (32, 32)},
-    "cutlass": {"float16": (32, 64), "bfloat16": (32, 64), "int8": (32, 128)},
+    "cutlass": {"float16": (32, 64), "bfloat16": (32, 64), "int8": (16, 128)},
 }
 
 
