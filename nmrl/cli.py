@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy eval": ("nmrl.deploy.commands", "deploy_eval", "closed-loop return of a deployed policy file"),
     "bench": ("nmrl.deploy.commands", "bench", "latency of the sparse actor vs its dense twin per backend"),
     "doctor": ("nmrl.doctor", "doctor", "what this machine can run (CUDA, 2:4, TensorRT, ORT)"),
-    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense twin"),
+    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense-kernel engine"),
     "compare": ("nmrl.train.compare", "compare", "train methods x seeds x envs (local or Ray); tables, curves"),
 }
 

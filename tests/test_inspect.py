@@ -9,11 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from deploy_support import gemm_model, matmul_model, nm_along
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nmrl.cli import main
-from nmrl.export.verify import finest_nm, inspect_model, nm_violations
+from nmrl.export.verify import inspect_model
+from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
 
 
@@ -39,7 +38,7 @@ def test_same_weight_read_with_the_other_layout_is_not_2of4() -> None:
     weight = nm_along((16, 32), axis=1, n=2, m=4)
     (layer,) = inspect_model(gemm_model(np.ascontiguousarray(weight), trans_b=0)).layers  # K now axis 0
     assert layer.k_axis == 0 and not layer.pattern_2of4
-    assert "not 2:4 along K" in layer.reasons and not layer.eligible_2of4
+    assert layer.reasons[0].startswith("not 2:4 along K") and not layer.eligible_2of4
 
 
 def test_matmul_constant_b_groups_along_axis_0_and_transpose_is_followed() -> None:
@@ -133,22 +132,6 @@ def test_inspect_and_the_ort_policy_never_load_torch(tmp_path) -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-
-
-@settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 6), cols=st.integers(1, 20), density=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
-def test_numpy_checks_agree_with_the_torch_core(rows: int, cols: int, density: float, seed: int) -> None:
-    import torch
-
-    from nmrl.sparsity.mask import check_nm
-    from nmrl.sparsity.mask import finest_nm as torch_finest_nm
-
-    rng = np.random.default_rng(seed)
-    weight = (rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)).astype(np.float32)
-    assert finest_nm(weight, 1) == torch_finest_nm(torch.from_numpy(weight))
-    for pattern in (NMPattern(2, 4), NMPattern(1, 4), NMPattern(2, 8)):
-        assert nm_violations(weight, 1, pattern) == len(check_nm(torch.from_numpy(weight), pattern))
-        assert nm_violations(weight.T, 0, pattern) == len(check_nm(torch.from_numpy(weight), pattern))
 
 
 def test_agrees_with_polygraphy_on_the_k_axis(tmp_path) -> None:

@@ -14,7 +14,7 @@ from nmrl.envs import env_dims, make_env
 from nmrl.errors import NmrlError
 from nmrl.sparsity import NMLinear, NMPattern, check_nm
 from nmrl.sparsity.dynamic import UnstructuredLinear, unstructured_layers
-from nmrl.sparsity.eligibility import two_four_eligibility
+from nmrl.sparsity.two_four import FOR_TENSORRT, STRUCTURE, verdict_of_weights
 from nmrl.train.algorithm import get_algorithm
 from nmrl.train.checkpoint import load_checkpoint
 from nmrl.train.config import TrainConfig
@@ -225,10 +225,11 @@ def test_an_unstructured_actor_exports_and_is_reported_not_2of4_eligible(tmp_pat
     # The masked weight of the 64x64 hidden layer reaches the file as an initializer with its exact zeros.
     hidden = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if tuple(t.dims) == (64, 64)]
     assert len(hidden) == 1
-    report = two_four_eligibility(torch.from_numpy(hidden[0].copy()))
-    assert not report.eligible and report.sparsity > 0.8
-    assert "groups of 4 along K hold more than 2 nonzeros" in report.reason
+    assert np.mean(hidden[0] == 0) > 0.8
+    verdict = verdict_of_weights(hidden[0], 1, "float16")  # Gemm transB: K is axis 1
+    assert not verdict.fits((STRUCTURE,))
+    assert "groups of 4 hold more than 2 nonzeros" in verdict.reasons(FOR_TENSORRT)[0]
     # The same layer trained 2:4 is eligible; a K that is not a multiple of 4 never is.
     nm = build(tiny_config(tmp_path, sparsity="2:4", hidden=(64, 64))).policy()
-    assert two_four_eligibility(nm.net[2].effective_weight()).eligible
-    assert "multiple of 4" in two_four_eligibility(torch.zeros(8, 11)).reason
+    assert verdict_of_weights(nm.net[2].effective_weight().detach().numpy(), 1, "float16").fits(FOR_TENSORRT)
+    assert "multiple of 4" in verdict_of_weights(np.zeros((8, 11)), 1, "float16").reasons(FOR_TENSORRT)[0]

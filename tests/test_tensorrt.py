@@ -125,8 +125,8 @@ def test_engine_file_names():
     plan = trt_deploy.default_plan_path(onnx_path, "tensorrt")
     rtx = trt_deploy.default_plan_path(onnx_path, "tensorrt-rtx")
     assert plan == Path("runs/x/actor.plan") and rtx == Path("runs/x/actor.rtx.plan")
-    assert trt_deploy.dense_twin_path(plan) == Path("runs/x/actor.dense.plan")
-    assert trt_deploy.dense_twin_path(rtx) == Path("runs/x/actor.rtx.dense.plan")
+    assert trt_deploy.dense_kernels_path(plan) == Path("runs/x/actor.dense.plan")
+    assert trt_deploy.dense_kernels_path(rtx) == Path("runs/x/actor.rtx.dense.plan")
     assert trt_deploy.report_path(plan) == Path("runs/x/actor.plan.json")
 
 
@@ -218,7 +218,7 @@ def test_rtx_builds_every_kind_of_actor(tmp_path, kind, dtype):
 
 
 @needs_rtx
-def test_rtx_dense_twin_is_built_without_the_sparse_flag(tmp_path):
+def test_rtx_dense_kernel_engine_is_built_without_the_sparse_flag(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
     trt = trt_deploy.import_tensorrt("tensorrt-rtx")
     info = read_graph_info(onnx_path)
@@ -230,7 +230,7 @@ def test_rtx_dense_twin_is_built_without_the_sparse_flag(tmp_path):
 @needs_rtx
 def test_rtx_compute_capability_targets(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("8.6",), dense_twin=False)
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("8.6",), dense_kernels=False)
     assert report.dense_plan is None and Path(report.plan).is_file()
     with pytest.raises(NmrlError, match=r"no compute capability 9\.0 target.*--backend tensorrt"):
         trt_deploy.build_engines(onnx_path, "tensorrt-rtx", compute_capabilities=("9.0",))
@@ -268,7 +268,7 @@ def test_cli_deploy_build_prints_the_report(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_running_an_engine_without_a_gpu_is_one_clear_error(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", dense_twin=False)
+    report = trt_deploy.build_engines(onnx_path, "tensorrt-rtx", dense_kernels=False)
     with pytest.raises(NmrlError, match="could not load the engine"):
         trt_deploy.load_tensorrt_policy(report.plan)
 
@@ -365,11 +365,11 @@ def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, m
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_built_engine_is_what_the_loader_runs(tmp_path):
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
-    assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt-rtx", "--no-dense-twin"]) == 0
+    assert main(["deploy", "build", str(onnx_path), "--backend", "tensorrt-rtx", "--no-dense-kernels"]) == 0
     built = _files(tmp_path)
     with pytest.raises(NmrlError, match=r"actor\.rtx\.plan: tensorrt-rtx could not load the engine"):
         trt_deploy.load_tensorrt_rtx_policy(onnx_path)  # found it; only the GPU is missing
-    with pytest.raises(NmrlError, match="no tensorrt-rtx dense twin engine"):
+    with pytest.raises(NmrlError, match="no tensorrt-rtx dense-kernel engine"):
         trt_deploy.load_tensorrt_rtx_policy(onnx_path, dense=True)
     assert _files(tmp_path) == built
 
@@ -570,7 +570,7 @@ def test_deploy_verbs_run_without_pytorch(tmp_path):
     onnx_path = str(export_actor(tmp_path / "actor.onnx", "2:4", "fp16"))
     argvs = [
         ["doctor"],
-        ["deploy", "build", onnx_path, "--backend", "tensorrt-rtx", "--no-dense-twin"],
+        ["deploy", "build", onnx_path, "--backend", "tensorrt-rtx", "--no-dense-kernels"],
         ["bench", onnx_path, "--backends", "ort", "--batch", "1", "--out", str(tmp_path / "bench")],
     ]
     result = subprocess.run(

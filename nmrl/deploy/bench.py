@@ -90,7 +90,8 @@ def time_policies(
     return latencies
 
 
-def summarize(model: str, variant: str, backend: str, batch: int, latencies_ns: np.ndarray) -> Timing:
+def timing_of(model: str, variant: str, backend: str, batch: int, latencies_ns: np.ndarray) -> Timing:
+    """Percentiles and mean (µs) of one model x variant x backend x batch's per-call latencies."""
     us = latencies_ns / 1e3
     p50, p90, p99 = np.percentile(us, [50, 90, 99])
     return Timing(model, variant, backend, batch, len(us), float(p50), float(p90), float(p99), float(us.mean()))
@@ -149,7 +150,7 @@ def run_bench(
                 for batch in batches:
                     latencies = time_policies(policies, batch, warmup, calls, max_seconds)
                     for variant, values in latencies.items():
-                        timing = summarize(name, variant, backend, batch, values)
+                        timing = timing_of(name, variant, backend, batch, values)
                         timings.append(timing)
                         if on_result is not None:
                             on_result(timing)

@@ -15,7 +15,7 @@ def build(
     backend: Literal["tensorrt", "tensorrt-rtx"] = "tensorrt",
     output: Path | None = None,
     sparse: bool = True,
-    dense_twin: bool = True,
+    dense_kernels: bool = True,
     min_batch: int = 1,
     opt_batch: int = 64,
     max_batch: int = 4096,
@@ -23,9 +23,9 @@ def build(
     workspace_mib: int | None = None,
 ) -> int:
     """Build a TensorRT engine from an exported actor, with 2:4 sparse weights enabled, plus its
-    dense twin (same weights, sparse flag off) for comparison.
+    dense-kernel engine (same weights, sparse flag off) for comparison.
 
-    Writes actor.plan (TensorRT) or actor.rtx.plan (TensorRT-RTX) beside the ONNX, the dense twin
+    Writes actor.plan (TensorRT) or actor.rtx.plan (TensorRT-RTX) beside the ONNX, the dense-kernel engine
     (*.dense.plan), the full builder log (*.plan.log) and a JSON report (*.plan.json) saying which
     layers were 2:4 in the ONNX, which the builder found eligible for sparse math and which it
     picked sparse kernels for. TensorRT 10 builds the fp32 ONNX with the FP16 flag; TensorRT 11 and
@@ -39,7 +39,7 @@ def build(
             runs on RTX-class GPUs of compute capability 8.0/8.6/8.9/12.x).
         output: engine path (default: beside the ONNX).
         sparse: set the SPARSE_WEIGHTS builder flag.
-        dense_twin: also build the same graph without the sparse flag.
+        dense_kernels: also build the same graph without the sparse flag.
         min_batch: smallest batch of the dynamic-batch profile.
         opt_batch: batch the builder tunes for.
         max_batch: largest batch of the profile.
@@ -51,7 +51,7 @@ def build(
         flavour=backend,
         output=output,
         sparse=sparse,
-        dense_twin=dense_twin,
+        dense_kernels=dense_kernels,
         profile=BatchProfile(min_batch, opt_batch, max_batch),
         compute_capabilities=compute_capability,
         workspace_mib=workspace_mib,

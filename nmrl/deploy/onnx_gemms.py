@@ -1,11 +1,14 @@
 """Which matrix multiplies of an ONNX graph carry constant weights that 2:4 sparse kernels could use.
 
 TensorRT considers a ``Gemm`` or ``MatMul`` for sparse math when its weight operand is a constant
-whose groups of 4 along K (the reduction dim) hold at most 2 nonzeros, K is a multiple of 4, and
-the layer runs in reduced precision. The layers come from :func:`nmrl.export.verify.inspect_model`
-(the checks ``nmrl inspect`` prints); this module adds what the builder needs besides (the input
-and output, the compute dtype) so that ``nmrl deploy build`` can say, before and independently of
-the builder, which layers were candidates; the builder's own log then says which of them it picked.
+that passes the 2:4 verdict (:mod:`nmrl.sparsity.two_four`): 2:4 along K, K % 4 == 0, and reduced
+precision. ``fits_2of4`` is the weights' side of it (structure and K); the precision a build runs
+in is the build settings' (TensorRT 10 runs an fp32 graph in fp16 with its FP16 flag), while
+``reasons`` is what ``nmrl inspect`` says of the stored dtype. The layers come from
+:func:`nmrl.export.verify.inspect_model` (the checks ``nmrl inspect`` prints); this module adds what
+the builder needs besides (the input and output, the compute dtype) so that ``nmrl deploy build``
+can say, before and independently of the builder, which layers were candidates; the builder's own
+log then says which of them it picked.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nmrl.errors import NmrlError
-from nmrl.export.verify import REDUCED_PRECISION, LayerCheck, inspect_model, load_onnx
+from nmrl.export.verify import LayerCheck, inspect_model, load_onnx
+from nmrl.sparsity.two_four import K_MULTIPLE_OF_4, REDUCED_PRECISION, STRUCTURE
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,9 @@ class GemmWeight:
     k: int
     n: int
     dtype: str
-    fits_2of4: bool  # every group of 4 along K holds at most 2 nonzeros, and K % 4 == 0
+    fits_2of4: bool  # the weights' side of the 2:4 verdict: 2:4 along K, and K % 4 == 0
     density: float
+    reasons: tuple[str, ...] = ()  # the verdict's reasons, as `nmrl inspect` prints them (structure, K % 4, dtype)
 
     @classmethod
     def from_check(cls, layer: LayerCheck) -> GemmWeight:
@@ -40,8 +45,9 @@ class GemmWeight:
             k=layer.k,
             n=math.prod(layer.shape) // layer.k if layer.k else 0,
             dtype=layer.dtype,
-            fits_2of4=layer.pattern_2of4 and layer.k % 4 == 0,
+            fits_2of4=layer.verdict.fits((STRUCTURE, K_MULTIPLE_OF_4)),
             density=layer.density,
+            reasons=layer.reasons,
         )
 
     def to_dict(self) -> dict:

@@ -102,7 +102,8 @@ def load_ort_policy(path: Path, threads: int = 1) -> OrtPolicy:
     return OrtPolicy(_check_onnx_path(path), ("CPUExecutionProvider",), threads)
 
 
-def cuda_unavailable_reason() -> str | None:
+def ort_cuda_unavailable_reason() -> str | None:
+    """Backend probe for ``ort-cuda``: why this ONNX Runtime has no CUDA provider (None when it has)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():

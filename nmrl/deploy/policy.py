@@ -67,7 +67,8 @@ class Backend:
 
     ``loader(path, **options) -> Policy``; ``probe() -> str | None`` returns why the backend
     cannot run here (None when it can). ``takes`` says what ``path`` is: ``"onnx"`` (an exported
-    .onnx file) or ``"run"`` (a run directory; such loaders take ``dense=True`` for the dense twin).
+    .onnx file) or ``"run"`` (a run directory; such loaders take ``dense=True`` for their
+    dense-kernel variant: the same weights without sparse kernels).
     ``build``, for backends that run a compiled artefact (TensorRT engines), is the explicit build
     step ``build(onnx_path, **options)``: loaders never build, so a caller that made an ONNX file
     itself (bench's scratch models) calls :func:`build_for` before loading it.
@@ -94,7 +95,7 @@ BACKENDS: dict[str, Backend] = {
     ),
     "ort-cuda": Backend(
         "nmrl.deploy.ort_backend:load_ort_cuda_policy",
-        "nmrl.deploy.ort_backend:cuda_unavailable_reason",
+        "nmrl.deploy.ort_backend:ort_cuda_unavailable_reason",
         "ONNX Runtime, CUDA execution provider (needs onnxruntime-gpu and a GPU)",
     ),
     "tensorrt": Backend(

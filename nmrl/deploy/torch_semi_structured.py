@@ -3,7 +3,8 @@
 The PyTorch counterpart of a sparse TensorRT engine, for ``nmrl bench``: the same checkpoint as
 the ``torch`` backend, converted by :func:`nmrl.sparsity.semi_structured.to_semi_structured`
 (layers whose shapes the kernels take run on sparse tensor cores; the others are plain dense
-layers in the same dtype). ``compress=False`` gives the dense twin for comparison.
+layers in the same dtype). ``compress=False`` gives the dense-kernel variant for comparison (the
+same weights, not compressed).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class SemiStructuredTorchPolicy(Policy):
         import torch
 
         sparse = sum(choice.sparse for choice in self.choices)
-        what = f"{sparse}/{len(self.choices)} layers 2:4" if self.compress else "dense twin"
+        what = f"{sparse}/{len(self.choices)} layers 2:4" if self.compress else "dense kernels"
         return (
             f"PyTorch {torch.__version__.split('+')[0]} {str(self.dtype).removeprefix('torch.')}, "
             f"CUDA ({torch.cuda.get_device_name()}), {what}"

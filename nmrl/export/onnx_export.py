@@ -29,9 +29,10 @@ from torch import nn
 
 import nmrl
 from nmrl.errors import NmrlError
-from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model, nm_violations
+from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model
 from nmrl.files import atomic_write_bytes
 from nmrl.sparsity.layers import replace_submodule
+from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
 
 DType = Literal["fp32", "fp16", "int8"]

@@ -26,6 +26,7 @@ from onnx import numpy_helper
 from nmrl.errors import NmrlError
 from nmrl.export.verify import inspect_model
 from nmrl.files import atomic_write_bytes
+from nmrl.sparsity.nm_core import grouped, nm_violations
 from nmrl.sparsity.pattern import NMPattern
 
 PACKED_FORMAT = "nmrl-nm-packed-v1"
@@ -62,19 +63,13 @@ def pack_weight(weight: np.ndarray, k_axis: int, pattern: NMPattern) -> PackedWe
     """
     if pattern.is_dense:
         raise NmrlError("nm-packed needs an N:M pattern, not dense")
-    rows = np.moveaxis(weight, k_axis, -1)
-    moved_shape = rows.shape
-    rows = rows.reshape(-1, moved_shape[-1])
-    pad = (-rows.shape[1]) % pattern.m
-    if pad:
-        rows = np.pad(rows, ((0, 0), (0, pad)))
-    groups = rows.reshape(rows.shape[0], -1, pattern.m)
-    nonzeros = (groups != 0).sum(axis=-1)
-    if (nonzeros > pattern.n).any():
+    broken = nm_violations(weight, k_axis, pattern)
+    if broken:
         raise NmrlError(
             f"weight of shape {weight.shape} is not {pattern} along axis {k_axis}: "
-            f"{int((nonzeros > pattern.n).sum())} groups hold more than {pattern.n} nonzeros"
+            f"{broken} groups hold more than {pattern.n} nonzeros"
         )
+    groups = grouped(weight, k_axis, pattern.m)
     # Nonzeros first (stable, so lowest positions first), then zeros; keep N, in position order.
     order = np.argsort(groups == 0, axis=-1, kind="stable")[..., : pattern.n]
     indices = np.sort(order, axis=-1).astype(np.uint8)

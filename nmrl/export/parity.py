@@ -195,7 +195,7 @@ def action_range(action_low: list[float] | None, action_high: list[float] | None
     return np.where(np.isfinite(span) & (span > 0), span, 2.0)
 
 
-def compare(
+def measure_parity(
     reference: Callable[[np.ndarray], np.ndarray],
     candidate: Callable[[np.ndarray], np.ndarray],
     observations: np.ndarray,
@@ -206,9 +206,7 @@ def compare(
 ) -> ParityResult:
     """Run ``observations`` through both actors and measure the largest action difference."""
     error = np.abs(candidate(observations) - reference(observations))
-    return ParityResult(
-        source, len(observations), float(error.max()), float((error / span).max()), precision, blocking
-    )
+    return ParityResult(source, len(observations), float(error.max()), float((error / span).max()), precision, blocking)
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,10 +364,12 @@ def verify_export(
     loop = None
     if env_id:
         loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin)
-        results.append(compare(reference, candidate, visited, span, precision, "policy"))
-        results.append(compare(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env"))
+        results.append(measure_parity(reference, candidate, visited, span, precision, "policy"))
+        results.append(
+            measure_parity(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env")
+        )
     wide = random_observations(obs_dim, random_count, seed)
-    results.append(compare(reference, candidate, wide, span, precision, "random", blocking=env_id is None))
+    results.append(measure_parity(reference, candidate, wide, span, precision, "random", blocking=env_id is None))
     return Verification(tuple(results), loop)
 
 

@@ -11,8 +11,9 @@ axis K is where N:M groups must lie for sparse tensor cores:
   ``transB=1`` (torch's Linear: ``W[out, in]``); for a constant A, K is axis 1, or 0 with ``transA=1``.
 - ``MatMul(X, B)`` with constant B ``[..., K, N]``: K is axis -2; a constant A ``[..., M, K]``: axis -1.
 
-The N:M checks below mirror ``nmrl.sparsity.mask`` (which works on torch tensors along dim 1) in
-numpy, along any axis: same groups, same short-tail rule, same ``finest`` choice.
+N:M counting is :mod:`nmrl.sparsity.nm_core` and the 2:4 verdict :mod:`nmrl.sparsity.two_four`
+(both numpy only); this module finds the weights and their K axis, and asks the verdict's
+TensorRT layers (structure along K, K % 4, dtype).
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import onnx
 from onnx import numpy_helper
 
 from nmrl.errors import NmrlError
+from nmrl.sparsity.nm_core import finest_nm, nm_violations
 from nmrl.sparsity.pattern import NMPattern
+from nmrl.sparsity.two_four import FOR_TENSORRT, STRUCTURE, TwoFourVerdict, verdict_of_weights
 
 # Metadata keys written by nmrl.export; a file that has METADATA_FORMAT_KEY is "ours".
 METADATA_PREFIX = "nmrl."
 METADATA_FORMAT_KEY = "nmrl.format"
 METADATA_FORMAT = "nmrl-policy-onnx-v1"
 
-# Weight dtypes sparse tensor cores run (TensorRT sparse tactics exist for these, not for fp32).
-REDUCED_PRECISION = {"float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m2"}
 # Below this many rows or columns TensorRT times sparse tactics but usually keeps dense ones
 # (NVIDIA's guidance: sparsity pays on large, compute-bound GEMMs).
 SMALL_GEMM = 256
@@ -45,45 +46,6 @@ GEMM_OPS = ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
 # Ops that multiply by weights too, whose weights nmrl does not judge: a claim over a graph holding
 # them (with a constant weight) cannot be verified.
 _UNJUDGED_WEIGHTED_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Einsum"}
-
-
-# ------------------------------------------------------------------------------------------
-# N:M along an axis (numpy)
-
-
-def _groups_nonzeros(weight: np.ndarray, k_axis: int, m: int) -> np.ndarray:
-    """Nonzero count of every group of ``m`` consecutive entries along ``k_axis``: shape
-    [rows, groups], where rows are all other axes flattened and the tail group is zero-padded."""
-    rows = np.moveaxis(weight != 0, k_axis, -1)
-    rows = rows.reshape(-1, rows.shape[-1])
-    pad = (-rows.shape[1]) % m
-    if pad:
-        rows = np.pad(rows, ((0, 0), (0, pad)))
-    return rows.reshape(rows.shape[0], -1, m).sum(axis=-1)
-
-
-def nm_violations(weight: np.ndarray, k_axis: int, pattern: NMPattern) -> int:
-    """How many groups of M along ``k_axis`` hold more than N nonzeros (0 = the pattern holds)."""
-    if pattern.is_dense:
-        return 0
-    return int((_groups_nonzeros(weight, k_axis, pattern.m) > pattern.n).sum())
-
-
-def finest_nm(weight: np.ndarray, k_axis: int, ms: tuple[int, ...] = (4, 8, 16)) -> NMPattern | None:
-    """The sparsest N:M (lowest N/M, smaller M on ties) ``weight`` obeys along ``k_axis``; None when
-    only dense fits. Group sizes longer than K are not tried (one short group shows no structure)."""
-    best: NMPattern | None = None
-    k = weight.shape[k_axis]
-    for m in sorted(ms):
-        if m > k:
-            continue
-        nonzeros = _groups_nonzeros(weight, k_axis, m)
-        n = max(int(nonzeros.max()) if nonzeros.size else 0, 1)
-        if n < m:
-            candidate = NMPattern(n, m)
-            if best is None or candidate.density < best.density:
-                best = candidate
-    return best
 
 
 # ------------------------------------------------------------------------------------------
@@ -102,19 +64,31 @@ class LayerCheck:
     dtype: str
     density: float
     finest: NMPattern | None
-    pattern_2of4: bool
-    """The stored weights hold at most 2 nonzeros in every group of 4 along K."""
-    eligible_2of4: bool
-    """Everything TensorRT needs for sparse tactics holds: 2:4 along K, K % 4 == 0, reduced
-    precision. TensorRT still times sparse against dense and keeps the faster."""
-    reasons: tuple[str, ...] = ()
-    """Why not eligible (empty when eligible)."""
+    verdict: TwoFourVerdict
+    """The 2:4 verdict on the stored weights, every layer of it judged."""
     notes: tuple[str, ...] = ()
     """Hints that do not block eligibility (e.g. small GEMMs where dense usually wins)."""
 
     @property
     def k(self) -> int:
         return self.shape[self.k_axis]
+
+    @property
+    def pattern_2of4(self) -> bool:
+        """The stored weights hold at most 2 nonzeros in every group of 4 along K."""
+        return self.verdict.fits((STRUCTURE,))
+
+    @property
+    def eligible_2of4(self) -> bool:
+        """The verdict's TensorRT layers hold (:data:`nmrl.sparsity.two_four.FOR_TENSORRT`): 2:4
+        along K, K % 4 == 0, reduced precision. TensorRT still times sparse against dense and keeps
+        the faster."""
+        return self.verdict.fits(FOR_TENSORRT)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why not eligible: the verdict's reasons for its TensorRT layers (empty when eligible)."""
+        return self.verdict.reasons(FOR_TENSORRT)
 
 
 @dataclass
@@ -389,14 +363,6 @@ def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axi
     k = weight.shape[k_axis]
     rows = weight.size // k if k else 0
     density = float(np.count_nonzero(weight) / weight.size) if weight.size else 0.0
-    pattern_2of4 = nm_violations(weight, k_axis, NMPattern(2, 4)) == 0
-    reasons: list[str] = []
-    if not pattern_2of4:
-        reasons.append("not 2:4 along K")
-    if k % 4:
-        reasons.append(f"K={k} not a multiple of 4")
-    if dtype not in REDUCED_PRECISION:
-        reasons.append(f"{dtype}: needs fp16/bf16/int8/fp8")
     notes: list[str] = []
     if min(k, rows) < SMALL_GEMM:
         notes.append(f"small (<{SMALL_GEMM}): dense usually wins")
@@ -409,9 +375,7 @@ def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axi
         dtype=dtype,
         density=density,
         finest=finest_nm(weight, k_axis),
-        pattern_2of4=pattern_2of4,
-        eligible_2of4=not reasons,
-        reasons=tuple(reasons),
+        verdict=verdict_of_weights(weight, k_axis, dtype),
         notes=tuple(notes),
     )
 

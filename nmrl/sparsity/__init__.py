@@ -1,6 +1,7 @@
 """The N:M core: patterns, masks and masked layers. Knows nothing about RL.
 
-``pattern`` needs only the standard library; ``mask`` and ``layers`` need PyTorch. Their names are
+``pattern`` needs only the standard library and ``nm_core`` (N:M counting) and ``two_four`` (the 2:4
+verdict) only numpy; ``mask`` and ``layers`` need PyTorch. Their names are
 loaded on first use (PEP 562) so that torch-free code (``nmrl inspect``, the ONNX Runtime policy)
 can import ``nmrl.sparsity.pattern`` without pulling in PyTorch.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
+from nmrl.sparsity.nm_core import finest_nm, fits_2of4
+from nmrl.sparsity.pattern import DENSE, NMPattern
 
 if TYPE_CHECKING:
     from nmrl.sparsity.layers import (
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
         refresh_masks,
         sparsify,
     )
-    from nmrl.sparsity.mask import check_nm, finest_nm, nm_mask
+    from nmrl.sparsity.mask import check_nm, nm_mask
 
 _LAZY = {
     "LayerReport": "nmrl.sparsity.layers",
@@ -35,7 +37,6 @@ _LAZY = {
     "refresh_masks": "nmrl.sparsity.layers",
     "sparsify": "nmrl.sparsity.layers",
     "check_nm": "nmrl.sparsity.mask",
-    "finest_nm": "nmrl.sparsity.mask",
     "nm_mask": "nmrl.sparsity.mask",
 }
 

@@ -2,17 +2,17 @@
 
 Groups run along the input dimension (the GEMM reduction dim K, the one sparse tensor cores
 group). When ``in % M != 0`` the last group is shorter and keeps min(N, its length) entries,
-which is the same as padding the row with zero columns.
+which is the same as padding the row with zero columns. Counting what a weight holds lives in
+:mod:`nmrl.sparsity.nm_core` (numpy); :func:`check_nm` is its torch front end.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity.cpu_kernel import cpu_mask
+from nmrl.sparsity.nm_core import Violation, violating_groups
 from nmrl.sparsity.pattern import NMPattern
 
 
@@ -106,41 +106,10 @@ def tensor_nm_mask(weight: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     return keep.reshape(weight.shape[0], -1)[:, : weight.shape[1]].to(weight.dtype)
 
 
-@dataclass(frozen=True)
-class Violation:
-    """One group that holds more than N nonzeros."""
-
-    row: int
-    group: int
-    nonzeros: int
-
-
 @torch.no_grad()
 def check_nm(weight: torch.Tensor, pattern: NMPattern) -> list[Violation]:
-    """Every (row, group) of ``weight`` holding more than N nonzeros; empty when compliant."""
-    if pattern.is_dense:
-        return []
-    nonzeros = (_grouped(weight.detach(), pattern.m, fill=0.0) != 0).sum(dim=-1)
-    rows, groups = torch.nonzero(nonzeros > pattern.n, as_tuple=True)
-    counts = nonzeros[rows, groups]
-    return [
-        Violation(int(r), int(g), int(c))
-        for r, g, c in zip(rows.tolist(), groups.tolist(), counts.tolist(), strict=True)
-    ]
-
-
-def finest_nm(weight: torch.Tensor, ms: tuple[int, ...] = (4, 8, 16)) -> NMPattern | None:
-    """The sparsest N:M pattern (lowest N/M over ``ms``, smaller M on ties) that ``weight``
-    satisfies; None when none but dense does. Group sizes wider than the row are not tried: a
-    single short group says nothing about structure."""
-    best: NMPattern | None = None
-    for m in sorted(ms):
-        if m > weight.shape[-1]:
-            continue
-        nonzeros = (_grouped(weight.detach(), m, fill=0.0) != 0).sum(dim=-1)
-        n = max(int(nonzeros.max().item()) if nonzeros.numel() else 0, 1)
-        if n < m:
-            candidate = NMPattern(n, m)
-            if best is None or candidate.density < best.density:
-                best = candidate
-    return best
+    """Every (row, group) of a 2-D ``weight[out, in]`` holding more than N nonzeros along the input
+    dim; empty when compliant. The torch front end of :func:`nmrl.sparsity.nm_core.violating_groups`."""
+    if weight.dim() != 2:
+        raise NmrlError(f"N:M masks need a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+    return violating_groups((weight.detach() != 0).cpu().numpy(), 1, pattern)

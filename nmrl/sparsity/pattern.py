@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -55,25 +54,3 @@ class NMPattern:
 
 
 DENSE = NMPattern(1, 1)
-
-
-def fits_2of4(pattern: NMPattern) -> bool:
-    """True when every weight obeying ``pattern`` also obeys 2:4 (so 2:4 sparse kernels apply).
-
-    A 2:4 group (aligned at multiples of 4) overlaps one or more N:M groups (aligned at multiples
-    of M); from each it can hold at most min(N, overlap) nonzeros. The alignments repeat every
-    lcm(4, M) columns, so checking one period decides it for every width (a short tail group only
-    lowers the counts).
-    """
-    period = math.lcm(4, pattern.m)
-    for window_start in range(0, period, 4):
-        window_end = window_start + 4
-        most_nonzeros = 0
-        group_start = (window_start // pattern.m) * pattern.m
-        while group_start < window_end:
-            overlap = min(group_start + pattern.m, window_end) - max(group_start, window_start)
-            most_nonzeros += min(pattern.n, overlap)
-            group_start += pattern.m
-        if most_nonzeros > 2:
-            return False
-    return True

@@ -25,7 +25,7 @@ import tyro
 
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
-from nmrl.sparsity.pattern import fits_2of4
+from nmrl.sparsity.nm_core import fits_2of4
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
 
 

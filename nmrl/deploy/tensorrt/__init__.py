@@ -13,7 +13,7 @@ Modules, one job each (public names in brackets):
   inspect_engine_layers, sparse_kernels_verdict]
 * ``report``    — the build report (JSON + terminal text; output only) [BuildReport]
 * ``engines``   — the file-naming rule and how loaders find an engine [default_plan_path,
-  dense_twin_path, report_path, log_path, engine_flavour, source_onnx, find_engine]
+  dense_kernels_path, report_path, log_path, engine_flavour, source_onnx, find_engine]
 * ``build``     — ``nmrl deploy build``: writes engine, twin, log, report [build_engines]
 * ``cuda``      — backend probes [cuda_unavailable_reason, tensorrt_unavailable_reason,
   tensorrt_rtx_unavailable_reason]
@@ -34,7 +34,7 @@ from nmrl.deploy.tensorrt.cuda import (
 )
 from nmrl.deploy.tensorrt.engines import (
     default_plan_path,
-    dense_twin_path,
+    dense_kernels_path,
     engine_flavour,
     find_engine,
     log_path,
@@ -72,7 +72,7 @@ __all__ = [
     "classify_inspector_layers",
     "cuda_unavailable_reason",
     "default_plan_path",
-    "dense_twin_path",
+    "dense_kernels_path",
     "engine_flavour",
     "find_engine",
     "import_tensorrt",

@@ -1,4 +1,4 @@
-"""The explicit build step behind ``nmrl deploy build``: engine, dense twin, log and report on disk.
+"""The explicit build step behind ``nmrl deploy build``: engine, dense-kernel engine, log and report on disk.
 
 This is the only place in nmrl that writes engine files; loaders never call it (see
 :mod:`nmrl.deploy.tensorrt.engines` for where the files go and how loaders find them).
@@ -13,7 +13,7 @@ from pathlib import Path
 from nmrl.deploy.onnx_gemms import read_graph_info
 from nmrl.deploy.tensorrt.builder import build_plan
 from nmrl.deploy.tensorrt.buildlog import parse_sparsity_log
-from nmrl.deploy.tensorrt.engines import default_plan_path, dense_twin_path, log_path, report_path
+from nmrl.deploy.tensorrt.engines import default_plan_path, dense_kernels_path, log_path, report_path
 from nmrl.deploy.tensorrt.flavours import FLAVOURS, import_tensorrt
 from nmrl.deploy.tensorrt.inspector import inspect_engine_layers, sparse_kernels_verdict
 from nmrl.deploy.tensorrt.report import BuildReport
@@ -44,13 +44,14 @@ def build_engines(
     flavour: str = "tensorrt",
     output: Path | None = None,
     sparse: bool = True,
-    dense_twin: bool = True,
+    dense_kernels: bool = True,
     profile: BatchProfile | None = None,
     compute_capabilities: Sequence[str] = (),
     workspace_mib: int | None = None,
 ) -> BuildReport:
     """Build the engine for ``onnx_path`` (with SPARSE_WEIGHTS unless ``sparse=False``) and its
-    dense twin; write both, the builder log and the JSON report; return the report."""
+    dense-kernel engine (same weights, sparse flag off); write both, the builder log and the JSON
+    report; return the report."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise NmrlError(f"{onnx_path}: no such ONNX file")
@@ -71,10 +72,10 @@ def build_engines(
     eligible, picked = parse_sparsity_log(built.log)
 
     twin_path = None
-    if dense_twin:
+    if dense_kernels:
         dense_settings = build_settings(flavour, trt.__version__, info.compute_dtype, sparse=False)
         twin = build_plan(trt, onnx_path, info, dense_settings, profile, compute_capabilities, workspace_mib)
-        twin_path = dense_twin_path(plan_path)
+        twin_path = dense_kernels_path(plan_path)
         atomic_write_bytes(twin_path, twin.plan)
 
     notes = _notes(flavour, sparse, settings.note, any(g.fits_2of4 for g in info.gemms), eligible, picked)

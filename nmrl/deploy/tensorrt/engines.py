@@ -3,12 +3,12 @@
 ``nmrl deploy build runs/x/actor.onnx --backend B`` writes, beside the ONNX::
 
     actor.plan        (B = tensorrt)   or  actor.rtx.plan        (B = tensorrt-rtx)   the engine
-    actor.dense.plan                   or  actor.rtx.dense.plan                        its dense twin
+    actor.dense.plan                   or  actor.rtx.dense.plan                        its dense-kernel engine
     <engine>.log, <engine>.json        the builder log and the build report (for people and CI)
 
-The dense twin here is the same ONNX weights built without ``SPARSE_WEIGHTS`` (not the
-zero-filled ONNX of ``nmrl.export.twin``). Loading ``actor.onnx`` with backend B runs the engine
-at that path, and only when it is at least as new as the ONNX; otherwise the loader fails with
+The dense-kernel engine is the same ONNX weights built without ``SPARSE_WEIGHTS`` (not the
+dense twin, the zero-filled ONNX of ``nmrl.export.twin``). Loading ``actor.onnx`` with backend B
+runs the engine at that path, and only when it is at least as new as the ONNX; otherwise the loader fails with
 the build command (:func:`find_engine`). Nothing here builds. An engine's flavour is read from its
 name (``.rtx.`` -> TensorRT-RTX), and the ONNX an engine came from is the one its name points
 back to (:func:`source_onnx`): engines carry no metadata of their own, and the JSON report beside
@@ -28,7 +28,7 @@ def default_plan_path(onnx_path: Path, flavour: str) -> Path:
     return onnx_path.with_suffix(FLAVOURS[flavour].plan_suffix)
 
 
-def dense_twin_path(plan_path: Path) -> Path:
+def dense_kernels_path(plan_path: Path) -> Path:
     """``actor.plan`` -> ``actor.dense.plan``; ``actor.rtx.plan`` -> ``actor.rtx.dense.plan``."""
     return plan_path.with_name(plan_path.name.removesuffix(".plan") + ".dense.plan")
 
@@ -72,12 +72,12 @@ def source_onnx(plan_path: Path) -> Path | None:
 
 
 def find_engine(onnx_path: Path, flavour: str, dense: bool = False) -> Path:
-    """The engine ``nmrl deploy build`` made for ``onnx_path`` (its dense twin when ``dense``),
+    """The engine ``nmrl deploy build`` made for ``onnx_path`` (its dense-kernel engine when ``dense``),
     or one NmrlError with the command that builds it (missing, or older than the ONNX)."""
     plan = default_plan_path(onnx_path, flavour)
-    wanted = dense_twin_path(plan) if dense else plan
+    wanted = dense_kernels_path(plan) if dense else plan
     command = f"nmrl deploy build {onnx_path} --backend {flavour}"
-    what = f"{flavour} {'dense twin engine' if dense else 'engine'}"
+    what = f"{flavour} {'dense-kernel engine' if dense else 'engine'}"
     if not wanted.is_file():
         raise NmrlError(f"{onnx_path}: no {what} at {wanted}; build it first: {command}")
     if _is_stale(wanted, onnx_path):

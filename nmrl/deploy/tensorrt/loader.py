@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nmrl.deploy.tensorrt.build import build_engines
-from nmrl.deploy.tensorrt.engines import default_plan_path, dense_twin_path, engine_flavour, find_engine, source_onnx
+from nmrl.deploy.tensorrt.engines import default_plan_path, dense_kernels_path, engine_flavour, find_engine, source_onnx
 from nmrl.deploy.tensorrt.runner import TensorRTPolicy
 from nmrl.deploy.tensorrt.settings import BatchProfile
 from nmrl.errors import NmrlError
@@ -49,7 +49,7 @@ def load_tensorrt_policy(
         flavour = flavour or "tensorrt"
         plan, onnx_path = find_engine(path, flavour, dense), path
     else:
-        plan = dense_twin_path(path) if dense and not path.name.endswith(".dense.plan") else path
+        plan = dense_kernels_path(path) if dense and not path.name.endswith(".dense.plan") else path
         flavour = flavour or engine_flavour(plan)
         onnx_path = source_onnx(plan)
     env_id = onnx_env_id(onnx_path) if onnx_path is not None else None
@@ -68,7 +68,7 @@ def build_engine(path: Path | str, flavour: str = "tensorrt", max_batch: int | N
     return the engine's path."""
     path = Path(path)
     profile = BatchProfile.up_to(max_batch) if max_batch is not None else None
-    build_engines(path, flavour, output=default_plan_path(path, flavour), dense_twin=False, profile=profile)
+    build_engines(path, flavour, output=default_plan_path(path, flavour), dense_kernels=False, profile=profile)
     return default_plan_path(path, flavour)
 
 

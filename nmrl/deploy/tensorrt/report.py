@@ -47,7 +47,7 @@ class BuildReport:
         """A plain-text summary for the terminal."""
         lines = [
             f"{self.flavour} {self.version}: {self.plan}"
-            + (f"  (dense twin: {self.dense_plan})" if self.dense_plan else ""),
+            + (f"  (dense-kernel engine: {self.dense_plan})" if self.dense_plan else ""),
             f"  flags: {', '.join(k for k, v in self.flags.items() if v) or 'none'};  "
             f"batch profile {self.profile['min']}/{self.profile['opt']}/{self.profile['max']}",
             "  weight matrices in the ONNX (K x N, 2:4 along K?):",

@@ -7,7 +7,7 @@ One job per module:
 * ``probe``     — does it work here [SemiStructuredSupport, probe_semi_structured, device_support,
   semi_structured_backend, FAST_DTYPES, two_of_four_mask]
 * ``selection`` — which layers, and why (pattern, tile shapes, measured speedup) [LayerChoice,
-  choose_layers, format_choices, shape_supported, layer_pattern, linear_layers, WEIGHT_TILE]
+  choose_layers, format_choices, candidate, layer_verdict, layer_pattern, linear_layers]
 * ``timing``    — does it pay: CUDA-event timings [time_cuda, measure_speedup, layer_training_step,
   measure_layers]
 * ``kernel``    — the strategy an ``NMLinear`` holds on the fast path, with its compressed-weight
@@ -32,13 +32,13 @@ from nmrl.sparsity.semi_structured.probe import (
     two_of_four_mask,
 )
 from nmrl.sparsity.semi_structured.selection import (
-    WEIGHT_TILE,
     LayerChoice,
+    candidate,
     choose_layers,
     format_choices,
     layer_pattern,
+    layer_verdict,
     linear_layers,
-    shape_supported,
 )
 from nmrl.sparsity.semi_structured.timing import layer_training_step, measure_layers, measure_speedup, time_cuda
 from nmrl.sparsity.semi_structured.training import (
@@ -50,12 +50,12 @@ from nmrl.sparsity.semi_structured.training import (
 
 __all__ = [
     "FAST_DTYPES",
-    "WEIGHT_TILE",
     "LayerChoice",
     "SemiStructuredKernel",
     "SemiStructuredLinearFn",
     "SemiStructuredSupport",
     "SemiStructuredTraining",
+    "candidate",
     "choose_layers",
     "device_support",
     "disable_semi_structured",
@@ -66,6 +66,7 @@ __all__ = [
     "kernel",
     "layer_pattern",
     "layer_training_step",
+    "layer_verdict",
     "linear_layers",
     "measure_layers",
     "measure_speedup",
@@ -74,7 +75,6 @@ __all__ = [
     "probe_semi_structured",
     "selection",
     "semi_structured_backend",
-    "shape_supported",
     "time_cuda",
     "timing",
     "to_semi_structured",

@@ -1,5 +1,5 @@
 """Inference on the fast path: a trained network converted, in place, to plain fp16/bf16 GPU layers
-whose chosen weights are compressed 2:4 tensors (or, for the dense twin, left dense)."""
+whose chosen weights are compressed 2:4 tensors (or, for the dense-kernel variant, left dense)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def to_semi_structured(
     replace every Linear by a plain ``nn.Linear`` holding its effective weight, compressed to 2:4
     where the layer was chosen (plain Linear layers whose weights obey 2:4 qualify too). Returns
     the per-layer choice. Needs a capable GPU (NmrlError otherwise); feed the result ``dtype``
-    observations on the GPU. ``compress=False`` makes the dense twin: the same plain layers,
+    observations on the GPU. ``compress=False`` makes the dense-kernel variant: the same plain layers,
     nothing compressed (the fair baseline, without the mask multiply of the training layer)."""
     support = support or probe.probe_semi_structured()
     dtype_name = next((name for name, value in FAST_DTYPES.items() if value == dtype), None)

@@ -1,5 +1,5 @@
-"""Which layers run on 2:4 kernels, and why: pattern, kernel tile shapes, measured speedup.
-Pure logic, testable without a GPU."""
+"""Which layers run on 2:4 kernels, and why: the 2:4 verdict's structure and tile layers
+(:mod:`nmrl.sparsity.two_four`), then measured speedup. Pure logic, testable without a GPU."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from nmrl.sparsity.layers import NMLinear
-from nmrl.sparsity.mask import check_nm
-from nmrl.sparsity.pattern import DENSE, NMPattern, fits_2of4
+from nmrl.sparsity.nm_core import TWO_FOUR, weights_fit_2of4
+from nmrl.sparsity.pattern import DENSE, NMPattern
 from nmrl.sparsity.semi_structured.probe import SemiStructuredSupport
-
-# Smallest sparse-operand (weight) tile per backend: rows and cols must be multiples of these
-# (torch/sparse/semi_structured.py, _DTYPE_SHAPE_CONSTRAINTS for fp16/bf16).
-WEIGHT_TILE = {"cusparselt": (16, 16), "cutlass": (32, 64)}
+from nmrl.sparsity.two_four import FOR_TORCH_KERNELS, TwoFourVerdict, verdict_of_pattern, verdict_of_weights
 
 
 @dataclass(frozen=True)
@@ -33,10 +30,9 @@ class LayerChoice:
         return f"{self.name:<30} {self.shape!s:<14} {self.pattern:<6} {path:<13} {self.reason}"
 
 
-def shape_supported(out_features: int, in_features: int, backend: str) -> bool:
-    """Whether the kernels of ``backend`` take a [out, in] weight without padding it."""
-    rows, cols = WEIGHT_TILE[backend]
-    return out_features >= rows and out_features % rows == 0 and in_features >= cols and in_features % cols == 0
+def _nonzeros(layer: nn.Linear):
+    """Where ``layer``'s weights are nonzero, as a numpy array (any device and dtype)."""
+    return (layer.weight.detach() != 0).cpu().numpy()
 
 
 def layer_pattern(layer: nn.Linear) -> NMPattern:
@@ -44,8 +40,14 @@ def layer_pattern(layer: nn.Linear) -> NMPattern:
     materialized or imported network), else dense."""
     if isinstance(layer, NMLinear):
         return layer.pattern
-    two_of_four = NMPattern(2, 4)
-    return two_of_four if not check_nm(layer.weight.detach(), two_of_four) else DENSE
+    return TWO_FOUR if weights_fit_2of4(_nonzeros(layer), 1) else DENSE
+
+
+def layer_verdict(layer: nn.Linear, backend: str, dtype: str = "float16") -> TwoFourVerdict:
+    """The 2:4 verdict on ``layer``: from an NMLinear's pattern, from a plain Linear's values."""
+    if isinstance(layer, NMLinear):
+        return verdict_of_pattern(layer.pattern, (layer.out_features, layer.in_features), dtype, backend)
+    return verdict_of_weights(_nonzeros(layer), 1, dtype, backend)
 
 
 def linear_layers(module: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -54,8 +56,9 @@ def linear_layers(module: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def candidate(layer: nn.Linear, backend: str) -> bool:
-    """Whether ``layer`` could run on ``backend``'s 2:4 kernels at all (pattern and shape)."""
-    return fits_2of4(layer_pattern(layer)) and shape_supported(layer.out_features, layer.in_features, backend)
+    """Whether ``layer`` could run on ``backend``'s 2:4 kernels at all: the verdict's structure and
+    tile layers (:data:`nmrl.sparsity.two_four.FOR_TORCH_KERNELS`)."""
+    return layer_verdict(layer, backend).fits(FOR_TORCH_KERNELS)
 
 
 def choose_layers(
@@ -70,13 +73,11 @@ def choose_layers(
     for name, layer in layers:
         measured = None if speedups is None else speedups.get(name)
         pattern = layer_pattern(layer)
+        not_2of4 = layer_verdict(layer, backend).reasons(FOR_TORCH_KERNELS)
         if not support.available:
             sparse, reason = False, f"no 2:4 path here: {support.reason}"
-        elif not fits_2of4(pattern):
-            sparse, reason = False, f"pattern {pattern} is not 2:4-compatible"
-        elif not shape_supported(layer.out_features, layer.in_features, backend):
-            rows, cols = WEIGHT_TILE[backend]
-            sparse, reason = False, f"{backend} needs out % {rows} == 0 and in % {cols} == 0"
+        elif not_2of4:
+            sparse, reason = False, "; ".join(not_2of4)
         elif measured is not None and measured <= 1.0:
             sparse, reason = False, f"measured {measured:.2f}x: sparse not faster"
         elif measured is not None:
