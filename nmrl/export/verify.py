@@ -221,11 +221,12 @@ def _layer_claims(check: ModelCheck) -> dict[str, NMPattern | None]:
 def claimed_pattern(sparsity: str) -> NMPattern | None:
     """The N:M pattern a run's ``sparsity`` setting promises; None for dense, for unstructured
     settings (e.g. ``"0.9"``) and for empty text: those make no N:M claim to verify."""
-    text = sparsity.strip().lower()
-    if ":" not in text:
+    from nmrl.sparsity.spec import nm_pattern, parse_sparsity
+
+    text = sparsity.strip()
+    if ":" not in text:  # 'dense', an unstructured fraction, or nothing: no N:M claim
         return None
-    pattern = NMPattern.parse(text)
-    return None if pattern.is_dense else pattern
+    return nm_pattern(parse_sparsity(text))
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
