@@ -15,7 +15,7 @@ input, gradient of the weight), each at the density it actually runs at:
   dense weight gradient on every step
 
 These are arithmetic counts: what sparse hardware could skip, not what a CPU or a dense GPU
-kernel saves (zeros cost the same there, see HARDWARE-FACTS.md).
+kernel saves (zeros cost the same there: docs/deploy.md measures it).
 """
 
 from __future__ import annotations

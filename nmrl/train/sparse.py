@@ -5,7 +5,7 @@ hands each online network to :func:`sparsify_network` and makes its optimizers w
 :func:`make_optimizer`, whose step hook keeps the sparse layers sparse (and moves their
 topology) after each optimizer step. Two families:
 
-- **N:M** (``--sparsity 2:4``, RNM): every Linear of every network is N:M (DESIGN.md).
+- **N:M** (``--sparsity 2:4``, RNM): every Linear of every network is N:M (docs/architecture.md).
 - **unstructured** (``--sparsity 0.9`` = 90% of the sparse layers' weights pruned), with
   ``--topology static`` (SS), ``set`` (DS-TD3 / DS-SAC) or ``rigl``; ``--optimizer masked-adam``
   and ``--activation leaky_relu`` give TowS. By default the output layer of each network stays
