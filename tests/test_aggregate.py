@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nmrl.train.aggregate import curve_band, iqm, stratified_bootstrap_ci
-from nmrl.train.compare import MethodResult, parse_method, summary_rows
+from nmrl.train.compare import parse_method
+from nmrl.train.compare_report import MethodResult, summary_rows
 
 
 def test_iqm_is_the_mean_of_the_middle_half():

@@ -8,6 +8,10 @@ with ``W[out, in]``, so N:M groups lie along K, where sparse tensor cores need t
 The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; the TorchScript
 exporter is deprecated since torch 2.9). The batch dimension is dynamic; action scaling is part of
 the policy module, hence of the graph.
+
+Longer than most modules (~430 lines): tracing, the graph's finishing passes (metadata, fp16, K
+padding) and the one ``export_run`` that orders them with the verification belong together, since
+each pass must leave a graph that the next one and ``nmrl inspect`` can read.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A run directory holds ``config.json``, ``checkpoints/last.pt`` (everything neede
 networks with shadow weights and masks, optimizers, replay buffer, RNG states, counters),
 ``checkpoints/best.pt`` (the networks at the best evaluation), ``metrics.jsonl`` and TensorBoard
 ``events.*`` files.
+
+Longer than most modules (~490 lines) on purpose: what a run directory promises (one owner at a
+time, nothing written by a refused start, checkpoints only from finite state, exact resume, a save
+on every interrupt) is enforced by this one file, so the whole protocol can be read in one place.
 """
 
 from __future__ import annotations
