@@ -116,6 +116,15 @@ def test_compare_refuses_an_unknown_env_and_a_missing_report_folder(tmp_path, ca
     assert "no grid folder" in capsys.readouterr().err
 
 
+def test_a_grid_of_the_single_env_layout_is_refused_with_the_move_to_make(tmp_path, capsys):
+    old_cell = tmp_path / "grid" / "runs" / "dense__s1"
+    old_cell.mkdir(parents=True)
+    assert main(["compare", "--env", "InvertedPendulum-v5", "--out", str(tmp_path / "grid")]) == 1
+    err = capsys.readouterr().err
+    assert "older nmrl" in err and f"mv {tmp_path / 'grid' / 'runs'}" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["runs"]  # nothing written
+
+
 def test_without_ray_the_ray_engine_is_one_line(tmp_path, capsys, monkeypatch):
     import sys
 

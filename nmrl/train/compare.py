@@ -249,6 +249,18 @@ def collect(cells: Sequence[Cell], methods: Sequence[Method]) -> list[MethodResu
     return results
 
 
+def refuse_single_env_layout(out: Path, envs: Sequence[str]) -> None:
+    """A grid written before multi-env grids keeps its cells in ``<out>/runs``; run as it is, its
+    finished cells would not be found and would train again. Say how to move them instead."""
+    legacy = out / "runs"
+    if legacy.is_dir() and not any(env_folder(out, env).exists() for env in envs):
+        target = env_folder(out, envs[0]) / "runs"
+        raise NmrlError(
+            f"{out} holds a grid from an older nmrl ({legacy}); to keep its cells, move them first: "
+            f"mkdir -p {target.parent} && mv {legacy} {target}"
+        )
+
+
 def default_out(base: SharedConfig, envs: Sequence[str]) -> Path:
     return Path(base.runs_dir) / f"compare__{'+'.join(envs)}__{base.algo}"
 
@@ -278,6 +290,7 @@ def run_comparison(
     out = Path(out) if out is not None else default_out(base, env_ids)
     if report_only and not out.is_dir():
         raise NmrlError(f"--report-only: {out} does not exist (no grid folder to report on)")
+    refuse_single_env_layout(out, env_ids)
     cells = build_grid(base, env_ids, method_list, seeds, first_seed, out)
     out.mkdir(parents=True, exist_ok=True)
     grid_file = out / "grid.json"
