@@ -8,6 +8,7 @@ verb that runs, so ``nmrl inspect`` never loads PyTorch.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 from nmrl.errors import Interrupted, NmrlError
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmrl {verb}: {label}{message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the work could save anything (imports, setup)
+        # A Ctrl-C that a C extension held back can be delivered again on the way out; ignored from
+        # here, it cannot turn the exit into a death by SIGINT (rc -2 instead of 130).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"nmrl {verb}: interrupted", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
