@@ -29,4 +29,4 @@ bench:
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf .venv runs .pytest_cache
+	rm -rf .venv runs .pytest_cache .mypy_cache
