@@ -1,7 +1,7 @@
 # Every target the README names. `make install` sets up .venv on a fresh machine (CPU only).
 PY ?= .venv/bin/python
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint typecheck demo bench clean
 
 install:
 	python3 -m venv .venv
@@ -13,10 +13,14 @@ install:
 
 test: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint:
 	$(PY) -m ruff check .
+
+typecheck:
+	$(PY) -m mypy
 
 demo:
 	bash scripts/demo.sh
@@ -25,4 +29,4 @@ bench:
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf .venv runs .pytest_cache
+	rm -rf .venv runs .pytest_cache .mypy_cache

@@ -75,10 +75,10 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
 
 def env_dims(env: gym.Env) -> tuple[int, int, list[float], list[float]]:
     """(obs_dim, act_dim, action_low, action_high) of an env made by :func:`make_env`."""
-    act_space = env.action_space
-    assert isinstance(act_space, gym.spaces.Box)
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)  # make_env checked
     return (
-        int(env.observation_space.shape[0]),
+        int(obs_space.shape[0]),
         int(act_space.shape[0]),
         [float(x) for x in act_space.low],
         [float(x) for x in act_space.high],

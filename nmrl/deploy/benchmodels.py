@@ -3,8 +3,10 @@ the dense twin of each; plus the results table."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +14,9 @@ from rich.table import Table
 from nmrl.deploy.bench import BenchModel, Timing, ratios
 from nmrl.deploy.policy import BACKENDS, Policy, accepted_options, build_for, load_policy
 from nmrl.errors import NmrlError
+
+if TYPE_CHECKING:  # onnx_export pulls in torch and onnx: imported where a model is built
+    from nmrl.export.onnx_export import DType
 
 
 def _loader(path: Path, backend: str, options: dict, scratch: bool = False) -> Callable[[], Policy]:
@@ -56,7 +61,7 @@ def _module_models(
     obs_dim: int,
     act_dim: int,
     claimed,
-    dtype: str,
+    dtype: DType,
     threads: int,
     models_dir: Path,
     backends: list[str],
@@ -93,7 +98,9 @@ def _module_models(
         loaders = _onnx_loaders(path, backends, options, scratch=True)
         loaders.update(_run_loaders(run_dir, backends, options, dense=variant == "dense"))
         if "torch" in backends and dtype != "int8":  # torch eager has no int8 Q/DQ policy here
-            loaders["torch"] = lambda m=torch_module: TorchPolicy(m, obs_dim, act_dim, threads=threads, dtype=dtype)
+            loaders["torch"] = functools.partial(
+                TorchPolicy, torch_module, obs_dim, act_dim, threads=threads, dtype=dtype
+            )
         models.append(BenchModel(name, variant, loaders))
     return models
 
@@ -102,7 +109,7 @@ def build_models(
     target: Path | None,
     widths: list[int],
     pattern: str,
-    dtype: str,
+    dtype: DType,
     threads: int,
     models_dir: Path,
     obs_dim: int,

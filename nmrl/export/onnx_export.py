@@ -137,6 +137,8 @@ def to_onnx_model(
             ) from None
         finally:
             exporter_log.setLevel(log_level)
+    if program is None:  # only the legacy TorchScript exporter (dynamo=False) returns nothing
+        raise NmrlError(f"cannot export {type(policy).__name__} to ONNX: the exporter returned no program")
     model = program.model_proto
     if isinstance(module, _CastIO):
         _strip_initializer_prefix(model, "policy.")
@@ -405,11 +407,12 @@ def export_run(
     else:
         from nmrl.export.packed import load_packed, write_packed
 
+        assert claimed is not None  # an nm-packed export without a claimed pattern was refused above
         packed = write_packed(model, path, claimed)
         # The file is only useful if it gives the weights back exactly: check before reporting.
         rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}
         for name, weight in check.weights.items():
-            if not np.array_equal(rebuilt.get(name), weight):
+            if name not in rebuilt or not np.array_equal(rebuilt[name], weight):
                 path.unlink(missing_ok=True)
                 raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
     check.path = path

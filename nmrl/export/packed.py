@@ -149,7 +149,7 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = Path(path)
     buffer = io.BytesIO()  # np.savez on a path would append .npz to other suffixes
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)  # numeric arrays only
     atomic_write_bytes(path, buffer.getvalue())  # a deploy never reads a half-written file
     dtype = str(next(iter(arrays[k] for k in arrays if k.startswith("values_"))).dtype)
     return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size)

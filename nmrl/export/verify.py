@@ -281,8 +281,8 @@ def _resolve_constant(
             if dequantize is not None and len(dequantize.input) > 2:
                 axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
                 array = _minus_zero_point(stored, constants.get(dequantize.input[2]), axis)
-            for perm in reversed(perm_chain):
-                array = np.transpose(array, perm or None)  # no perm: reverse the axes
+            for axes in reversed(perm_chain):
+                array = np.transpose(array, axes or None)  # no perm: reverse the axes
             return array, dtype or _dtype_name(stored)
         node = producers.get(current)
         if node is None:

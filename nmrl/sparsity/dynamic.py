@@ -22,8 +22,9 @@ is given, so a run seeded with ``torch.manual_seed`` and resumed with its RNG st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import nn
@@ -340,7 +341,13 @@ class MaskedAdam(torch.optim.Adam):
             if not before_step:
                 weight.mul_(mask)
 
-    def step(self, closure=None):  # type: ignore[override]
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         self._apply_masks(before_step=True)
         loss = super().step(closure)
         self._apply_masks(before_step=False)

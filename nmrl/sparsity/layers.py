@@ -123,6 +123,7 @@ class NMLinear(MaskedLinear):
     """
 
     mask: torch.Tensor
+    steps_since_refresh: torch.Tensor
     kernel: LayerKernel
 
     def __init__(

@@ -73,8 +73,8 @@ def nm_mask(weight: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None =
         )
     if pattern.is_dense:
         mask = torch.ones_like(weight)
-    elif (mask := cpu_mask(weight, pattern.n, pattern.m, out)) is not None:
-        return mask  # a compiled CPU kernel (N:4, 1:M): the same mask in one pass
+    elif (kernel_mask := cpu_mask(weight, pattern.n, pattern.m, out)) is not None:
+        return kernel_mask  # a compiled CPU kernel (N:4, 1:M): the same mask in one pass
     else:
         mask = tensor_nm_mask(weight, pattern)
     return mask if out is None else out.copy_(mask)

@@ -9,6 +9,7 @@ executable.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
     """Names of the floating-point tensors in a nested state that hold NaN or inf."""
     if isinstance(tree, torch.Tensor):
         return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    items: Iterable[tuple[Any, Any]]
     if isinstance(tree, dict):
         items = tree.items()
     elif isinstance(tree, list | tuple):

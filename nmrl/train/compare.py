@@ -237,7 +237,9 @@ def collect(cells: Sequence[Cell], methods: Sequence[Method]) -> list[MethodResu
     """Per method, the results of ``cells`` (one env's cells)."""
     results = []
     for method in methods:
-        finals, curves, costs = [], {}, {}
+        finals: list[float] = []
+        curves: dict[int, list[tuple[int, float]]] = {}
+        costs: dict[str, Any] = {}
         for cell in (c for c in cells if c.method == method):
             evals = read_evals(cell.run_dir)
             curves[cell.seed] = [(r["step"], r["return_mean"]) for r in evals]

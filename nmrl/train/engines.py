@@ -35,8 +35,9 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for_processes
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nmrl.errors import NmrlError
 from nmrl.files import LOCK_FILE, hold_lock
@@ -208,7 +209,8 @@ class Outcome:
 def run_local(jobs: Sequence[CellJob], grid_file: Path, workers: int, retries: int, progress: Any) -> Outcome:
     """Train ``jobs`` in spawned worker processes, ``workers`` at a time."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch/MuJoCo state
-    queue, running, outcome = deque(jobs), {}, Outcome()
+    queue, outcome = deque(jobs), Outcome()
+    running: dict[int, tuple[SpawnProcess, CellJob]] = {}  # by the process's sentinel
     forwarded = 0
     with interrupt_requests() as request:
         while running or (queue and request["signal"] is None):
@@ -225,21 +227,25 @@ def run_local(jobs: Sequence[CellJob], grid_file: Path, workers: int, retries: i
             if request["count"] > forwarded:  # forward each signal once to every worker
                 forwarded = request["count"]
                 for process, _ in running.values():
+                    assert process.pid is not None  # started before it was put in `running`
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGTERM)
             for sentinel in wait_for_processes(list(running), timeout=POLL_SECONDS):
-                process, job = running.pop(sentinel)
+                # wait() hands back the objects it was given: here the sentinels, which are ints
+                process, job = running.pop(cast(int, sentinel))
                 process.join()
+                exitcode = process.exitcode
+                assert exitcode is not None  # join() without a timeout returns once it has ended
                 stopping = request["signal"] is not None
-                if process.exitcode < 0 and not stopping and job.attempt < retries:
+                if exitcode < 0 and not stopping and job.attempt < retries:
                     job.attempt += 1
                     progress.message(
-                        f"{job.label}: worker died ({signal.Signals(-process.exitcode).name}); "
+                        f"{job.label}: worker died ({signal.Signals(-exitcode).name}); "
                         f"retry {job.attempt} of {retries} resumes from its last checkpoint"
                     )
                     queue.appendleft(job)
                     continue
-                failed = process.exitcode != 0 and not stopping
+                failed = exitcode != 0 and not stopping
                 if failed:
                     outcome.failures.append(f"{job.label}: {_last_error(job)}")
                 progress.ended(job, failed=failed)

@@ -20,10 +20,12 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -75,11 +77,11 @@ def check_run_name(name: str) -> None:
 
 
 @contextmanager
-def stop_on_signals():
+def stop_on_signals() -> Iterator[dict[str, Any]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
     requested: dict[str, Any] = {"signal": None, "number": 0}
 
-    def handler(signum, _frame):
+    def handler(signum: int, _frame: FrameType | None) -> None:
         if requested["signal"] is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         requested["signal"], requested["number"] = signal.Signals(signum).name, signum
@@ -436,6 +438,7 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
         changed = total_steps is not None and total_steps != config.total_steps
         saved_total = config.total_steps
         if changed:
+            assert total_steps is not None  # `changed` says it was given
             config = replace(config, total_steps=total_steps)
         remove_stale_temp_files(run_dir)
         trainer = Trainer(config, run_dir, resume=True)  # validates config and checkpoint (not past its end)

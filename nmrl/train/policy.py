@@ -107,6 +107,7 @@ def build_policy(spec: PolicySpec) -> tuple[nn.Module, nn.Module]:
     (the same module for TD3; SAC's policy wraps its Gaussian actor)."""
     args = (spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, spec.hidden, spec.activation)
     actor: nn.Module
+    policy: nn.Module
     if spec.kind == "deterministic":
         actor = policy = Actor(*args)
     else:

@@ -24,13 +24,15 @@ import contextlib
 import copy
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from nmrl.sparsity import MaskedLinear, masked_layers, refresh_masks
 from nmrl.train.sparse import make_optimizer, sparsify_network
+
+Network = TypeVar("Network", bound=nn.Module)
 
 if TYPE_CHECKING:
     from nmrl.sparsity.semi_structured import SemiStructuredTraining
@@ -85,13 +87,13 @@ class SparseTraining:
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self._precision: Any = contextlib.nullcontext
 
-    def sparsify(self, network: nn.Module, update_every: int = 1) -> nn.Module:
+    def sparsify(self, network: Network, update_every: int = 1) -> Network:
         """``network`` (built dense) made sparse as the config says and moved to the device.
         ``update_every``: its optimizer steps once per this many gradient updates (TD3's actor)."""
         sparsify_network(network, self.spec, self.config, update_every=update_every)
         return network.to(self.device)
 
-    def target(self, online: nn.Module) -> nn.Module:
+    def target(self, online: Network) -> Network:
         """A frozen copy of ``online`` that :attr:`soft_update` keeps trailing it."""
         target = copy.deepcopy(online).requires_grad_(False)
         self.soft_update.add(target, online)

@@ -35,7 +35,9 @@ def parse_sparsity_log(lines: Sequence[str]) -> tuple[list[str] | None, list[str
 def capturing_logger(trt: ModuleType) -> Any:
     """A TensorRT logger that keeps every message (VERBOSE and up) as ``SEVERITY: text``."""
 
-    class CapturingLogger(trt.ILogger):
+    logger_base: Any = trt.ILogger  # the module is imported at run time: its classes are not known statically
+
+    class CapturingLogger(logger_base):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.lines: list[str] = []

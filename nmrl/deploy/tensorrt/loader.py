@@ -45,6 +45,7 @@ def load_tensorrt_policy(
         path = path / "actor.onnx"
         if not path.is_file():
             raise NmrlError(f"{path.parent}: no actor.onnx in this directory (run `nmrl export {path.parent}` first)")
+    onnx_path: Path | None  # an engine's source ONNX may be gone (or newer than the engine)
     if path.suffix == ".onnx":
         flavour = flavour or "tensorrt"
         plan, onnx_path = find_engine(path, flavour, dense), path

@@ -107,6 +107,12 @@ class SemiStructuredKernel:
         return "SemiStructuredKernel()"
 
 
+def fast_path_kernel(layer: nn.Module) -> SemiStructuredKernel | None:
+    """The 2:4 kernel ``layer`` holds, or None when it holds another kernel (or none)."""
+    kernel = getattr(layer, "kernel", None)
+    return kernel if isinstance(kernel, SemiStructuredKernel) else None
+
+
 def on_fast_path(layer: nn.Module) -> bool:
     """Whether ``layer`` holds the 2:4 kernel."""
-    return isinstance(getattr(layer, "kernel", None), SemiStructuredKernel)
+    return fast_path_kernel(layer) is not None

@@ -84,15 +84,23 @@ def probe_semi_structured(device_index: int | None = None) -> SemiStructuredSupp
     capability = torch.cuda.get_device_capability(index)
     backend, backend_reason = semi_structured_backend(capability)
     version = torch.backends.cusparselt.version() if backend == "cusparselt" else None
-    common = dict(device=name, compute_capability=capability, backend=backend, cusparselt_version=version)
-    if capability < (8, 0):
+
+    def found(available: bool, reason: str, dtypes: tuple[str, ...] = ()) -> SemiStructuredSupport:
+        """The probe's answer with this device's facts filled in."""
         return SemiStructuredSupport(
-            False,
-            f"compute capability {capability[0]}.{capability[1]} < 8.0: no sparse tensor cores",
-            **common,
+            available,
+            reason,
+            device=name,
+            compute_capability=capability,
+            backend=backend,
+            cusparselt_version=version,
+            dtypes=dtypes,
         )
+
+    if capability < (8, 0):
+        return found(False, f"compute capability {capability[0]}.{capability[1]} < 8.0: no sparse tensor cores")
     if backend is None:
-        return SemiStructuredSupport(False, f"no 2:4 kernels will run: {backend_reason}", **common)
+        return found(False, f"no 2:4 kernels will run: {backend_reason}")
     working, failures = [], []
     for dtype_name, dtype in FAST_DTYPES.items():
         failure = _tiny_check(dtype, device)
@@ -101,10 +109,8 @@ def probe_semi_structured(device_index: int | None = None) -> SemiStructuredSupp
         else:
             failures.append(f"{dtype_name}: {failure}")
     if not working:
-        return SemiStructuredSupport(False, "; ".join(failures), **common)
-    return SemiStructuredSupport(
-        True, f"{backend} 2:4 matmul works for {', '.join(working)}", dtypes=tuple(working), **common
-    )
+        return found(False, "; ".join(failures))
+    return found(True, f"{backend} 2:4 matmul works for {', '.join(working)}", dtypes=tuple(working))
 
 
 def device_support(device: torch.device) -> SemiStructuredSupport:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -62,7 +62,7 @@ def candidate(layer: nn.Linear, backend: str) -> bool:
 
 
 def choose_layers(
-    layers: list[tuple[str, nn.Linear]],
+    layers: Sequence[tuple[str, nn.Linear]],
     support: SemiStructuredSupport,
     speedups: Mapping[str, float] | None = None,
 ) -> list[LayerChoice]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ def layer_training_step(
 
 
 def measure_layers(
-    layers: list[tuple[str, nn.Linear]],
+    layers: Sequence[tuple[str, nn.Linear]],
     batch: int,
     dtype: torch.dtype = torch.float16,
     training: bool = False,

@@ -12,7 +12,7 @@ from torch import nn
 from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import MASKED_DENSE, nm_layers
 from nmrl.sparsity.semi_structured import probe
-from nmrl.sparsity.semi_structured.kernel import SemiStructuredKernel, on_fast_path
+from nmrl.sparsity.semi_structured.kernel import SemiStructuredKernel, fast_path_kernel, on_fast_path
 from nmrl.sparsity.semi_structured.probe import FAST_DTYPES, SemiStructuredSupport
 from nmrl.sparsity.semi_structured.selection import LayerChoice, choose_layers
 from nmrl.sparsity.semi_structured.timing import measure_layers
@@ -49,8 +49,8 @@ def disable_semi_structured(module: nn.Module) -> None:
 def drop_compressed(layers: Iterable[nn.Module]) -> None:
     """Make every fast-path layer in ``layers`` recompress its weight on its next forward."""
     for layer in layers:
-        if on_fast_path(layer):
-            layer.kernel.drop_compressed()
+        if (kernel := fast_path_kernel(layer)) is not None:
+            kernel.drop_compressed()
 
 
 class SemiStructuredTraining:
