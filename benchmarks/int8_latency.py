@@ -75,14 +75,14 @@ def main() -> None:
     print(f"ONNX Runtime CPU, 1 thread, actor {OBS}-W-W-{ACT} 2:4; median latency per call (µs)")
     print(f"CPU int8 instructions: {int8_instructions()}")
     header = "".join(f"{name:>15}" for name in names)
-    ratios = "".join(f"{'fp32/' + name.split()[1]:>13}" for name in names[1:])
+    ratios = "".join(f"{'fp32/' + name.split()[1]:>15}" for name in names[1:])
     print(f"{'width':>6} {'batch':>6}{header}{ratios} {'target (ort)':>16} {'calls':>6}")
     for width, batch, medians, calls in rows:
         speedups = [medians["fp32"] / medians[name] for name in names[1:]]
         target = TARGETS.get((width, batch))
         verdict = "" if target is None else f">={target}x {'met' if speedups[0] >= target else 'MISSED'}"
         cells = "".join(f"{medians[name]:>15.1f}" for name in names)
-        print(f"{width:>6} {batch:>6}{cells}{''.join(f'{r:>12.2f}x' for r in speedups)} {verdict:>16} {calls:>6}")
+        print(f"{width:>6} {batch:>6}{cells}{''.join(f'{r:>14.2f}x' for r in speedups)} {verdict:>16} {calls:>6}")
 
 
 if __name__ == "__main__":
