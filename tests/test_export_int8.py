@@ -1,5 +1,6 @@
 """export --dtype int8: zeros kept, N:M re-verified on the quantized weights, the shared verification
-(parity tolerance, closed loop) enforced, K padding inside the graph, the file runs in ONNX Runtime."""
+(parity tolerance, closed loop) enforced, K padding inside the graph, the file runs in ONNX Runtime;
+the two recipes (--int8-target ort / tensorrt) have the graph structure their runtime needs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from deploy_support import TINY_RUN_GROUP, tiny_run
 import nmrl.export.parity as parity
 from nmrl.errors import NmrlError
 from nmrl.export.onnx_export import export_run
+from nmrl.export.parity import env_observations
 from nmrl.export.verify import claim_status, inspect_model
 from nmrl.sparsity.pattern import NMPattern
 
@@ -46,6 +48,7 @@ def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_d
     assert {"QuantizeLinear", "DequantizeLinear", "Pad"} <= set(ops) and ops[-3:] == ["Tanh", "Mul", "Add"]
     meta = check.metadata
     assert meta["nmrl.dtype"] == "int8" and '"format": "QDQ"' in meta["nmrl.quantization"]
+    assert '"target": "ort"' in meta["nmrl.quantization"]
     # The input is still the env's 11 observations, and the verification ran closed loop.
     policy = load_policy(path, "ort")
     assert policy.obs_dim == 11 and policy.act(np.zeros(11, np.float32)).shape == (3,)
@@ -54,10 +57,85 @@ def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_d
     assert all(r.passed for r in result.verification.parity if r.blocking)
 
 
+def gemm_output_consumers(model: onnx.ModelProto) -> list[list[str]]:
+    """For each Gemm in order, the op types reading its output."""
+    gemms = [node for node in model.graph.node if node.op_type == "Gemm"]
+    return [[n.op_type for n in model.graph.node if gemm.output[0] in n.input] for gemm in gemms]
+
+
+def activation_zero_point_types(model: onnx.ModelProto) -> set[int]:
+    """Element types of the zero points of the QuantizeLinear nodes (the activations)."""
+    inits = {init.name: init for init in model.graph.initializer}
+    return {inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def fused_op_types(model: onnx.ModelProto, path: Path) -> list[str]:
+    """The node types of ONNX Runtime's optimized CPU graph of ``model`` (what actually runs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(path).graph.node]
+
+
+def ort_actions(model: onnx.ModelProto, states: np.ndarray, fused: bool) -> np.ndarray:
+    """Actions of ``model`` under ONNX Runtime CPU with all graph optimizations (fused integer
+    kernels) or none (each QuantizeLinear/DequantizeLinear/Gemm run as written)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_ALL if fused else level.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"obs": states.astype(np.float32)})[0]
+
+
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir, tmp_path) -> None:
+    path = tmp_path / "actor.int8.onnx"
+    result = export_run(run_dir, "int8", output=path, episodes=1)
+    model = onnx.load(path)
+    # Hidden Gemms: output quantized (u8, ReLU folded into the [0, max] range); last Gemm: fp32 into tanh.
+    assert gemm_output_consumers(model) == [["QuantizeLinear"], ["QuantizeLinear"], ["Tanh"]]
+    assert "Relu" not in [node.op_type for node in model.graph.node]
+    assert activation_zero_point_types(model) == {onnx.TensorProto.UINT8}
+    # ONNX Runtime fuses the two hidden layers into integer QGemm kernels (the reason for the recipe).
+    assert fused_op_types(model, tmp_path / "optimized.onnx").count("QGemm") == 2
+    # ... and the fused kernels compute what the Q/DQ graph says (7-bit weights: no int16 saturation
+    # in u8 x s8 kernels of CPUs without VNNI, where 8-bit weights moved actions by most of their range).
+    states = env_observations("Hopper-v5", 256) * 3
+    fused, plain = ort_actions(model, states, fused=True), ort_actions(model, states, fused=False)
+    assert np.abs(fused - plain).max() < 0.02
+    assert all(r.passed for r in result.verification.parity if r.blocking)
+
+
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+def test_the_tensorrt_recipe_keeps_signed_activations_and_fp32_gemm_outputs(run_dir, tmp_path) -> None:
+    path = tmp_path / "actor.int8.onnx"
+    result = export_run(run_dir, "int8", output=path, episodes=1, pad_k=True, int8_target="tensorrt")
+    model = onnx.load(path)
+    assert gemm_output_consumers(model) == [["Relu"], ["Relu"], ["Tanh"]]
+    assert activation_zero_point_types(model) == {onnx.TensorProto.INT8}
+    check = inspect_model(path)
+    assert claim_status(check).verdict == "verified" and all(layer.eligible_2of4 for layer in check.layers)
+    assert '"target": "tensorrt"' in check.metadata["nmrl.quantization"]
+    assert all(r.passed for r in result.verification.parity if r.blocking)
+
+
+def test_an_unknown_int8_target_is_refused_in_one_line() -> None:
+    from nmrl.export.quantize import quantize_int8
+
+    with pytest.raises(NmrlError, match="unknown int8 target 'tflite': one of ort, tensorrt"):
+        quantize_int8(onnx.ModelProto(), np.zeros((1, 1), np.float32), "none", "tflite")
+
+
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_a_bad_calibration_is_refused_by_on_policy_parity(run_dir, tmp_path, monkeypatch) -> None:
-    from nmrl.export.parity import env_observations
-
     # Calibrated on observations a thousand times larger than the real ones: every input rounds to 0.
     bad = tmp_path / "bad.npy"
     np.save(bad, env_observations("Hopper-v5", 256) * 1000)
@@ -85,7 +163,7 @@ def test_tensorrt_rtx_builds_the_int8_qdq_file_with_sparse_weights(run_dir, tmp_
     from nmrl.deploy import tensorrt as trt_deploy
 
     path = tmp_path / "actor.int8.onnx"
-    export_run(run_dir, "int8", output=path, episodes=1, pad_k=True)
+    export_run(run_dir, "int8", output=path, episodes=1, pad_k=True, int8_target="tensorrt")
     report = trt_deploy.build_engines(path, flavour="tensorrt-rtx", profile=trt_deploy.BatchProfile(1, 32, 256))
     assert Path(report.plan).is_file() and Path(report.plan).stat().st_size > 0
     text = report.format()

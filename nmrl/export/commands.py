@@ -23,6 +23,7 @@ def export(
     allow_worse_return: bool = False,
     pad_k: bool = False,
     calibration: Path | None = None,
+    int8_target: Literal["ort", "tensorrt"] = "ort",
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
@@ -35,8 +36,11 @@ def export(
     --dtype fp16 writes actor.fp16.onnx: fp16 weights and math, the input TensorRT 11's strongly
     typed builder needs; --io-dtype picks the input/output type (default: same as --dtype).
     --dtype int8 writes actor.int8.onnx: int8 Q/DQ (ONNX Runtime's static quantizer: symmetric
-    per-channel weights with the N:M zeros kept zero, symmetric activations calibrated on the
-    policy's own observations or --calibration), fp32 input/output, checked like every precision.
+    per-channel weights with the N:M zeros kept zero, activations calibrated on the policy's own
+    observations or --calibration), fp32 input/output, checked like every precision. --int8-target
+    ort (default) quantizes hidden layers' outputs as uint8, which ONNX Runtime runs as integer
+    GEMMs on a CPU; --int8-target tensorrt uses the settings TensorRT builds sparse int8 engines from
+    (signed activations, fp32 Gemm outputs), which ONNX Runtime runs slower than fp32.
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
     cores store them, with a loader that rebuilds the exact model.
 
@@ -58,6 +62,7 @@ def export(
             inside the graph, so that every GEMM is 2:4-eligible; the input stays the env's width.
         calibration: int8 calibration observations, an .npy [count, obs_dim] (default: rollouts of the
             run's own policy in its env, seeds 1000.., plus random-action states).
+        int8_target: the runtime the int8 file is for: ort (ONNX Runtime CPU) or tensorrt.
     """
     from nmrl.envs import confirm_env_id
     from nmrl.export.onnx_export import default_output, export_run
@@ -81,6 +86,7 @@ def export(
             allow_worse_return=allow_worse_return,
             pad_k=pad_k,
             calibration=calibration,
+            int8_target=int8_target,
         )
     print_report(result.check, console)
     for line in result.verification.lines():

@@ -344,13 +344,15 @@ def export_run(
     allow_worse_return: bool = False,
     pad_k: bool = False,
     calibration: Path | None = None,
+    int8_target: str = "ort",
 ) -> RunExport:
     """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
     policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
     closed-loop returns on the same seeds), then write ``actor[.fp16|.int8].onnx`` (or the nm-packed
     file). ``dtype="int8"`` quantizes the fp32 graph (:mod:`nmrl.export.quantize`), calibrated on the
-    policy's own observations or on ``calibration`` (.npy); ``pad_k`` pads the first layer's K to a
-    multiple of 4 inside the graph.
+    policy's own observations or on ``calibration`` (.npy), with the recipe of ``int8_target``
+    (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds); ``pad_k``
+    pads the first layer's K to a multiple of 4 inside the graph.
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
@@ -382,7 +384,7 @@ def export_run(
         else:
             observations = policy_observations(loaded.policy, loaded.env_id)
             source = f"the policy's own {loaded.env_id} episodes + random-action states"
-        model, quantization = quantize_int8(model, observations, source)
+        model, quantization = quantize_int8(model, observations, source, int8_target)
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
         check = finish_graph(model, claimed, extra)

@@ -1,15 +1,39 @@
 """int8 Q/DQ policies: ONNX Runtime's static quantizer, calibrated on the agent's own observations.
 
 The quantizer is ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear /
-DequantizeLinear pairs around fp32 ops: the explicitly quantized form TensorRT builds int8 kernels
-from, and ONNX Runtime CPU fuses into integer GEMMs). Its settings are the ones TensorRT accepts:
+DequantizeLinear pairs around fp32 ops). Two recipes (:data:`RECIPES`), one per runtime, because
+the runtimes turn Q/DQ graphs into integer kernels under different rules:
+
+``ort`` (the embedded default: ONNX Runtime on a CPU). ONNX Runtime fuses ``DQ -> Gemm -> Q`` into
+an integer ``QGemm`` only when the Gemm's output is quantized too; its x86 fast path multiplies
+unsigned 8-bit activations by signed 8-bit weights.
+
+- hidden layers' outputs quantized, as unsigned int8 with a zero point (asymmetric). Each hidden
+  Gemm is followed by ReLU, so the quantizer folds the ReLU into the output quantization (a
+  ``[0, max]`` range clamps negatives to 0, exactly ReLU) and all 256 levels cover values that occur,
+  twice the resolution of a signed symmetric range of the same tensor;
+- the LAST Gemm's output (the pre-tanh action) stays fp32: its Q/DQ pair is removed after
+  quantization, so the action is not rounded to a per-tensor int8 step before tanh and scaling;
+- weights signed int8, symmetric, per output channel, in the 7-bit range (``reduce_range``). x86
+  CPUs without VNNI (AVX2, e.g. the AMD EPYC this was measured on) multiply u8 x s8 pairs with
+  ``vpmaddubsw``, which saturates the int16 sum of two products (2 x 255 x 127 > 32767): with full
+  8-bit weights the fused kernel's actions were off by up to 0.99 of the action range on a trained
+  HalfCheetah policy while the same graph unfused was off by 0.08. 7-bit weights cannot saturate,
+  cost one bit of weight resolution, and are what ONNX Runtime advises for such CPUs; the file
+  then runs correctly on any CPU.
+
+``tensorrt`` (the explicitly quantized form TensorRT builds sparse int8 kernels from). Its settings
+are the ones TensorRT accepts:
 
 - activations signed int8, symmetric (zero point 0): TensorRT rejects UINT8 DequantizeLinear inputs;
-- weights signed int8, symmetric, per output channel: a zero weight quantizes to exactly 0, so the
-  N:M zeros survive (checked after quantization, not assumed);
-- only ``Gemm`` nodes are quantized (the actor's layers); the action scaling (Tanh, Mul, Add with
-  the bounds) stays fp32;
-- biases stay fp32 (``QuantizeBias=False``): TensorRT rejects int32-quantized Gemm biases.
+- Gemm outputs not quantized (int8 in, fp32 out; each hidden activation is quantized once, at the
+  next layer's input); ONNX Runtime runs such a graph with fp32 GEMMs (slower than fp32 on a CPU);
+- weights signed int8, symmetric, per output channel (full 8-bit range).
+
+Both: a zero weight quantizes to exactly 0, so the N:M zeros survive (checked after quantization, not
+assumed); only ``Gemm`` (and, for ``ort``, the ReLU folded into it) is quantized, the action scaling
+(Tanh, Mul, Add with the bounds) stays fp32; biases stay fp32 (``QuantizeBias=False``: TensorRT
+rejects int32-quantized Gemm biases, and ONNX Runtime fuses an fp32 bias into QGemm as well).
 
 Calibration: MinMax over observations the policy itself visits (its deterministic episodes on seeds
 other than the verification's, plus random-action states), or a user's ``.npy``. MinMax rather
@@ -24,6 +48,7 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -39,6 +64,38 @@ CALIBRATION_EPISODES = 10
 INPUT_HEADROOM = 2.0
 """Observation scales are this many times the largest calibration value (see :func:`equalize_input`)."""
 
+Int8Target = Literal["ort", "tensorrt"]
+INT8_TARGETS: tuple[str, ...] = ("ort", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """Quantizer settings for one runtime (see the module docstring for why each)."""
+
+    target: str
+    unsigned_activations: bool
+    """u8 asymmetric activations (ReLU folded into the output quantization) vs s8 symmetric."""
+    quantize_hidden_outputs: bool
+    """Hidden Gemm outputs quantized (ONNX Runtime fuses QGemm); the last Gemm's output stays fp32."""
+    reduce_range: bool
+    """7-bit weights: no int16 saturation in u8 x s8 kernels of x86 CPUs without VNNI."""
+
+    def describe(self) -> dict[str, str]:
+        activations = "uint8 asymmetric per tensor" if self.unsigned_activations else "int8 symmetric per tensor"
+        outputs = (
+            "hidden Gemm outputs quantized, last Gemm output fp32"
+            if self.quantize_hidden_outputs
+            else ("Gemm outputs fp32")
+        )
+        weights = "int8 symmetric per output channel" + (" (7-bit range)" if self.reduce_range else "")
+        return {"target": self.target, "weights": weights, "activations": activations, "outputs": outputs}
+
+
+RECIPES: dict[str, Int8Recipe] = {
+    "ort": Int8Recipe("ort", unsigned_activations=True, quantize_hidden_outputs=True, reduce_range=True),
+    "tensorrt": Int8Recipe("tensorrt", unsigned_activations=False, quantize_hidden_outputs=False, reduce_range=False),
+}
+
 
 @dataclass(frozen=True)
 class QuantizationReport:
@@ -46,6 +103,7 @@ class QuantizationReport:
 
     calibration: str
     """Where the calibration observations came from."""
+    recipe: Int8Recipe
     count: int
     method: str
     zeros_kept: int
@@ -56,8 +114,7 @@ class QuantizationReport:
     def to_metadata(self) -> dict[str, object]:
         return {
             "format": "QDQ",
-            "weights": "int8 symmetric per output channel",
-            "activations": "int8 symmetric per tensor",
+            **self.recipe.describe(),
             "method": self.method,
             "calibration": self.calibration,
             "calibration_count": self.count,
@@ -65,7 +122,8 @@ class QuantizationReport:
 
     def __str__(self) -> str:
         return (
-            f"int8 Q/DQ ({self.method} calibration on {self.count} observations: {self.calibration}); "
+            f"int8 Q/DQ for {self.recipe.target} ({self.method} calibration on {self.count} observations: "
+            f"{self.calibration}); "
             f"{self.zeros_kept} zero weights kept zero, {self.rounded_to_zero} small weights rounded to zero"
         )
 
@@ -194,10 +252,34 @@ class _Reader:
         self.index = 0
 
 
+def keep_last_gemm_output_fp32(model: onnx.ModelProto) -> None:
+    """Remove the QuantizeLinear/DequantizeLinear pair on the last Gemm's output, in place: the
+    pre-tanh action stays fp32 (ONNX Runtime then runs that layer as int8 inputs, fp32 output)."""
+    graph = model.graph
+    last = [node for node in graph.node if node.op_type == "Gemm"][-1]
+    quantize = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last.output[0]), None)
+    if quantize is None:
+        return
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
+    if len(dequantize) != 1:
+        raise NmrlError("unexpected quantized graph: the last Gemm's output has no single DequantizeLinear")
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name == dequantize[0].output[0]:
+                node.input[index] = last.output[0]
+    graph.node.remove(quantize)
+    graph.node.remove(dequantize[0])
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def quantize_int8(
-    model: onnx.ModelProto, observations: np.ndarray, calibration: str
+    model: onnx.ModelProto, observations: np.ndarray, calibration: str, target: Int8Target = "ort"
 ) -> tuple[onnx.ModelProto, QuantizationReport]:
-    """The int8 Q/DQ form of an fp32 policy graph, calibrated (MinMax) on ``observations``.
+    """The int8 Q/DQ form of an fp32 policy graph for ``target`` (a :data:`RECIPES` key: ``ort`` runs
+    fast in ONNX Runtime on a CPU, ``tensorrt`` builds in TensorRT), calibrated (MinMax) on
+    ``observations``.
 
     Raises :class:`NmrlError` when a zero weight did not stay zero. The graph's metadata is kept.
     """
@@ -205,41 +287,48 @@ def quantize_int8(
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if target not in RECIPES:
+        raise NmrlError(f"unknown int8 target {target!r}: one of {', '.join(INT8_TARGETS)}")
+    recipe = RECIPES[target]
     before = inspect_model(model)
     if any(layer.dtype != "float32" for layer in before.layers):
         raise NmrlError("int8 quantization starts from the fp32 graph")
     model = copy.deepcopy(model)
     equalize_input(model, observations)
     input_name = model.graph.input[0].name
+    extra_options: dict[str, object] = {
+        "ActivationSymmetric": not recipe.unsigned_activations,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+    }
+    if not recipe.quantize_hidden_outputs:
+        extra_options["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on every call
     try:
         with tempfile.TemporaryDirectory(prefix="nmrl-quantize-") as scratch:
-            source, target = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
+            source, output = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
             onnx.save(model, str(source))
             quantize_static(
                 str(source),
-                str(target),
+                str(output),
                 _Reader(input_name, np.ascontiguousarray(observations, dtype=np.float32)),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["Gemm"],
+                # Relu: asymmetric activations let the quantizer fold it into the Gemm's output Q.
+                op_types_to_quantize=["Gemm", "Relu"] if recipe.quantize_hidden_outputs else ["Gemm"],
                 per_channel=True,
-                activation_type=QuantType.QInt8,
+                reduce_range=recipe.reduce_range,
+                activation_type=QuantType.QUInt8 if recipe.unsigned_activations else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    "QuantizeBias": False,
-                    # int8 in, fp32 out: the pre-tanh output keeps full precision, and each hidden
-                    # activation is quantized once, at the next layer's input.
-                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
-                },
+                extra_options=extra_options,
             )
-            quantized = onnx.load(str(target))
+            quantized = onnx.load(str(output))
     finally:
         root.setLevel(level)
+    if recipe.quantize_hidden_outputs:
+        keep_last_gemm_output_fp32(quantized)
     after = inspect_model(quantized)
     if len(after.layers) != len(before.layers) or any(layer.dtype != "int8" for layer in after.layers):
         raise NmrlError("the quantizer did not turn every GEMM weight into int8 behind DequantizeLinear")
@@ -253,5 +342,5 @@ def quantize_int8(
         rounded += int(((fp32 != 0) & (int8 == 0)).sum())
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
-    report = QuantizationReport(calibration, len(observations), CALIBRATION_METHOD, zeros_kept, rounded)
+    report = QuantizationReport(calibration, recipe, len(observations), CALIBRATION_METHOD, zeros_kept, rounded)
     return quantized, report
