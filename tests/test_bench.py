@@ -169,8 +169,34 @@ def test_bench_int8_rows_time_quantized_sparse_and_dense_twin_files(tmp_path, ca
     assert {(row["variant"], row["backend"], row["batch"]) for row in rows} == {
         (variant, "ort", batch) for variant in ("sparse", "dense") for batch in ("1", "8")
     }
-    sparse, dense = sorted(out.glob("models/*.sparse.int8.onnx")), sorted(out.glob("models/*.dense.int8.onnx"))
+    sparse = sorted(out.glob("models/*.sparse.int8-ort.onnx"))
+    dense = sorted(out.glob("models/*.dense.int8-ort.onnx"))
     assert len(sparse) == len(dense) == 1
     assert all(layer.dtype == "int8" and layer.pattern_2of4 for layer in inspect_model(sparse[0]).layers)
     # a few small twin weights round to int8 zero; the twin stays dense
     assert all(layer.dtype == "int8" and layer.density > 0.9 for layer in inspect_model(dense[0]).layers)
+
+
+def test_int8_bench_gives_each_backend_the_recipe_it_runs(tmp_path) -> None:
+    """TensorRT rejects the ONNX Runtime recipe's unsigned activations: a TensorRT row must time the
+    file `nmrl export --dtype int8 --int8-target tensorrt` writes, an ORT row the ORT recipe's."""
+    from nmrl.deploy.benchmodels import _module_models
+
+    def activation_types(path) -> set[int]:
+        model = onnx.load(path)
+        initializers = {init.name: init.data_type for init in model.graph.initializer}
+        return {initializers[node.input[2]] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+
+    options = {"threads": 1, "max_batch": 8}
+    backends = ["ort", "tensorrt-rtx"]
+    models = _module_models(
+        "w32", small_actor(), HOPPER_OBS, 3, NMPattern(2, 4), "int8", 1, tmp_path, backends, {}, options
+    )
+    assert [(m.variant, sorted(m.loaders)) for m in models] == [("sparse", backends), ("dense", backends)]
+    for variant in ("sparse", "dense"):
+        assert activation_types(tmp_path / f"w32.{variant}.int8-ort.onnx") == {onnx.TensorProto.UINT8}
+        assert activation_types(tmp_path / f"w32.{variant}.int8-tensorrt.onnx") == {onnx.TensorProto.INT8}
+    for model in models:  # each backend's loader reads its own recipe's file (nothing is loaded here)
+        for backend, target in (("ort", "ort"), ("tensorrt-rtx", "tensorrt")):
+            path, loaded_on = model.loaders[backend].args[:2]
+            assert (path.name, loaded_on) == (f"w32.{model.variant}.int8-{target}.onnx", backend)

@@ -96,7 +96,7 @@ def ort_actions(model: onnx.ModelProto, states: np.ndarray, fused: bool) -> np.n
 
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
-def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir, tmp_path) -> None:
+def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir, tmp_path, capsys) -> None:
     path = tmp_path / "actor.int8.onnx"
     result = export_run(run_dir, "int8", output=path, episodes=1)
     model = onnx.load(path)
@@ -112,6 +112,14 @@ def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir,
     fused, plain = ort_actions(model, states, fused=True), ort_actions(model, states, fused=False)
     assert np.abs(fused - plain).max() < 0.02
     assert all(r.passed for r in result.verification.parity if r.blocking)
+    # TensorRT's parser rejects this recipe's unsigned activations: deploy build says which export to make.
+    from nmrl.cli import main
+
+    capsys.readouterr()
+    assert main(["deploy", "build", str(path), "--backend", "tensorrt-rtx"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--int8-target tensorrt" in err, err
+    assert not list(tmp_path.glob("*.plan*"))
 
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)

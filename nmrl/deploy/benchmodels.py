@@ -17,18 +17,20 @@ from nmrl.errors import NmrlError
 
 if TYPE_CHECKING:  # onnx_export pulls in torch and onnx: imported where a model is built
     from nmrl.export.onnx_export import DType
+    from nmrl.export.quantize import Int8Target
+
+
+def _load(path: Path, backend: str, options: dict, scratch: bool = False) -> Policy:
+    """Load ``path`` on ``backend``; for a ``scratch`` ONNX file (one bench wrote itself) run the
+    backend's explicit build step first (TensorRT engines): the user's own files are never built."""
+    if scratch:
+        build_for(backend, path, **options)
+    return load_policy(path, backend, **accepted_options(backend, options))
 
 
 def _loader(path: Path, backend: str, options: dict, scratch: bool = False) -> Callable[[], Policy]:
-    """Load ``path`` on ``backend``; for a ``scratch`` ONNX file (one bench wrote itself) run the
-    backend's explicit build step first (TensorRT engines): the user's own files are never built."""
-
-    def load() -> Policy:
-        if scratch:
-            build_for(backend, path, **options)
-        return load_policy(path, backend, **accepted_options(backend, options))
-
-    return load
+    """A loader bench calls when it times ``backend`` (``.args``: the file and backend it loads)."""
+    return functools.partial(_load, path, backend, options, scratch)
 
 
 def _onnx_loaders(
@@ -39,6 +41,12 @@ def _onnx_loaders(
     return {
         backend: _loader(path, backend, options, scratch) for backend in backends if BACKENDS[backend].takes == "onnx"
     }
+
+
+def int8_target_of(backend: str) -> Int8Target:
+    """The int8 recipe (``nmrl export --int8-target``) a backend runs: TensorRT's for the TensorRT
+    flavours, ONNX Runtime's for the others."""
+    return "tensorrt" if backend.startswith("tensorrt") else "ort"
 
 
 def _run_loaders(run_dir: Path | None, backends: list[str], options: dict, dense: bool) -> dict:
@@ -76,26 +84,40 @@ def _module_models(
     from nmrl.export.twin import dense_twin_onnx
 
     slug = name.replace(" ", "_").replace(":", "of")
-    sparse_path = models_dir / f"{slug}.sparse.{dtype}.onnx"
-    dense_path = models_dir / f"{slug}.dense.{dtype}.onnx"
+    # (sparse, dense twin) files per group of ONNX backends: one pair for every backend, except at
+    # int8, where each backend gets the recipe it runs (TensorRT rejects the ORT recipe's u8 files).
+    onnx_pairs: dict[str, tuple[Path, Path, list[str]]] = {}
     if dtype == "int8":
-        # The int8 pair: the fp32 actor and its fp32 dense twin, each quantized as `nmrl export
-        # --dtype int8` does, calibrated on the same unit-scale Gaussian observations (latency does
-        # not depend on the calibration; accuracy is export's job).
+        # Each pair: the fp32 actor and its fp32 dense twin, quantized as `nmrl export --dtype int8
+        # --int8-target T` does, calibrated on the same unit-scale Gaussian observations (latency
+        # does not depend on the calibration; accuracy is export's job).
         from nmrl.export.onnx_export import random_observations
         from nmrl.export.quantize import quantize_int8
 
         result = export_policy(models_dir / f"{slug}.sparse.fp32.onnx", module, obs_dim, act_dim, claimed, metadata)
         calibration = random_observations(obs_dim, 1024, 0, scale=1.0)
-        for path, fp32 in ((sparse_path, result.model), (dense_path, dense_twin_onnx(result.model))):
-            save_onnx(quantize_int8(fp32, calibration, "Gaussian observations (bench)")[0], path)
+        by_target: dict[Int8Target, list[str]] = {}
+        for backend in backends:
+            by_target.setdefault(int8_target_of(backend), []).append(backend)
+        for target, group in by_target.items():
+            sparse_path = models_dir / f"{slug}.sparse.int8-{target}.onnx"
+            dense_path = models_dir / f"{slug}.dense.int8-{target}.onnx"
+            for path, fp32 in ((sparse_path, result.model), (dense_path, dense_twin_onnx(result.model))):
+                save_onnx(quantize_int8(fp32, calibration, "Gaussian observations (bench)", target)[0], path)
+            onnx_pairs[target] = (sparse_path, dense_path, group)
     else:
+        sparse_path = models_dir / f"{slug}.sparse.{dtype}.onnx"
+        dense_path = models_dir / f"{slug}.dense.{dtype}.onnx"
         result = export_policy(sparse_path, module, obs_dim, act_dim, claimed, metadata, dtype)
         save_onnx(dense_twin_onnx(result.model), dense_path)
+        onnx_pairs[dtype] = (sparse_path, dense_path, backends)
     twin = dense_twin_module(module)
     models = []
-    for variant, path, torch_module in (("sparse", sparse_path, module), ("dense", dense_path, twin)):
-        loaders = _onnx_loaders(path, backends, options, scratch=True)
+    for variant, torch_module in (("sparse", module), ("dense", twin)):
+        loaders: dict[str, Callable[[], Policy]] = {}
+        for sparse_file, dense_file, group in onnx_pairs.values():
+            path = sparse_file if variant == "sparse" else dense_file
+            loaders.update(_onnx_loaders(path, group, options, scratch=True))
         loaders.update(_run_loaders(run_dir, backends, options, dense=variant == "dense"))
         if "torch" in backends and dtype != "int8":  # torch eager has no int8 Q/DQ policy here
             loaders["torch"] = functools.partial(

@@ -24,7 +24,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -38,6 +38,9 @@ from nmrl.files import atomic_write_bytes
 from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
+
+if TYPE_CHECKING:  # quantize imports ONNX Runtime's quantization tools: loaded only for --dtype int8
+    from nmrl.export.quantize import Int8Target
 
 DType = Literal["fp32", "fp16", "int8"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
@@ -344,7 +347,7 @@ def export_run(
     allow_worse_return: bool = False,
     pad_k: bool = False,
     calibration: Path | None = None,
-    int8_target: str = "ort",
+    int8_target: Int8Target = "ort",
 ) -> RunExport:
     """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
     policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,

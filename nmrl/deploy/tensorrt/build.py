@@ -6,6 +6,7 @@ This is the only place in nmrl that writes engine files; loaders never call it (
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +40,20 @@ def _notes(flavour: str, sparse: bool, settings_note: str, any_2of4: bool, eligi
     return notes
 
 
+def refuse_int8_recipe_for_ort(onnx_path: Path, metadata: dict[str, str]) -> None:
+    """An int8 export made for ONNX Runtime (``--int8-target ort``: unsigned activations, quantized
+    hidden outputs) is a file TensorRT's parser rejects; say which export it needs instead."""
+    try:
+        target = json.loads(metadata.get("nmrl.quantization", "{}")).get("target")
+    except (ValueError, AttributeError):  # metadata is untrusted text: anything else is TensorRT's to judge
+        return
+    if target == "ort":
+        raise NmrlError(
+            f"{onnx_path}: this int8 file is quantized for ONNX Runtime (unsigned activations, which TensorRT "
+            "rejects); export one for TensorRT: nmrl export RUN --dtype int8 --int8-target tensorrt"
+        )
+
+
 def build_engines(
     onnx_path: Path,
     flavour: str = "tensorrt",
@@ -55,12 +70,13 @@ def build_engines(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise NmrlError(f"{onnx_path}: no such ONNX file")
+    info = read_graph_info(onnx_path)
+    refuse_int8_recipe_for_ort(onnx_path, info.metadata)
     trt = import_tensorrt(flavour)
     if compute_capabilities and flavour != "tensorrt-rtx":
         raise NmrlError(
             "compute capability targets are a TensorRT-RTX option; standard TensorRT builds for the GPU it runs on"
         )
-    info = read_graph_info(onnx_path)
     profile = profile or BatchProfile()
     settings = build_settings(flavour, trt.__version__, info.compute_dtype, sparse)
     plan_path = Path(output) if output else default_plan_path(onnx_path, flavour)
