@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from deploy_support import TINY_RUN_GROUP, exported_run, gemm_model, nm_along
+from deploy_support import TINY_RUN_GROUP, exported_run, gemm_model, nm_along, tiny_run
 from onnx import numpy_helper
 
 from nmrl.cli import main
@@ -85,6 +85,30 @@ def test_export_verb_nm_packed_rebuilds_the_run_actor(tmp_path_factory, capsys) 
     weights = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
     for init in rebuilt.graph.initializer:
         np.testing.assert_array_equal(numpy_helper.to_array(init), weights[init.name])
+    obs = np.random.default_rng(1).standard_normal((9, 11)).astype(np.float32)
+    outputs = [ort.InferenceSession(m.SerializeToString()).run(None, {"obs": obs})[0] for m in (rebuilt, original)]
+    np.testing.assert_array_equal(*outputs)
+
+
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+def test_an_int8_policy_packs_its_int8_values_and_rebuilds_the_exact_file(tmp_path_factory, tmp_path, capsys) -> None:
+    run_dir = tiny_run(tmp_path_factory)
+    onnx_path, packed_path = tmp_path / "actor.int8.onnx", tmp_path / "actor.int8.nm.npz"
+    common = ["--dtype", "int8", "--pad-k", "--check-episodes", "1"]
+    assert main(["export", str(run_dir), *common, "--output", str(onnx_path)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_dir), *common, "--format", "nm-packed", "--output", str(packed_path)]) == 0
+    out = capsys.readouterr().out
+    # 2:4 int8: per 4 weights, 2 one-byte values + 2 two-bit indices = 2.5 bytes of 4 (int8) or 16 (fp32);
+    # the padded first layer (K 11 -> 12) packs whole groups.
+    assert "nm-packed 2:4 int8" in out and "(ratio 0.625)" in out and "dense fp32 (ratio 0.156)" in out, out
+    rebuilt, original = load_packed(packed_path), onnx.load(onnx_path)
+    stored = {i.name: i for i in original.graph.initializer}
+    int8_weights = [i for i in rebuilt.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8_weights) == 3
+    for init in rebuilt.graph.initializer:
+        assert init.data_type == stored[init.name].data_type
+        np.testing.assert_array_equal(numpy_helper.to_array(init), numpy_helper.to_array(stored[init.name]))
     obs = np.random.default_rng(1).standard_normal((9, 11)).astype(np.float32)
     outputs = [ort.InferenceSession(m.SerializeToString()).run(None, {"obs": obs})[0] for m in (rebuilt, original)]
     np.testing.assert_array_equal(*outputs)

@@ -42,7 +42,8 @@ def export(
     GEMMs on a CPU; --int8-target tensorrt uses the settings TensorRT builds sparse int8 engines from
     (signed activations, fp32 Gemm outputs), which ONNX Runtime runs slower than fp32.
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
-    cores store them, with a loader that rebuilds the exact model.
+    cores store them, with a loader that rebuilds the exact model (with --dtype int8: int8 values,
+    their sizes reported against dense int8 and dense fp32).
 
     Args:
         run_dir: the run directory (runs/<run>).
@@ -50,7 +51,7 @@ def export(
         io_dtype: input/output tensor type; "same" follows --dtype.
         format: onnx, or nm-packed (values + in-group indices).
         checkpoint: which checkpoint to export.
-        output: file to write (default: actor[.fp16|.int8].onnx / actor[.fp16].nm.npz in the run directory);
+        output: file to write (default: actor[.fp16|.int8].onnx / actor[.fp16|.int8].nm.npz in the run directory);
             an existing file is replaced only if nmrl wrote it as that kind of file.
         env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only by a file).
         check_episodes: closed-loop episodes of the torch policy and the file (seeds 0..N-1); the torch
@@ -97,9 +98,14 @@ def export(
         console.print(f"[yellow]{warning}[/]")
     if result.packed is not None:
         packed = result.packed
+        versus_fp32 = (
+            f", {packed.dense_fp32_bytes:,} B dense fp32 (ratio {packed.ratio_to_fp32:.3f})"
+            if packed.dtype != "float32"
+            else ""
+        )
         console.print(
             f"nm-packed {packed.pattern} {packed.dtype}: GEMM weights {packed.packed_bytes:,} B vs "
-            f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}); file {packed.file_bytes:,} B"
+            f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}){versus_fp32}; file {packed.file_bytes:,} B"
         )
     console.print(f"wrote {result.path}")
 

@@ -365,8 +365,6 @@ def export_run(
 
     loaded = load_trained_actor(Path(run_dir), which)
     claimed = nm_pattern(loaded.config.spec)
-    if fmt != "onnx" and dtype == "int8":
-        raise NmrlError("--format nm-packed stores fp32/fp16 values; int8 values are not supported yet")
     if fmt != "onnx" and claimed is None:
         raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
     traced = "fp32" if dtype == "int8" else dtype
@@ -414,12 +412,15 @@ def export_run(
 
         assert claimed is not None  # an nm-packed export without a claimed pattern was refused above
         packed = write_packed(model, path, claimed)
-        # The file is only useful if it gives the weights back exactly: check before reporting.
-        rebuilt = {init.name: onnx.numpy_helper.to_array(init) for init in load_packed(path).graph.initializer}
-        for name, weight in check.weights.items():
-            if name not in rebuilt or not np.array_equal(rebuilt[name], weight):
+        # The file is only useful if it gives the model back exactly: check before reporting.
+        rebuilt = {init.name: init for init in load_packed(path).graph.initializer}
+        for init in model.graph.initializer:
+            back = rebuilt.get(init.name)
+            if back is None or back.data_type != init.data_type or not np.array_equal(
+                onnx.numpy_helper.to_array(back), onnx.numpy_helper.to_array(init)
+            ):
                 path.unlink(missing_ok=True)
-                raise NmrlError(f"nm-packed round trip changed {name}; nothing written")
+                raise NmrlError(f"nm-packed round trip changed {init.name}; nothing written")
     check.path = path
     return RunExport(path, check, verification, packed, warnings, quantization)
 

@@ -6,6 +6,11 @@ as the hardware's metadata). Everything else of the model (graph, biases, action
 as the ONNX model with those weights removed, so :func:`load_packed` gives back a runnable ONNX
 model whose weights equal the original bit for bit.
 
+Values keep the stored type of the weights: fp32, fp16, or int8 for an int8 Q/DQ policy (the int8
+initializer behind each DequantizeLinear is packed; its per-channel scales stay in the model). An
+int8 weight is packed only where its zero point is 0 (nmrl's symmetric weights), so that an int8
+zero is a weight of 0.
+
 File: a numpy ``.npz`` (no pickle) holding ``model`` (the stripped ONNX bytes), ``meta`` (JSON) and,
 per weight ``i``, ``values_i`` [rows, groups, N] and ``indices_i`` (bit-packed uint8).
 Imports onnx and numpy only.
@@ -105,26 +110,34 @@ class PackedReport:
     pattern: NMPattern
     dtype: str
     dense_bytes: int
+    """The packed weights stored dense in their own type."""
     packed_bytes: int
     file_bytes: int
+    dense_fp32_bytes: int
+    """The same weights dense in fp32 (what an fp32 policy file holds)."""
 
     @property
     def ratio(self) -> float:
         return self.packed_bytes / self.dense_bytes
 
+    @property
+    def ratio_to_fp32(self) -> float:
+        return self.packed_bytes / self.dense_fp32_bytes
+
 
 def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> PackedReport:
-    """Write ``model`` in nm-packed form: every GEMM weight initializer packed as ``pattern``."""
+    """Write ``model`` in nm-packed form: every GEMM weight initializer packed as ``pattern``
+    (int8 ones: the initializer behind the DequantizeLinear, see the module docstring)."""
     check = inspect_model(model)
     stripped = onnx.ModelProto()
     stripped.CopyFrom(model)
     initializers = {init.name: init for init in stripped.graph.initializer}
     arrays: dict[str, np.ndarray] = {}
     entries = []
-    dense_bytes = packed_bytes = 0
+    dense_bytes = packed_bytes = fp32_bytes = 0
     for index, layer in enumerate(check.layers):
-        init = initializers.get(layer.weight_name)
-        if init is None:  # weight behind a Cast/Transpose or a Constant node: left in the graph
+        init = initializers.get(layer.stored_name) if layer.stored_name is not None else None
+        if init is None:  # behind a Transpose, a nonzero zero point or in a Constant node: left in the graph
             continue
         weight = numpy_helper.to_array(init)
         packed = pack_weight(weight, layer.k_axis, pattern)
@@ -132,7 +145,7 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
         arrays[f"indices_{index}"] = _pack_bits(packed.indices, index_bits(pattern.m))
         entries.append(
             {
-                "name": layer.weight_name,
+                "name": init.name,
                 "key": index,
                 "shape": list(packed.shape),
                 "k_axis": packed.k_axis,
@@ -140,6 +153,7 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
             }
         )
         dense_bytes += weight.nbytes
+        fp32_bytes += weight.size * 4
         packed_bytes += packed.nbytes
         stripped.graph.initializer.remove(init)
     if not entries:
@@ -152,7 +166,7 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
     np.savez(buffer, allow_pickle=False, **arrays)  # numeric arrays only
     atomic_write_bytes(path, buffer.getvalue())  # a deploy never reads a half-written file
     dtype = str(next(iter(arrays[k] for k in arrays if k.startswith("values_"))).dtype)
-    return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size)
+    return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size, fp32_bytes)
 
 
 def load_packed(path: Path) -> onnx.ModelProto:

@@ -72,6 +72,9 @@ class LayerCheck:
     """The 2:4 verdict on the stored weights, every layer of it judged."""
     notes: tuple[str, ...] = ()
     """Hints that do not block eligibility (e.g. small GEMMs where dense usually wins)."""
+    stored_name: str | None = None
+    """The initializer that holds exactly these values (none when a Transpose or a nonzero
+    quantization zero point lies between it and the GEMM): what nm-packed replaces."""
 
     @property
     def k(self) -> int:
@@ -263,12 +266,12 @@ def _minus_zero_point(quantized: np.ndarray, zero_point: np.ndarray | None, axis
 
 def _resolve_constant(
     name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, np.ndarray]
-) -> tuple[np.ndarray, str] | None:
+) -> tuple[np.ndarray, str, str | None] | None:
     """Follow ``name`` back through value-preserving ops to a constant.
 
     Returns (the array as the consumer sees it, Transposes applied, quantized values relative to a
-    DequantizeLinear zero point; the dtype the consumer computes in) or None when ``name`` is not a
-    constant.
+    DequantizeLinear zero point; the dtype the consumer computes in; the constant's name when it
+    stores exactly that array, else None) or None when ``name`` is not a constant.
     """
     dtype: str | None = None
     perm_chain: list[list[int]] = []
@@ -283,7 +286,8 @@ def _resolve_constant(
                 array = _minus_zero_point(stored, constants.get(dequantize.input[2]), axis)
             for axes in reversed(perm_chain):
                 array = np.transpose(array, axes or None)  # no perm: reverse the axes
-            return array, dtype or _dtype_name(stored)
+            as_stored = not perm_chain and array is stored
+            return array, dtype or _dtype_name(stored), current if as_stored else None
         node = producers.get(current)
         if node is None:
             return None
@@ -346,25 +350,28 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
             resolved = _resolve_constant(node.input[input_index], producers, constants)
             if resolved is None:
                 continue
-            array, dtype = resolved
+            array, dtype, stored_name = resolved
             if array.ndim < 2:
                 continue
             if zero_point_index is not None and zero_point_index < len(node.input):
                 # per-column zero points of B [K, N] (or per-row of A [M, K]) broadcast along the last axis
-                array = _minus_zero_point(array, constants.get(node.input[zero_point_index]), -1)
+                relative = _minus_zero_point(array, constants.get(node.input[zero_point_index]), -1)
+                stored_name = stored_name if relative is array else None
+                array = relative
             k_axis = k_axis % array.ndim
             weight_name = node.input[input_index]
             weights[weight_name] = array
-            layers.append(
-                _check_layer(node.name or f"{node.op_type}_{index}", node.op_type, weight_name, array, k_axis, dtype)
-            )
+            name = node.name or f"{node.op_type}_{index}"
+            layers.append(_check_layer(name, node.op_type, weight_name, array, k_axis, dtype, stored_name))
             break  # one constant operand per GEMM is the weight
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return ModelCheck(layers, weights, metadata, opset, path, unjudged)
 
 
-def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int, dtype: str) -> LayerCheck:
+def _check_layer(
+    node: str, op: str, weight_name: str, weight: np.ndarray, k_axis: int, dtype: str, stored_name: str | None = None
+) -> LayerCheck:
     k = weight.shape[k_axis]
     rows = weight.size // k if k else 0
     density = float(np.count_nonzero(weight) / weight.size) if weight.size else 0.0
@@ -382,6 +389,7 @@ def _check_layer(node: str, op: str, weight_name: str, weight: np.ndarray, k_axi
         finest=finest_nm(weight, k_axis),
         verdict=verdict_of_weights(weight, k_axis, dtype),
         notes=tuple(notes),
+        stored_name=stored_name,
     )
 
 
