@@ -63,6 +63,12 @@ def gemm_output_consumers(model: onnx.ModelProto) -> list[list[str]]:
     return [[n.op_type for n in model.graph.node if gemm.output[0] in n.input] for gemm in gemms]
 
 
+def int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 GEMM weight initializers, by name."""
+    arrays = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    return {name: array for name, array in arrays.items() if array.dtype == np.int8 and array.ndim == 2}
+
+
 def activation_zero_point_types(model: onnx.ModelProto) -> set[int]:
     """Element types of the zero points of the QuantizeLinear nodes (the activations)."""
     inits = {init.name: init for init in model.graph.initializer}
@@ -111,6 +117,10 @@ def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir,
     states = env_observations("Hopper-v5", 256) * 3
     fused, plain = ort_actions(model, states, fused=True), ort_actions(model, states, fused=False)
     assert np.abs(fused - plain).max() < 0.02
+    # That equality holds on every x86 CPU only because no pair of u8 x s8 products can leave int16:
+    # 2 x 255 x 64 = 32640 <= 32767. A CPU with VNNI (this test may run on one) never saturates, so
+    # the weights' range is asserted itself: 8-bit weights (up to 127) would saturate on AVX2.
+    assert max(int(np.abs(int8_weights(model)[name]).max()) for name in int8_weights(model)) <= 64
     assert all(r.passed for r in result.verification.parity if r.blocking)
     # TensorRT's parser rejects this recipe's unsigned activations: deploy build says which export to make.
     from nmrl.cli import main
@@ -132,6 +142,8 @@ def test_the_tensorrt_recipe_keeps_signed_activations_and_fp32_gemm_outputs(run_
     check = inspect_model(path)
     assert claim_status(check).verdict == "verified" and all(layer.eligible_2of4 for layer in check.layers)
     assert '"target": "tensorrt"' in check.metadata["nmrl.quantization"]
+    # TensorRT's int8 kernels accumulate in int32: its weights use the full 8-bit range.
+    assert all(int(np.abs(weight).max()) == 127 for weight in int8_weights(model).values())
     assert all(r.passed for r in result.verification.parity if r.blocking)
 
 
