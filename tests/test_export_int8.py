@@ -63,6 +63,15 @@ def gemm_output_consumers(model: onnx.ModelProto) -> list[list[str]]:
     return [[n.op_type for n in model.graph.node if gemm.output[0] in n.input] for gemm in gemms]
 
 
+def pre_tanh_quantization_range(model: onnx.ModelProto) -> tuple[float, float]:
+    """The real range [low, high] the QuantizeLinear of the last Gemm's output covers."""
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    last = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+    quantize = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last.output[0])
+    scale, zero_point = float(inits[quantize.input[1]]), int(inits[quantize.input[2]])
+    return (0 - zero_point) * scale, (255 - zero_point) * scale
+
+
 def int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The int8 GEMM weight initializers, by name."""
     arrays = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -106,12 +115,16 @@ def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir,
     path = tmp_path / "actor.int8.onnx"
     result = export_run(run_dir, "int8", output=path, episodes=1)
     model = onnx.load(path)
-    # Hidden Gemms: output quantized (u8, ReLU folded into the [0, max] range); last Gemm: fp32 into tanh.
-    assert gemm_output_consumers(model) == [["QuantizeLinear"], ["QuantizeLinear"], ["Tanh"]]
+    # Every Gemm's output quantized (u8; ReLU folded into the hidden ones' [0, max] range) ...
+    assert gemm_output_consumers(model) == [["QuantizeLinear"]] * 3
     assert "Relu" not in [node.op_type for node in model.graph.node]
     assert activation_zero_point_types(model) == {onnx.TensorProto.UINT8}
-    # ONNX Runtime fuses the two hidden layers into integer QGemm kernels (the reason for the recipe).
-    assert fused_op_types(model, tmp_path / "optimized.onnx").count("QGemm") == 2
+    # ... the pre-tanh action's on a range within [-3, 3] (tanh(3) = 0.995), whatever its calibration saw
+    # (the zero point's rounding may shift it by a step, 6 / 255).
+    low, high = pre_tanh_quantization_range(model)
+    assert -3.0 - 6 / 255 <= low < 0 < high <= 3.0 + 6 / 255
+    # ONNX Runtime fuses all three layers into integer QGemm kernels (the reason for the recipe).
+    assert fused_op_types(model, tmp_path / "optimized.onnx").count("QGemm") == 3
     # ... and the fused kernels compute what the Q/DQ graph says (7-bit weights: no int16 saturation
     # in u8 x s8 kernels of CPUs without VNNI, where 8-bit weights moved actions by most of their range).
     states = env_observations("Hopper-v5", 256) * 3
