@@ -122,9 +122,12 @@ def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) ->
 
     run_dir = exported_run(tmp_path_factory)
     # A backend that loads run directories itself (as torch-2:4 does on a GPU) gets the run for the
-    # sparse actor and dense=True for the twin, and is skipped for synthetic actors.
+    # sparse actor and dense=True for the twin, and is skipped for synthetic actors. It computes in
+    # its own precision (fp32: it runs the run's actor.onnx), timed once whatever --dtype asks.
     register_backend("run-backed", "deploy_support:load_run_backed_policy", takes="run")
     argv = [
+        "--dtype",
+        "fp16,fp32",
         "--backends",
         "torch,ort,run-backed,tensorrt",
         "--batch",
@@ -142,18 +145,21 @@ def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) ->
         del BACKENDS["run-backed"]
     rows = read_csv(run_dir / "bench" / "bench.csv")
     run_model, synthetic = "Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"
-    assert {(r.model, r.backend) for r in rows} == {
-        (run_model, "torch"),
-        (run_model, "ort"),
-        (run_model, "run-backed"),
-        (synthetic, "torch"),
-        (synthetic, "ort"),
+    assert {(r.model, r.backend, r.dtype) for r in rows} == {
+        *(
+            (model, backend, dtype)
+            for model in (run_model, synthetic)
+            for backend in ("torch", "ort")
+            for dtype in ("fp16", "fp32")
+        ),
+        (run_model, "run-backed", "fp32"),
     }
-    assert len(rows) == 5 * 2 * 2  # (model, backend) x variant x batch
+    assert len(rows) == 9 * 2 * 2  # (model, backend, dtype) x variant x batch
     dense_run_backed = [r for r in rows if r.backend == "run-backed" and r.variant == "dense"]
     assert len(dense_run_backed) == 2
     out = capsys.readouterr().out
     assert "PyTorch" in out and "skipping backend tensorrt" in out and "run-backed skipped for synthetic" in out
+    assert "run-backed runs fp32 only" in out
 
 
 def test_bench_int8_rows_time_quantized_sparse_and_dense_twin_files(tmp_path, capsys) -> None:

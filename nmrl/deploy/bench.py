@@ -68,7 +68,8 @@ def time_policies(
     rounds: int = 5,
     seed: int = 0,
 ) -> dict[Key, np.ndarray]:
-    """Per-call latencies (ns) of each policy's ``act`` on ``[batch, obs_dim]`` inputs.
+    """Per-call latencies (ns) of each policy's ``act`` on ``[batch, obs_dim]`` inputs; ``policies``
+    are keyed by anything hashable (run_bench: (variant, dtype), all of one model on one backend).
 
     Each policy gets ``warmup`` untimed calls, then ``calls`` timed ones (fewer, but at least
     ``min_calls``, when the warm-up estimate says they would take longer than ``max_seconds`` per
@@ -267,8 +268,8 @@ def plot(timings: list[Timing], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    # Plain numbers (256, 4096; 12.5 µs) rather than log-axis powers of ten.
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    # Plain numbers (256, 4096; 12.5 µs, 1,000,000 µs) rather than log-axis powers of ten.
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
     models = list(dict.fromkeys(t.model for t in timings))
     batches = sorted({t.batch for t in timings})
     dtypes = list(dict.fromkeys(t.dtype for t in timings))
@@ -303,7 +304,10 @@ def plot(timings: list[Timing], path: Path) -> None:
         axis.xaxis.set_major_formatter(plain)
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.yaxis.set_major_formatter(plain)
-        axis.yaxis.set_minor_formatter(plain)
+        low, high = axis.get_ylim()
+        # Within about a decade the powers of ten alone leave the axis unlabelled: label the minor
+        # ticks too; over several decades they would overlap.
+        axis.yaxis.set_minor_formatter(plain if high / low < 20 else NullFormatter())
         axis.tick_params(axis="y", which="minor", labelsize="x-small")
         axis.grid(True, which="both", alpha=0.3)
         # Below the panel, so the legend never hides a line.
