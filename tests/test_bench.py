@@ -68,7 +68,7 @@ def test_run_bench_csv_and_plot(tmp_path) -> None:
     sparse = export_policy(tmp_path / "s.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4))
     onnx.save(dense_twin_onnx(sparse.model), tmp_path / "d.onnx")
     models = [
-        BenchModel("m", variant, {"ort": (lambda p=path: load_policy(p, "ort"))})
+        BenchModel("m", variant, "fp32", {"ort": (lambda p=path: load_policy(p, "ort"))})
         for variant, path in (("sparse", tmp_path / "s.onnx"), ("dense", tmp_path / "d.onnx"))
     ]
     timings, described = run_bench(models, ["ort"], [1, 8], warmup=3, calls=20, max_seconds=1)
@@ -122,9 +122,12 @@ def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) ->
 
     run_dir = exported_run(tmp_path_factory)
     # A backend that loads run directories itself (as torch-2:4 does on a GPU) gets the run for the
-    # sparse actor and dense=True for the twin, and is skipped for synthetic actors.
+    # sparse actor and dense=True for the twin, and is skipped for synthetic actors. It computes in
+    # its own precision (fp32: it runs the run's actor.onnx), timed once whatever --dtype asks.
     register_backend("run-backed", "deploy_support:load_run_backed_policy", takes="run")
     argv = [
+        "--dtype",
+        "fp16,fp32",
         "--backends",
         "torch,ort,run-backed,tensorrt",
         "--batch",
@@ -142,18 +145,21 @@ def test_bench_verb_on_a_run_with_a_synthetic_width(tmp_path_factory, capsys) ->
         del BACKENDS["run-backed"]
     rows = read_csv(run_dir / "bench" / "bench.csv")
     run_model, synthetic = "Hopper-v5 64-64 2:4", "synthetic 11-64-64-3 2:4"
-    assert {(r.model, r.backend) for r in rows} == {
-        (run_model, "torch"),
-        (run_model, "ort"),
-        (run_model, "run-backed"),
-        (synthetic, "torch"),
-        (synthetic, "ort"),
+    assert {(r.model, r.backend, r.dtype) for r in rows} == {
+        *(
+            (model, backend, dtype)
+            for model in (run_model, synthetic)
+            for backend in ("torch", "ort")
+            for dtype in ("fp16", "fp32")
+        ),
+        (run_model, "run-backed", "fp32"),
     }
-    assert len(rows) == 5 * 2 * 2  # (model, backend) x variant x batch
+    assert len(rows) == 9 * 2 * 2  # (model, backend, dtype) x variant x batch
     dense_run_backed = [r for r in rows if r.backend == "run-backed" and r.variant == "dense"]
     assert len(dense_run_backed) == 2
     out = capsys.readouterr().out
     assert "PyTorch" in out and "skipping backend tensorrt" in out and "run-backed skipped for synthetic" in out
+    assert "run-backed runs fp32 only" in out
 
 
 def test_bench_int8_rows_time_quantized_sparse_and_dense_twin_files(tmp_path, capsys) -> None:
@@ -190,7 +196,7 @@ def test_int8_bench_gives_each_backend_the_recipe_it_runs(tmp_path) -> None:
     options = {"threads": 1, "max_batch": 8}
     backends = ["ort", "tensorrt-rtx"]
     models = _module_models(
-        "w32", small_actor(), HOPPER_OBS, 3, NMPattern(2, 4), "int8", 1, tmp_path, backends, {}, options
+        "w32", small_actor(), HOPPER_OBS, 3, NMPattern(2, 4), ["int8"], 1, tmp_path, backends, {}, options
     )
     assert [(m.variant, sorted(m.loaders)) for m in models] == [("sparse", backends), ("dense", backends)]
     for variant in ("sparse", "dense"):
@@ -200,3 +206,122 @@ def test_int8_bench_gives_each_backend_the_recipe_it_runs(tmp_path) -> None:
         for backend, target in (("ort", "ort"), ("tensorrt-rtx", "tensorrt")):
             path, loaded_on = model.loaders[backend].args[:2]
             assert (path.name, loaded_on) == (f"w32.{model.variant}.int8-{target}.onnx", backend)
+
+
+def int8_weight_types(path) -> set[int]:
+    """Element types of the initializers that feed DequantizeLinear nodes as their quantized input."""
+    model = onnx.load(path)
+    initializers = {init.name: init.data_type for init in model.graph.initializer}
+    return {
+        initializers[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+    }
+
+
+def test_bench_times_fp32_fp16_and_int8_side_by_side_in_one_run(tmp_path, capsys) -> None:
+    import csv
+
+    out = tmp_path / "bench"
+    args = ["bench", "--widths", "64", "--dtype", "fp32,fp16,int8", "--backends", "torch,ort", "--batch", "1,8"]
+    assert main([*args, "--warmup", "2", "--calls", "10", "--max-seconds", "0.2", "--out", str(out)]) == 0
+    with open(out / "bench.csv") as file:
+        rows = list(csv.DictReader(file))
+    cells = {(r["dtype"], r["variant"], r["backend"], r["batch"]) for r in rows}
+    expected = {
+        (dtype, variant, backend, batch)
+        for dtype in ("fp32", "fp16", "int8")
+        for variant in ("sparse", "dense")
+        for backend in ("torch", "ort")
+        for batch in ("1", "8")
+        if (dtype, backend) != ("int8", "torch")
+    }
+    assert cells == expected and len(rows) == len(expected)
+    for row in rows:
+        p50 = float(row["p50_us"])
+        # dense/sparse on sparse rows, per dtype; speed relative to fp32 on every non-fp32 row
+        if row["variant"] == "sparse":
+            dense = next(
+                r
+                for r in rows
+                if (r["variant"], r["dtype"], r["backend"], r["batch"])
+                == ("dense", *[row[k] for k in ("dtype", "backend", "batch")])
+            )
+            assert float(row["dense_over_sparse_p50"]) == pytest.approx(float(dense["p50_us"]) / p50, rel=1e-3)
+        else:
+            assert row["dense_over_sparse_p50"] == ""
+        if row["dtype"] == "fp32":
+            assert row["fp32_p50_over_p50"] == ""
+        else:
+            fp32 = next(
+                r
+                for r in rows
+                if (r["dtype"], r["variant"], r["backend"], r["batch"])
+                == ("fp32", *[row[k] for k in ("variant", "backend", "batch")])
+            )
+            assert float(row["fp32_p50_over_p50"]) == pytest.approx(float(fp32["p50_us"]) / p50, rel=1e-3)
+    # int8 ORT rows time the ort recipe (the only int8 files bench wrote): int8 weights behind
+    # DequantizeLinear.
+    assert sorted(p.name.split(".", 1)[1] for p in out.glob("models/*int8*")) == [
+        "dense.int8-ort.onnx",
+        "sparse.int8-ort.onnx",
+    ]
+    for variant in ("sparse", "dense"):
+        (path,) = out.glob(f"models/*.{variant}.int8-ort.onnx")
+        assert onnx.TensorProto.INT8 in int8_weight_types(path)
+        assert all(layer.dtype == "int8" for layer in inspect_model(path).layers)
+        (fp16,) = out.glob(f"models/*.{variant}.fp16.onnx")
+        assert {layer.dtype for layer in inspect_model(fp16).layers} == {"float16"}
+    text = capsys.readouterr().out
+    assert "torch skipped at int8" in text
+    assert "speed relative to fp32" in text and "int8 sparse" in text and "fp16 dense" in text
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_an_unknown_dtype_in_one_line(capsys) -> None:
+    assert main(["bench", "--widths", "64", "--dtype", "fp32,fp64"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--dtype takes fp32, fp16, int8" in error and "fp64" in error
+
+
+def test_an_onnx_target_is_timed_in_its_own_precision(tmp_path, capsys) -> None:
+    actor = small_actor("2:4", hidden=(16, 16))
+    export_policy(tmp_path / "actor.fp16.onnx", actor, HOPPER_OBS, 3, NMPattern(2, 4), dtype="fp16")
+    out = tmp_path / "out"
+    args = ["bench", str(tmp_path / "actor.fp16.onnx"), "--backends", "ort", "--batch", "2", "--dtype", "fp32,int8"]
+    assert main([*args, "--warmup", "2", "--calls", "10", "--out", str(out)]) == 0
+    assert {(r.variant, r.dtype) for r in read_csv(out / "bench.csv")} == {("sparse", "fp16"), ("dense", "fp16")}
+    assert "timed in its own precision (fp16)" in capsys.readouterr().out
+
+
+def test_all_dtypes_of_a_cell_are_timed_in_the_same_rounds(tmp_path) -> None:
+    """run_bench loads every variant and dtype of a model on a backend together and interleaves
+    them; a loader refusing with NmrlError is skipped with a reason, the rest still timed."""
+    from nmrl.errors import NmrlError
+
+    order: list[str] = []
+
+    class Recorded(SleepyPolicy):
+        def __init__(self, label: str) -> None:
+            super().__init__(0.0)
+            self.label = label
+
+        def _act_batch(self, obs: np.ndarray) -> np.ndarray:
+            order.append(self.label)
+            return super()._act_batch(obs)
+
+    def refuse() -> Policy:
+        raise NmrlError("no int8 here")
+
+    models = [
+        BenchModel("m", variant, dtype, {"b": (lambda label=f"{variant} {dtype}": Recorded(label))})
+        for dtype in ("fp32", "fp16")
+        for variant in ("sparse", "dense")
+    ] + [BenchModel("m", "sparse", "int8", {"b": refuse})]
+    skipped: list[str] = []
+    timings, _ = run_bench(models, ["b"], [1], warmup=1, calls=10, max_seconds=5, on_skip=skipped.append)
+    assert {(t.variant, t.dtype) for t in timings} == {(v, d) for v in ("sparse", "dense") for d in ("fp32", "fp16")}
+    assert skipped == ["m sparse int8 skipped on b: no int8 here"]
+    timed = order[4:]  # after one warm-up call each: 5 rounds of 2 calls per policy, alternating
+    assert timed[:8] == ["sparse fp32"] * 2 + ["dense fp32"] * 2 + ["sparse fp16"] * 2 + ["dense fp16"] * 2
+    assert len(timed) == 40 and timed[-8:] == timed[:8]

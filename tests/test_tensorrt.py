@@ -388,7 +388,7 @@ def test_bench_builds_only_its_own_scratch_models(tmp_path, monkeypatch):
     monkeypatch.setitem(BACKENDS, "tensorrt-rtx", replace(BACKENDS["tensorrt-rtx"], probe=None))  # as on a GPU
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
     models = benchmodels._onnx_file_models(
-        onnx_path, ["tensorrt-rtx"], {"threads": 1, "max_batch": 256}, tmp_path / "models", Console()
+        onnx_path, ["tensorrt-rtx"], {"threads": 1, "max_batch": 256}, tmp_path / "models", Console(), ["fp16"]
     )
     sparse, dense = (model.loaders["tensorrt-rtx"] for model in models)
     with pytest.raises(NmrlError, match=r"no tensorrt-rtx engine.*build it first"):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import tyro
 
 from nmrl.errors import NmrlError
+
+if TYPE_CHECKING:  # onnx_export pulls in torch: bench of an .onnx file must run without it
+    from nmrl.export.onnx_export import DType
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -26,6 +29,18 @@ def _int_list(text: str, what: str) -> list[int]:
     if any(value < 1 for value in values):
         raise NmrlError(f"--{what} values must be at least 1, got {text!r}")
     return values
+
+
+BENCH_DTYPES = ("fp32", "fp16", "int8")
+
+
+def _dtype_list(text: str) -> list[DType]:
+    """``--dtype fp32,fp16,int8`` -> the precisions in the order given, each once."""
+    dtypes = list(dict.fromkeys(_csv_list(text, "dtype")))
+    unknown = [dtype for dtype in dtypes if dtype not in BENCH_DTYPES]
+    if unknown:
+        raise NmrlError(f"--dtype takes {', '.join(BENCH_DTYPES)} or a comma-separated list of them, got {text!r}")
+    return cast("list[DType]", dtypes)
 
 
 def deploy_eval(
@@ -104,7 +119,7 @@ def bench(
     batch: str = "1,16,256,4096",
     widths: str = "",
     pattern: str = "",
-    dtype: Literal["fp32", "fp16", "int8"] = "fp32",
+    dtype: str = "fp32",
     threads: int = 1,
     warmup: int = 20,
     calls: int = 200,
@@ -115,14 +130,16 @@ def bench(
     checkpoint: Literal["last", "best"] = "last",
     env: str = "",
 ) -> None:
-    """Latency of a sparse actor and its dense twin (same graph, no zero weights) per backend and batch.
+    """Latency of a sparse actor and its dense twin (same graph, no zero weights) per precision, backend and batch.
 
     TARGET: a run directory (its checkpoint, exported afresh) or an .onnx file (no torch backend).
     --widths 256,1024,4096 adds synthetic actors with two hidden layers of those widths (sparsified
     with --pattern, default the run's or 2:4) to show where sparsity could pay. Prints p50/p90/p99
     latency, throughput and the dense/sparse ratio; writes bench.csv and bench.png to --out
     (default runs/<run>/bench or bench_results). --dtype fp16 times fp16 ONNX graphs; --dtype int8
-    times int8 Q/DQ graphs of the actor and its dense twin (quantized as export does; no torch rows).
+    times int8 Q/DQ graphs of the actor and its dense twin (quantized as export does; no torch rows);
+    --dtype fp32,fp16,int8 times all three in one run, interleaved, with each dtype's speed
+    relative to fp32. An .onnx TARGET is timed in its own precision.
 
     Args:
         target: run directory or .onnx file (optional with --widths).
@@ -130,7 +147,7 @@ def bench(
         batch: comma-separated batch sizes.
         widths: comma-separated hidden widths of synthetic 2-hidden-layer actors.
         pattern: N:M pattern of the synthetic actors (default: the run's, or 2:4).
-        dtype: ONNX graph precision.
+        dtype: precision(s), comma-separated: fp32, fp16, int8 (e.g. fp32,fp16,int8).
         threads: CPU threads per runtime.
         warmup: untimed calls per cell.
         calls: timed calls per cell (fewer when they would exceed --max-seconds).
@@ -152,6 +169,7 @@ def bench(
 
     backend_list = _csv_list(backends, "backends")
     batches = _int_list(batch, "batch")
+    dtypes = _dtype_list(dtype)
     width_list = _int_list(widths, "widths") if widths else []
     if target is None and not width_list:
         raise NmrlError("give a run directory or .onnx file to time, or --widths for synthetic actors")
@@ -171,7 +189,7 @@ def bench(
         target,
         width_list,
         pattern,
-        dtype,
+        dtypes,
         threads,
         out / "models",
         obs_dim,
@@ -190,8 +208,9 @@ def bench(
             calls,
             max_seconds,
             on_result=lambda t: status.update(
-                f"timed {t.model} {t.variant} {t.backend} batch {t.batch}: p50 {t.p50_us:.1f} µs"
+                f"timed {t.model} {t.variant} {t.dtype} {t.backend} batch {t.batch}: p50 {t.p50_us:.1f} µs"
             ),
+            on_skip=lambda reason: console.print(f"[yellow]{reason}[/]", highlight=False),
         )
     if not timings:
         raise NmrlError("nothing was timed (no model runs on the requested backends)")

@@ -72,6 +72,8 @@ class Backend:
     ``build``, for backends that run a compiled artefact (TensorRT engines), is the explicit build
     step ``build(onnx_path, **options)``: loaders never build, so a caller that made an ONNX file
     itself (bench's scratch models) calls :func:`build_for` before loading it.
+    ``dtype``: the precision a ``"run"`` backend computes in (bench labels its rows with it; an
+    ``"onnx"`` backend runs the file's own precision, and torch the one it is asked for).
     """
 
     loader: str
@@ -79,6 +81,7 @@ class Backend:
     help: str
     takes: str = "onnx"
     build: str | None = None
+    dtype: str = "fp32"
 
 
 BACKENDS: dict[str, Backend] = {
@@ -115,15 +118,22 @@ BACKENDS: dict[str, Backend] = {
         "nmrl.deploy.torch_semi_structured:torch_semi_structured_unavailable_reason",
         "PyTorch fp16 on CUDA with 2:4 layers as semi-structured sparse tensors",
         takes="run",
+        dtype="fp16",
     ),
 }
 
 
 def register_backend(
-    name: str, loader: str, probe: str | None = None, help: str = "", takes: str = "onnx", build: str | None = None
+    name: str,
+    loader: str,
+    probe: str | None = None,
+    help: str = "",
+    takes: str = "onnx",
+    build: str | None = None,
+    dtype: str = "fp32",
 ) -> None:
     """Add or replace a backend (``loader``/``probe``/``build`` as ``"module:function"``)."""
-    BACKENDS[name] = Backend(loader, probe, help, takes, build)
+    BACKENDS[name] = Backend(loader, probe, help, takes, build, dtype)
 
 
 def _resolve(target: str) -> Callable[..., Any]:

@@ -12,6 +12,11 @@ _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "floa
 REPORT_WIDTH = 140
 
 
+def short_dtype(name: str) -> str:
+    """``float16`` -> ``fp16`` (the names nmrl's --dtype options use); other names unchanged."""
+    return _SHORT_DTYPES.get(name, name)
+
+
 def console() -> Console:
     """A console for reports: the terminal's width, or REPORT_WIDTH when not a terminal."""
     probe = Console()
@@ -31,7 +36,7 @@ def layer_table(check: ModelCheck) -> Table:
             layer.op,
             "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
             str(layer.k),
-            _SHORT_DTYPES.get(layer.dtype, layer.dtype),
+            short_dtype(layer.dtype),
             f"{layer.density:.3f}",
             str(layer.finest) if layer.finest else "dense",
             verdict,
