@@ -4,6 +4,7 @@ the two recipes (--int8-target ort / tensorrt) have the graph structure their ru
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from nmrl.export.onnx_export import export_run
 from nmrl.export.parity import env_observations
 from nmrl.export.verify import claim_status, inspect_model
 from nmrl.sparsity.pattern import NMPattern
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +182,45 @@ def test_a_bad_calibration_is_refused_by_on_policy_parity(run_dir, tmp_path, mon
     assert not path.exists()
     # With the blocking parity relaxed the file is written only on request, and the report still
     # carries both closed-loop returns (the 600-step test policy falls within ~20 steps whatever it
-    # does, so its return cannot show the margin refusal: test_export_verification covers that rule).
+    # does, so its return cannot show the margin refusal: the trained HalfCheetah test below does).
     monkeypatch.setitem(parity.TOLERANCES, "int8", parity.Tolerance("int8", 1e9, 1 / 127))
     result = export_run(run_dir, "int8", output=path, episodes=2, calibration=bad)
     assert path.is_file() and result.verification.closed_loop.episodes == 2
+
+
+def test_a_bad_calibration_is_refused_by_the_closed_loop_margin(tmp_path, monkeypatch, capsys) -> None:
+    """A trained HalfCheetah 2:4 policy (tests/fixtures/cheetah_int8_run): its own calibration passes,
+    a deliberately bad one (observations x1000: every int8 input rounds to 0) loses the return."""
+    from nmrl.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURES / "cheetah_int8_run", run_dir)
+    good = export_run(run_dir, "int8", which="best", output=tmp_path / "good.int8.onnx", episodes=2)
+    assert good.verification.closed_loop.passed and not good.warnings
+    bad = tmp_path / "bad.npy"
+    np.save(bad, policy_observations_of(run_dir) * 1000)
+    # Only the closed loop may decide here: the blocking parity check would refuse this file first.
+    monkeypatch.setitem(parity.TOLERANCES, "int8", parity.Tolerance("int8", 1e9, 1 / 127))
+    path = tmp_path / "bad.int8.onnx"
+    args = ["export", str(run_dir), "--checkpoint", "best", "--dtype", "int8", "--calibration", str(bad)]
+    args += ["--check-episodes", "2", "--output", str(path)]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refusing to export: closed-loop return" in err, err
+    assert "beyond the 5% margin" in err and "--allow-worse-return" in err
+    assert not path.exists()
+    assert main([*args, "--allow-worse-return"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: written although its closed-loop return is" in out and path.is_file()
+
+
+def policy_observations_of(run_dir: Path) -> np.ndarray:
+    from nmrl.export.quantize import policy_observations
+    from nmrl.train.run import load_trained_actor
+
+    loaded = load_trained_actor(run_dir, "best")
+    return policy_observations(loaded.policy, loaded.env_id, episodes=2)
 
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
