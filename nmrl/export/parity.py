@@ -28,13 +28,18 @@ numbers measured on trained policies:
   roundoff 4.9e-4): each layer adds ~4.9e-4 x |pre-activation| of error, and the three layers of an
   actor with pre-activations of tens compound it to ~1e-2 of the range before tanh damps it. 2e-2 is
   ~20 eps16: it passes trained policies and refuses a wrong file (a flipped or dropped layer).
-- int8: 0.15. Weights are rounded to per-channel steps of max|w|/127 and each layer's input to a
-  per-tensor step of max|x|/127 set by calibration (1/127 = 7.9e-3 of the tensor's range; half a step
-  of error per element). A pre-activation sums K such errors, ~sqrt(K)/2 steps when they are
-  independent (8 steps for K = 256, ~6% of its range), and three layers compound that: the worst
-  state of a trained actor reaches ~10% of the action range while the typical one stays below 1%.
-  0.15 (~19 steps) refuses a broken calibration (errors of 30-40%) but the worst-state error of int8
-  is not a control verdict: the closed-loop check decides whether the int8 policy still acts well.
+- int8: 0.05, on the MEAN over the on-policy states (of each state's largest action error), not the
+  max. Weights are rounded to per-channel steps of max|w|/127 (7-bit: /64 for the ``ort`` recipe) and
+  each layer's input to a per-tensor step set by calibration (1/255 of the tensor's range for
+  unsigned activations): a pre-activation sums K half-step errors, ~sqrt(K)/2 steps, and three
+  layers compound them. Typical states stay near 1% of the range, but a trained 256-256 actor has
+  rare states near a decision boundary where a pre-tanh error of one step turns the action by tens
+  of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 3000 visited states was off by 0.46
+  of the range (p99 0.19, mean 0.027) while its int8 file scored 3831 vs torch's 3617 over the same
+  10 episodes. The worst state of int8 is not a control verdict, so it is reported, and the mean is
+  what blocks: it catches what makes int8 fail everywhere (a broken calibration: mean 0.2-0.5 of the
+  range on that policy, a wrong layer) with 2x room over trained policies (means 0.003-0.027
+  measured). The closed-loop check decides whether the int8 policy still acts well.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -55,18 +61,20 @@ from nmrl.export.onnx_export import INPUT_NAME, random_observations
 
 @dataclass(frozen=True)
 class Tolerance:
-    """The largest on-policy action error a precision may show, as a fraction of the action range."""
+    """The on-policy action error a precision may show, as a fraction of the action range: the
+    largest over the states (``statistic="max"``) or the mean over them of each state's largest."""
 
     precision: str
     range_fraction: float
     eps: float
     """The format's resolution the tolerance is derived from (machine epsilon, or 1/127 for int8)."""
+    statistic: Literal["max", "mean"] = "max"
 
 
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance("fp32", 1e-4, 1.2e-7),
     "fp16": Tolerance("fp16", 2e-2, 9.8e-4),
-    "int8": Tolerance("int8", 0.15, 1 / 127),
+    "int8": Tolerance("int8", 0.05, 1 / 127, "mean"),
 }
 RETURN_MARGIN = 0.05
 """Default closed-loop margin: the file may score at most this fraction of |torch return| lower."""
@@ -167,18 +175,31 @@ class ParityResult:
     precision: str
     blocking: bool
     """Whether failing this check refuses the export (wide random inputs are only reported)."""
+    mean_range_error: float = 0.0
+    """mean over observations of each observation's largest |error| / (high - low)."""
 
     @property
     def tolerance(self) -> float:
         return tolerance_for(self.precision).range_fraction
 
     @property
+    def judged_error(self) -> float:
+        """The statistic the precision's tolerance bounds."""
+        return self.mean_range_error if tolerance_for(self.precision).statistic == "mean" else self.max_range_error
+
+    @property
     def passed(self) -> bool:
-        return self.max_range_error <= self.tolerance
+        return self.judged_error <= self.tolerance
 
     def __str__(self) -> str:
         verdict = ("ok" if self.passed else "FAILED") if self.blocking else ("within" if self.passed else "above")
         note = "" if self.blocking else ", reported only"
+        if tolerance_for(self.precision).statistic == "mean":
+            return (
+                f"{self.source:<6} {self.count:>5} obs: max abs error {self.max_abs_error:.2e}, "
+                f"{self.max_range_error:.2e} of the action range, mean {self.mean_range_error:.2e} "
+                f"({self.precision} tolerance on the mean {self.tolerance:g}: {verdict}{note})"
+            )
         return (
             f"{self.source:<6} {self.count:>5} obs: max abs error {self.max_abs_error:.2e}, "
             f"{self.max_range_error:.2e} of the action range ({self.precision} tolerance "
@@ -206,7 +227,10 @@ def measure_parity(
 ) -> ParityResult:
     """Run ``observations`` through both actors and measure the largest action difference."""
     error = np.abs(candidate(observations) - reference(observations))
-    return ParityResult(source, len(observations), float(error.max()), float((error / span).max()), precision, blocking)
+    per_state = (error / span).max(axis=1)
+    return ParityResult(
+        source, len(observations), float(error.max()), float(per_state.max()), precision, blocking, float(per_state.mean())
+    )
 
 
 # ------------------------------------------------------------------------------------------
