@@ -38,7 +38,9 @@ def main() -> None:
         f"{'run':<18} {'file':<15} {'err max / mean':>15} {'torch fp32':>16} {'file':>16} "
         f"{'file / torch':>12} {'95% CI':>8} {'verdict':>8}"
     )
-    print(f"closed loop, {args.episodes} episodes (seeds 0..{args.episodes - 1}), ONNX Runtime CPU; error: worst and mean")
+    print(
+        f"closed loop, {args.episodes} episodes (seeds 0..{args.episodes - 1}), ONNX Runtime CPU; error: worst and mean"
+    )
     print("over the torch policy's states, fraction of the action range; verdict: export's (5% margin beyond the CI)")
     print(header)
     with tempfile.TemporaryDirectory(prefix="nmrl-int8-loop-") as scratch:

@@ -121,7 +121,9 @@ def test_int8_parity_blocks_on_the_mean_state_error_and_reports_the_worst_state(
     assert "4.60e-01 of the action range, mean 2.70e-02 (int8 tolerance on the mean 0.05: ok)" in str(trained)
     # A broken calibration is off everywhere: refused, whatever its worst state.
     broken = ParityResult("policy", 3000, 0.9, 0.46, "int8", True, mean_range_error=0.2)
-    with pytest.raises(NmrlError, match=r"policy  3000 obs: .* mean 2\.00e-01 \(int8 tolerance on the mean 0\.05: FAILED\)"):
+    with pytest.raises(
+        NmrlError, match=r"policy  3000 obs: .* mean 2\.00e-01 \(int8 tolerance on the mean 0\.05: FAILED\)"
+    ):
         enforce(Verification((broken,), None))
     # fp32 and fp16 files are deterministic roundings of the torch policy: their worst state decides.
     assert not ParityResult("policy", 3000, 1e-3, 3e-2, "fp16", True, mean_range_error=1e-4).passed

@@ -416,8 +416,10 @@ def export_run(
         rebuilt = {init.name: init for init in load_packed(path).graph.initializer}
         for init in model.graph.initializer:
             back = rebuilt.get(init.name)
-            if back is None or back.data_type != init.data_type or not np.array_equal(
-                onnx.numpy_helper.to_array(back), onnx.numpy_helper.to_array(init)
+            if (
+                back is None
+                or back.data_type != init.data_type
+                or not np.array_equal(onnx.numpy_helper.to_array(back), onnx.numpy_helper.to_array(init))
             ):
                 path.unlink(missing_ok=True)
                 raise NmrlError(f"nm-packed round trip changed {init.name}; nothing written")

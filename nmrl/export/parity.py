@@ -229,7 +229,13 @@ def measure_parity(
     error = np.abs(candidate(observations) - reference(observations))
     per_state = (error / span).max(axis=1)
     return ParityResult(
-        source, len(observations), float(error.max()), float(per_state.max()), precision, blocking, float(per_state.mean())
+        source,
+        len(observations),
+        float(error.max()),
+        float(per_state.max()),
+        precision,
+        blocking,
+        float(per_state.mean()),
     )
 
 
