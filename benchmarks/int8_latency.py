@@ -2,7 +2,7 @@
 
 Synthetic 2:4 actors 17-W-W-6 (HalfCheetah's sizes), W in 256 and 1024, exported with nmrl's
 exporter and quantized with nmrl's int8 path (ONNX Runtime's static quantizer, Q/DQ, calibrated on
-Gaussian observations) for each --int8-target: ``ort`` (quantized hidden outputs, fused into integer
+Gaussian observations) for each --int8-target: ``ort`` (every Gemm output quantized, fused into integer
 QGemm kernels) and ``tensorrt`` (the settings TensorRT builds; fp32 GEMMs in ONNX Runtime). The three
 sessions are timed interleaved (nmrl.deploy.bench's time_policies: alternating rounds after warm-up)
 at batch 1 and 256; the table gives median latencies and fp32/int8 ratios. Targets from the

@@ -118,11 +118,11 @@ def test_int8_parity_blocks_on_the_mean_state_error_and_reports_the_worst_state(
     # A trained int8 actor: rare states near a decision boundary are far off, typical states close.
     trained = ParityResult("policy", 3000, 0.9, 0.46, "int8", True, mean_range_error=0.027)
     assert trained.passed and trained.judged_error == 0.027
-    assert "4.60e-01 of the action range, mean 2.70e-02 (int8 tolerance on the mean 0.05: ok)" in str(trained)
+    assert "4.60e-01 of the action range, mean 2.70e-02 (int8 tolerance on the mean 0.1: ok)" in str(trained)
     # A broken calibration is off everywhere: refused, whatever its worst state.
     broken = ParityResult("policy", 3000, 0.9, 0.46, "int8", True, mean_range_error=0.2)
     with pytest.raises(
-        NmrlError, match=r"policy  3000 obs: .* mean 2\.00e-01 \(int8 tolerance on the mean 0\.05: FAILED\)"
+        NmrlError, match=r"policy  3000 obs: .* mean 2\.00e-01 \(int8 tolerance on the mean 0\.1: FAILED\)"
     ):
         enforce(Verification((broken,), None))
     # fp32 and fp16 files are deterministic roundings of the torch policy: their worst state decides.

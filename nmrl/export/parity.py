@@ -28,18 +28,19 @@ numbers measured on trained policies:
   roundoff 4.9e-4): each layer adds ~4.9e-4 x |pre-activation| of error, and the three layers of an
   actor with pre-activations of tens compound it to ~1e-2 of the range before tanh damps it. 2e-2 is
   ~20 eps16: it passes trained policies and refuses a wrong file (a flipped or dropped layer).
-- int8: 0.05, on the MEAN over the on-policy states (of each state's largest action error), not the
+- int8: 0.1, on the MEAN over the on-policy states (of each state's largest action error), not the
   max. Weights are rounded to per-channel steps of max|w|/127 (7-bit: /64 for the ``ort`` recipe) and
   each layer's input to a per-tensor step set by calibration (1/255 of the tensor's range for
   unsigned activations): a pre-activation sums K half-step errors, ~sqrt(K)/2 steps, and three
   layers compound them. Typical states stay near 1% of the range, but a trained 256-256 actor has
   rare states near a decision boundary where a pre-tanh error of one step turns the action by tens
-  of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 3000 visited states was off by 0.46
-  of the range (p99 0.19, mean 0.027) while its int8 file scored 3831 vs torch's 3617 over the same
-  10 episodes. The worst state of int8 is not a control verdict, so it is reported, and the mean is
-  what blocks: it catches what makes int8 fail everywhere (a broken calibration: mean 0.2-0.5 of the
-  range on that policy, a wrong layer) with 2x room over trained policies (means 0.003-0.027
-  measured). The closed-loop check decides whether the int8 policy still acts well.
+  of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 10000 visited states was off by 0.63
+  of the range while its int8 file scored 3831 vs torch's 3617 over the same 10 episodes. The worst
+  state of int8 is not a control verdict, so it is reported, and the mean is what blocks. Measured
+  means: trained policies 0.003-0.047 (HalfCheetah 40k/90k steps, Hopper 8k/53k steps); broken
+  calibrations 0.2-0.5 (observations x1000, x0.5, or random-action states only, on policies where
+  they break it); 0.1 leaves 2x room on both sides. The closed-loop check decides whether the int8
+  policy still acts well.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance("fp32", 1e-4, 1.2e-7),
     "fp16": Tolerance("fp16", 2e-2, 9.8e-4),
-    "int8": Tolerance("int8", 0.05, 1 / 127, "mean"),
+    "int8": Tolerance("int8", 0.1, 1 / 127, "mean"),
 }
 RETURN_MARGIN = 0.05
 """Default closed-loop margin: the file may score at most this fraction of |torch return| lower."""
