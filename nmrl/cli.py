@@ -8,8 +8,11 @@ verb that runs, so ``nmrl inspect`` never loads PyTorch.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from nmrl.errors import Interrupted, NmrlError
 
@@ -42,7 +45,27 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+@contextmanager
+def _sigint_held_back() -> Iterator[list[int]]:
+    """Hold a Ctrl-C back while the verb's modules import; yields a list that records it.
+
+    A KeyboardInterrupt raised inside third-party import code is not nmrl's to handle: a library
+    that catches everything at import swallowed it (the run went on, rc 0), and one raised in code
+    an extension runs marked the interpreter as interrupted, so that CPython ended the process by
+    SIGINT (rc -2) after nmrl had already printed its line and chosen 130.
+    """
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; returns its exit code. ``argv`` None: the process's own command line (the
+    ``nmrl`` script or ``python -m nmrl``), which also lets an interrupted start-up end the process."""
+    entry = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -54,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     verb, rest = found
     module_name, function_name, _ = COMMANDS[verb]
     try:
-        import tyro
+        with _sigint_held_back() as held_back:
+            import tyro
 
-        function = getattr(importlib.import_module(module_name), function_name)
+            function = getattr(importlib.import_module(module_name), function_name)
+        if held_back:
+            raise KeyboardInterrupt
         result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
     except NmrlError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
@@ -64,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmrl {verb}: {label}{message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the work could save anything (imports, setup)
-        # A Ctrl-C that a C extension held back can be delivered again on the way out; ignored from
-        # here, it cannot turn the exit into a death by SIGINT (rc -2 instead of 130).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"nmrl {verb}: interrupted", file=sys.stderr)
+        if entry:
+            # A KeyboardInterrupt that passed through an extension's code may still have marked the
+            # interpreter as interrupted, and CPython's normal exit would then end by SIGINT (rc -2):
+            # nothing is left to save here, so leave at once with the code chosen.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     return int(result) if isinstance(result, int) else 0
 

@@ -236,8 +236,12 @@ class Trainer:
             else:
                 self._run(stop)
         finally:
-            self.writer.close()
-            self.env.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer and the env (an open writer writes its file again at exit)."""
+        self.writer.close()
+        self.env.close()
 
     def _run(self, stop: dict[str, Any]) -> None:
         cfg, state = self.config, self.state
@@ -403,11 +407,14 @@ def train(config: TrainConfig) -> Path:
     created = _make_folders(run_dir)
     with stop_on_signals() as stop, hold_lock(run_dir, "run"):
         _check_new_run_dir(run_dir)  # another process may have started it since the first check
+        trainer: Trainer | None = None
         try:
             trainer = Trainer(config, run_dir, resume=False)
             _stop_if_signalled(stop)
             config.save(run_dir / "config.json")
         except BaseException:
+            if trainer is not None:  # else its writer would recreate the folder with its event file at exit
+                trainer.close()
             _remove_failed_start(run_dir, created)
             raise
         trainer.run(stop)
