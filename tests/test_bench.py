@@ -178,9 +178,13 @@ def test_bench_int8_rows_time_quantized_sparse_and_dense_twin_files(tmp_path, ca
     sparse = sorted(out.glob("models/*.sparse.int8-ort.onnx"))
     dense = sorted(out.glob("models/*.dense.int8-ort.onnx"))
     assert len(sparse) == len(dense) == 1
-    assert all(layer.dtype == "int8" and layer.pattern_2of4 for layer in inspect_model(sparse[0]).layers)
+    # the ort recipe: the first layer fp32 (the observations unquantized), the others int8
+    int8_layers = ["float32", "int8", "int8"]
+    assert [layer.dtype for layer in inspect_model(sparse[0]).layers] == int8_layers
+    assert all(layer.pattern_2of4 for layer in inspect_model(sparse[0]).layers)
     # a few small twin weights round to int8 zero; the twin stays dense
-    assert all(layer.dtype == "int8" and layer.density > 0.9 for layer in inspect_model(dense[0]).layers)
+    assert [layer.dtype for layer in inspect_model(dense[0]).layers] == int8_layers
+    assert all(layer.density > 0.9 for layer in inspect_model(dense[0]).layers)
 
 
 def test_int8_bench_gives_each_backend_the_recipe_it_runs(tmp_path) -> None:
@@ -269,7 +273,7 @@ def test_bench_times_fp32_fp16_and_int8_side_by_side_in_one_run(tmp_path, capsys
     for variant in ("sparse", "dense"):
         (path,) = out.glob(f"models/*.{variant}.int8-ort.onnx")
         assert onnx.TensorProto.INT8 in int8_weight_types(path)
-        assert all(layer.dtype == "int8" for layer in inspect_model(path).layers)
+        assert [layer.dtype for layer in inspect_model(path).layers] == ["float32", "int8", "int8"]
         (fp16,) = out.glob(f"models/*.{variant}.fp16.onnx")
         assert {layer.dtype for layer in inspect_model(fp16).layers} == {"float16"}
     text = capsys.readouterr().out

@@ -56,6 +56,25 @@ def test_graph_is_gemm_with_effective_weights_as_initializers(actor, fp32_model)
     assert ops[-3:] == ["Tanh", "Mul", "Add"]
 
 
+def test_unit_bounds_need_no_scaling_nodes_and_the_actions_stay_exact() -> None:
+    import onnxruntime as ort
+    import torch
+
+    from nmrl.train.networks import Actor
+
+    torch.manual_seed(0)
+    actor = Actor(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, hidden=(16, 16))
+    model, _ = build_policy_onnx(actor, HOPPER_OBS, 3, None)
+    onnx.checker.check_model(model, full_check=True)
+    assert [node.op_type for node in model.graph.node][-1] == "Tanh"
+    assert model.graph.node[-1].output[0] == model.graph.output[0].name
+    assert not {"action_scale", "action_bias"} & {init.name for init in model.graph.initializer}
+    obs = np.random.default_rng(0).standard_normal((64, HOPPER_OBS)).astype(np.float32)
+    expected = actor(torch.as_tensor(obs)).detach().numpy()
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"obs": obs})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_batch_dimension_is_dynamic_and_matches_torch(actor, fp32_model) -> None:
     dim = fp32_model.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param and not dim.dim_value

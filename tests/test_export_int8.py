@@ -32,8 +32,9 @@ def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_d
     from nmrl.deploy.policy import load_policy
     from nmrl.train.run import load_trained_actor
 
+    # The tensorrt recipe: every GEMM int8, as sparse int8 tensor cores need them (ort's first is fp32).
     path = tmp_path / "actor.int8.onnx"
-    result = export_run(run_dir, "int8", output=path, episodes=2, pad_k=True)
+    result = export_run(run_dir, "int8", output=path, episodes=2, pad_k=True, int8_target="tensorrt")
     check = inspect_model(path)
     assert [layer.dtype for layer in check.layers] == ["int8"] * 3
     assert claim_status(check).verdict == "verified" and check.claimed == NMPattern(2, 4)
@@ -48,10 +49,10 @@ def test_int8_keeps_zeros_and_the_claim_pads_k_and_runs_closed_loop_in_ort(run_d
     assert not np.any(check.weights[check.layers[0].weight_name][:, 11:])
     assert result.quantization.zeros_kept == sum(int((w == 0).sum()) for w in fp32) + 64  # + the padded column
     ops = [node.op_type for node in onnx.load(path).graph.node]
-    assert {"QuantizeLinear", "DequantizeLinear", "Pad"} <= set(ops) and ops[-3:] == ["Tanh", "Mul", "Add"]
+    assert {"QuantizeLinear", "DequantizeLinear", "Pad"} <= set(ops) and ops[-1] == "Tanh"  # Hopper's [-1, 1] bounds
     meta = check.metadata
     assert meta["nmrl.dtype"] == "int8" and '"format": "QDQ"' in meta["nmrl.quantization"]
-    assert '"target": "ort"' in meta["nmrl.quantization"]
+    assert '"target": "tensorrt"' in meta["nmrl.quantization"]
     # The input is still the env's 11 observations, and the verification ran closed loop.
     policy = load_policy(path, "ort")
     assert policy.obs_dim == 11 and policy.act(np.zeros(11, np.float32)).shape == (3,)
@@ -118,16 +119,23 @@ def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir,
     path = tmp_path / "actor.int8.onnx"
     result = export_run(run_dir, "int8", output=path, episodes=1)
     model = onnx.load(path)
-    # Every Gemm's output quantized (u8; ReLU folded into the hidden ones' [0, max] range) ...
-    assert gemm_output_consumers(model) == [["QuantizeLinear"]] * 3
-    assert "Relu" not in [node.op_type for node in model.graph.node]
+    # The first layer fp32 on the unquantized observations (its output, after ReLU, quantized) ...
+    check = inspect_model(model)
+    assert [layer.dtype for layer in check.layers] == ["float32", "int8", "int8"]
+    assert not any(node.op_type == "QuantizeLinear" and node.input[0] == "obs" for node in model.graph.node)
+    from nmrl.train.run import load_trained_actor
+
+    first = next(m for m in load_trained_actor(run_dir).policy.modules() if hasattr(m, "effective_weight"))
+    np.testing.assert_array_equal(check.weights[check.layers[0].weight_name], first.effective_weight().numpy())
+    # ... every later Gemm's output quantized (u8; ReLU folded into the hidden one's [0, max] range) ...
+    assert gemm_output_consumers(model) == [["Relu"], ["QuantizeLinear"], ["QuantizeLinear"]]
     assert activation_zero_point_types(model) == {onnx.TensorProto.UINT8}
     # ... the pre-tanh action's on a range within [-3, 3] (tanh(3) = 0.995), whatever its calibration saw
     # (the zero point's rounding may shift it by a step, 6 / 255).
     low, high = pre_tanh_quantization_range(model)
     assert -3.0 - 6 / 255 <= low < 0 < high <= 3.0 + 6 / 255
-    # ONNX Runtime fuses all three layers into integer QGemm kernels (the reason for the recipe).
-    assert fused_op_types(model, tmp_path / "optimized.onnx").count("QGemm") == 3
+    # ONNX Runtime fuses the two int8 layers into integer QGemm kernels (the reason for the recipe).
+    assert fused_op_types(model, tmp_path / "optimized.onnx").count("QGemm") == 2
     # ... and the fused kernels compute what the Q/DQ graph says (7-bit weights: no int16 saturation
     # in u8 x s8 kernels of CPUs without VNNI, where 8-bit weights moved actions by most of their range).
     states = env_observations("Hopper-v5", 256) * 3

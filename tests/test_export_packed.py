@@ -94,7 +94,7 @@ def test_export_verb_nm_packed_rebuilds_the_run_actor(tmp_path_factory, capsys) 
 def test_an_int8_policy_packs_its_int8_values_and_rebuilds_the_exact_file(tmp_path_factory, tmp_path, capsys) -> None:
     run_dir = tiny_run(tmp_path_factory)
     onnx_path, packed_path = tmp_path / "actor.int8.onnx", tmp_path / "actor.int8.nm.npz"
-    common = ["--dtype", "int8", "--pad-k", "--check-episodes", "1"]
+    common = ["--dtype", "int8", "--int8-target", "tensorrt", "--pad-k", "--check-episodes", "1"]
     assert main(["export", str(run_dir), *common, "--output", str(onnx_path)]) == 0
     capsys.readouterr()
     assert main(["export", str(run_dir), *common, "--format", "nm-packed", "--output", str(packed_path)]) == 0
@@ -112,3 +112,7 @@ def test_an_int8_policy_packs_its_int8_values_and_rebuilds_the_exact_file(tmp_pa
     obs = np.random.default_rng(1).standard_normal((9, 11)).astype(np.float32)
     outputs = [ort.InferenceSession(m.SerializeToString()).run(None, {"obs": obs})[0] for m in (rebuilt, original)]
     np.testing.assert_array_equal(*outputs)
+    # The ort recipe keeps its first layer fp32: packed as fp32, the report names both types.
+    ort_recipe = ["--dtype", "int8", "--check-episodes", "1", "--format", "nm-packed"]
+    assert main(["export", str(run_dir), *ort_recipe, "--output", str(tmp_path / "ort.nm.npz")]) == 0
+    assert "nm-packed 2:4 float32+int8" in capsys.readouterr().out

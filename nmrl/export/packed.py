@@ -109,6 +109,7 @@ class PackedReport:
 
     pattern: NMPattern
     dtype: str
+    """The values' type(s): float32, float16, int8, or e.g. float32+int8 for mixed layers."""
     dense_bytes: int
     """The packed weights stored dense in their own type."""
     packed_bytes: int
@@ -165,7 +166,8 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
     buffer = io.BytesIO()  # np.savez on a path would append .npz to other suffixes
     np.savez(buffer, allow_pickle=False, **arrays)  # numeric arrays only
     atomic_write_bytes(path, buffer.getvalue())  # a deploy never reads a half-written file
-    dtype = str(next(iter(arrays[k] for k in arrays if k.startswith("values_"))).dtype)
+    # One type, or several in layer order (an ort-recipe int8 policy: "float32+int8").
+    dtype = "+".join(dict.fromkeys(str(arrays[key].dtype) for key in arrays if key.startswith("values_")))
     return PackedReport(pattern, dtype, dense_bytes, packed_bytes, path.stat().st_size, fp32_bytes)
 
 
