@@ -34,13 +34,14 @@ numbers measured on trained policies:
   unsigned activations): a pre-activation sums K half-step errors, ~sqrt(K)/2 steps, and three
   layers compound them. Typical states stay near 1% of the range, but a trained 256-256 actor has
   rare states near a decision boundary where a pre-tanh error of one step turns the action by tens
-  of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 10000 visited states was off by 0.63
-  of the range while its int8 file scored 3831 vs torch's 3617 over the same 10 episodes. The worst
+  of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 10000 visited states was off by
+  0.33-0.63 of the range (int8 recipes of then and now) while its int8 files scored 3607-3928 vs
+  torch's 3617 over the same 10 episodes. The worst
   state of int8 is not a control verdict, so it is reported, and the mean is what blocks. Measured
-  means: trained policies 0.003-0.047 (HalfCheetah 40k/90k steps, Hopper 8k/53k steps); broken
-  calibrations 0.2-0.5 (observations x1000, x0.5, or random-action states only, on policies where
-  they break it); 0.1 leaves 2x room on both sides. The closed-loop check decides whether the int8
-  policy still acts well.
+  means: trained policies 0.001-0.023 with either recipe (the four policies of docs/deploy.md), up to
+  0.048 with an earlier form of the ``ort`` recipe; broken calibrations 0.2-0.5 (observations x1000,
+  x0.5, or random-action states only, on policies where they break it); 0.1 leaves 2x room on both
+  sides. The closed-loop check decides whether the int8 policy still acts well.
 """
 
 from __future__ import annotations
