@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from nmrl.errors import Interrupted, NmrlError
 
@@ -45,20 +46,52 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-@contextmanager
-def _sigint_held_back() -> Iterator[list[int]]:
-    """Hold a Ctrl-C back while the verb's modules import; yields a list that records it.
+IMPORT_RETRY_SECONDS = 0.05
+"""How often a Ctrl-C held back during an import looks again whether the import is over."""
 
-    A KeyboardInterrupt raised inside third-party import code is not nmrl's to handle: a library
-    that catches everything at import swallowed it (the run went on, rc 0), and one raised in code
-    an extension runs marked the interpreter as interrupted, so that CPython ended the process by
-    SIGINT (rc -2) after nmrl had already printed its line and chosen 130.
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside Python's import machinery (a module's code being imported)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def _ctrl_c_outside_imports() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, except inside an import: there it is held back and
+    raised once the import is over (looked at every IMPORT_RETRY_SECONDS, by SIGALRM).
+
+    A KeyboardInterrupt raised inside third-party import code (PyTorch, Gymnasium, ONNX load lazily,
+    in nmrl's verbs too) is not nmrl's to handle: a library that catches everything at import
+    swallowed it (the run went on, rc 0), and one raised in code an extension runs marked the
+    interpreter as interrupted, so that CPython ended the process by SIGINT (rc -2) after nmrl had
+    already printed its line and chosen 130. Verbs that install their own SIGINT handler (a training
+    run's checkpoint-then-stop) replace this one while they run.
     """
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    held_back: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if _importing(frame):
+            held_back.append(signum)
+            signal.setitimer(signal.ITIMER_REAL, IMPORT_RETRY_SECONDS)
+            return
+        held_back.clear()
+        raise KeyboardInterrupt
+
+    def look_again(_signum: int, frame: FrameType | None) -> None:
+        if held_back:
+            interrupt(held_back[-1], frame)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    previous_alarm = signal.signal(signal.SIGALRM, look_again)
     try:
-        yield received
+        yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGINT, previous)
 
 
@@ -77,13 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     verb, rest = found
     module_name, function_name, _ = COMMANDS[verb]
     try:
-        with _sigint_held_back() as held_back:
+        with _ctrl_c_outside_imports():
             import tyro
 
             function = getattr(importlib.import_module(module_name), function_name)
-        if held_back:
-            raise KeyboardInterrupt
-        result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
+            result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
     except NmrlError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
         label = "" if isinstance(error, Interrupted) else "error: "
