@@ -329,3 +329,21 @@ def test_all_dtypes_of_a_cell_are_timed_in_the_same_rounds(tmp_path) -> None:
     timed = order[4:]  # after one warm-up call each: 5 rounds of 2 calls per policy, alternating
     assert timed[:8] == ["sparse fp32"] * 2 + ["dense fp32"] * 2 + ["sparse fp16"] * 2 + ["dense fp16"] * 2
     assert len(timed) == 40 and timed[-8:] == timed[:8]
+
+
+def test_an_int8_file_is_timed_as_int8_though_its_first_layer_is_fp32(tmp_path, capsys) -> None:
+    # The ort recipe keeps the first layer fp32: the file is still an int8 policy, as export says.
+    import onnx
+
+    from nmrl.export.onnx_export import build_policy_onnx, random_observations
+    from nmrl.export.quantize import quantize_int8
+
+    actor = small_actor("2:4", hidden=(16, 16))
+    fp32, _ = build_policy_onnx(actor, HOPPER_OBS, 3, NMPattern(2, 4))
+    int8, _ = quantize_int8(fp32, random_observations(HOPPER_OBS, 256, 0, scale=1.0), "test", "ort")
+    onnx.save(int8, str(tmp_path / "actor.int8.onnx"))
+    out = tmp_path / "out"
+    args = ["bench", str(tmp_path / "actor.int8.onnx"), "--backends", "ort", "--batch", "2", "--dtype", "int8"]
+    assert main([*args, "--warmup", "2", "--calls", "10", "--out", str(out)]) == 0
+    assert {(r.variant, r.dtype) for r in read_csv(out / "bench.csv")} == {("sparse", "int8"), ("dense", "int8")}
+    assert "own precision" not in capsys.readouterr().out

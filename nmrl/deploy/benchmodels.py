@@ -223,7 +223,7 @@ def build_models(
             models += _module_models(
                 name, actor, obs_dim, act_dim, synthetic, dtypes, threads, models_dir, backends, {}, options
             )
-        skipped = [b for b in backends if b != "torch" and BACKENDS[b].takes == "run"]
+        skipped = _run_backends(backends)
         if skipped:
             console.print(
                 f"[yellow]{', '.join(skipped)} skipped for synthetic actors[/]: it loads run directories only"
@@ -235,7 +235,7 @@ def _onnx_file_models(
     path: Path, backends: list[str], options: dict, models_dir: Path, console: Console, dtypes: list[DType]
 ) -> list[BenchModel]:
     """The file and its dense twin, labelled with the file's own precision (its GEMM weights' dtype,
-    as inspect reports it): --dtype does not convert a given file."""
+    as inspect reports it; int8 when any is): --dtype does not convert a given file."""
     import onnx
 
     from nmrl.export.report import short_dtype
@@ -243,7 +243,9 @@ def _onnx_file_models(
     from nmrl.export.verify import claim_warning, inspect_model, load_onnx
 
     model = load_onnx(path)
-    dtype = "+".join(dict.fromkeys(short_dtype(layer.dtype) for layer in inspect_model(model).layers)) or "fp32"
+    # A quantized file is an int8 policy even where a layer stays float (the ort recipe's first one).
+    precisions = list(dict.fromkeys(short_dtype(layer.dtype) for layer in inspect_model(model).layers))
+    dtype = "int8" if "int8" in precisions else "+".join(precisions) or "fp32"
     if dtypes != [dtype]:
         console.print(
             f"[yellow]{path.name} is timed in its own precision ({dtype})[/]: --dtype {','.join(dtypes)} "
@@ -283,15 +285,14 @@ def _rate(value: float) -> str:
 
 def _cell_order(timings: list[Timing]) -> list[Timing]:
     """Sparse rows grouped by model, then dtype, backend and batch, each in first-timed order."""
-    orders = [
-        {value: index for index, value in enumerate(dict.fromkeys(getattr(t, field) for t in timings))}
-        for field in ("model", "dtype", "backend", "batch")
-    ]
+    fields = ("model", "dtype", "backend", "batch")
+    orders = {
+        field: {value: i for i, value in enumerate(dict.fromkeys(getattr(t, field) for t in timings))}
+        for field in fields
+    }
     return sorted(
         (t for t in timings if t.variant == "sparse"),
-        key=lambda t: tuple(
-            order[getattr(t, f)] for order, f in zip(orders, ("model", "dtype", "backend", "batch"), strict=True)
-        ),
+        key=lambda t: tuple(orders[field][getattr(t, field)] for field in fields),
     )
 
 

@@ -36,12 +36,12 @@ numbers measured on trained policies:
   rare states near a decision boundary where a pre-tanh error of one step turns the action by tens
   of percents: on a 90k-step HalfCheetah 2:4 policy the worst of 10000 visited states was off by
   0.33-0.63 of the range (int8 recipes of then and now) while its int8 files scored 3607-3928 vs
-  torch's 3617 over the same 10 episodes. The worst
-  state of int8 is not a control verdict, so it is reported, and the mean is what blocks. Measured
-  means: trained policies 0.001-0.023 with either recipe (the four policies of docs/deploy.md), up to
-  0.048 with an earlier form of the ``ort`` recipe; broken calibrations 0.2-0.5 (observations x1000,
-  x0.5, or random-action states only, on policies where they break it); 0.1 leaves 2x room on both
-  sides. The closed-loop check decides whether the int8 policy still acts well.
+  torch's 3617 over the same 10 episodes. The worst state of int8 is not a control verdict, so it
+  is reported, and the mean is what blocks. Measured means: trained policies 0.001-0.023 with
+  either recipe (the four policies of docs/deploy.md), up to 0.048 with an earlier form of the
+  ``ort`` recipe; broken calibrations 0.2-0.5 (observations x1000, x0.5, or random-action states
+  only, on policies where they break it); 0.1 leaves 2x room on both sides. The closed-loop check
+  decides whether the int8 policy still acts well.
 """
 
 from __future__ import annotations
@@ -196,16 +196,12 @@ class ParityResult:
     def __str__(self) -> str:
         verdict = ("ok" if self.passed else "FAILED") if self.blocking else ("within" if self.passed else "above")
         note = "" if self.blocking else ", reported only"
-        if tolerance_for(self.precision).statistic == "mean":
-            return (
-                f"{self.source:<6} {self.count:>5} obs: max abs error {self.max_abs_error:.2e}, "
-                f"{self.max_range_error:.2e} of the action range, mean {self.mean_range_error:.2e} "
-                f"({self.precision} tolerance on the mean {self.tolerance:g}: {verdict}{note})"
-            )
+        on_mean = tolerance_for(self.precision).statistic == "mean"
+        mean = f", mean {self.mean_range_error:.2e}" if on_mean else ""
         return (
             f"{self.source:<6} {self.count:>5} obs: max abs error {self.max_abs_error:.2e}, "
-            f"{self.max_range_error:.2e} of the action range ({self.precision} tolerance "
-            f"{self.tolerance:g}: {verdict}{note})"
+            f"{self.max_range_error:.2e} of the action range{mean} ({self.precision} tolerance "
+            f"{'on the mean ' if on_mean else ''}{self.tolerance:g}: {verdict}{note})"
         )
 
 
