@@ -164,3 +164,17 @@ def test_import_nmrl_stays_torch_free():
 
     code = "import sys, nmrl; assert 'torch' not in sys.modules; nmrl.sparsify; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_api_docs_layer_snippets_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    section = text.split("## Layers in your own models", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippets) >= 5
+    for snippet in snippets:
+        if "stable_baselines3" in snippet:
+            continue  # run by tests/test_sb3.py's own, larger flow
+        exec(compile(snippet, "docs/api.md", "exec"), {})
