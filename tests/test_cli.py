@@ -155,3 +155,23 @@ def test_help_shows_every_closed_set_from_its_registry(capsys):
     assert "--optimizer {adam,masked-adam}" in train  # the option groups' Literal fields too
     assert "--backend {" + ",".join(BACKENDS) + "}" in help_of("deploy", "eval")
     assert "--engine {" + ",".join(ENGINES) + "}" in help_of("compare")
+
+
+def test_halfcheetah_is_quiet_and_leaves_no_mujoco_log(tmp_path):
+    """Gymnasium's HalfCheetah XML uses MuJoCo's deprecated settotalmass: MuJoCo printed a warning per
+    env and appended it to MUJOCO_LOG.TXT in the working folder. Other MuJoCo warnings are logged."""
+    code = (
+        "import logging, numpy as np, mujoco\n"
+        "logging.basicConfig(format='%(name)s %(message)s')\n"
+        "from nmrl.envs import make_env\n"
+        "for _ in range(2):\n"
+        "    env = make_env('HalfCheetah-v5', seed=0)\n"
+        "env.unwrapped.data.qpos[0] = np.nan\n"
+        "mujoco.mj_step(env.unwrapped.model, env.unwrapped.data)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "settotalmass" not in result.stdout + result.stderr
+    assert "nmrl.envs MuJoCo: Nan, Inf or huge value in QPOS" in result.stderr
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
