@@ -286,6 +286,57 @@ def test_tensorrt_timing_launches_only_the_engine_on_staged_buffers():
     assert engine.outputs().dtype == np.float32
 
 
+def test_tensorrt_section_times_the_engine_and_labels_its_real_precision(gpu_check, monkeypatch, tmp_path):
+    """Section (d) with a fake TensorRT 10 (FP16 flag on an fp32 graph): the row's dtype is fp16,
+    and between the timing events only ``execute_async_v3`` runs (no copies, no casts)."""
+    import nmrl.deploy.tensorrt as trt_deploy
+
+    logs: list[list] = []
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.13.3.9"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else real_find_spec(name, *a)
+    )
+    built = SimpleNamespace(
+        flags={"FP16": True, "SPARSE_WEIGHTS": True, "STRONGLY_TYPED": False},
+        builder_picked=["/net/net.2/Gemm"],
+        dense_plan="dense.plan",
+        plan="sparse.plan",
+        format=lambda: "fake build",
+    )
+    monkeypatch.setattr(trt_deploy, "build_engines", lambda *a, **k: built)
+    exported = []
+    monkeypatch.setattr(gpu_check, "export_actor", lambda width, path, dtype: exported.append(dtype) or path)
+
+    def policy(path):
+        logs.append([])
+        fake = fake_policy(logs[-1])
+        fake.close = lambda: logs[-1].append(("close",))
+        return fake
+
+    monkeypatch.setattr(trt_deploy, "TensorRTPolicy", policy)
+    timed = []
+
+    def stand_in(hardware, stream_ptr):
+        def timer(fn, samples, calls):
+            before = [len(log) for log in logs]
+            for _ in range(samples * calls):
+                fn()
+            timed.extend(entry for log, start in zip(logs, before, strict=True) for entry in log[start:])
+            return [1.0] * samples
+
+        return gpu_check.replace(hardware, timer=timer)
+
+    report = gpu_check.Report(tmp_path, {})
+    hardware = stand_in_hardware(gpu_check)
+    gpu_check.section_tensorrt(report, [32], [4], 3, hardware, trt_hardware=stand_in)
+    (row,) = report.rows
+    assert exported == ["fp32"] and row.dtype.startswith("fp16 (FP16 flag")  # TensorRT 10: fp32 graph + FP16
+    assert row.dense.method.startswith("cuda events on execute_async_v3")
+    assert timed and set(timed) == {("execute", 77)}  # only the engine ran while timed
+    assert row.dense_kernel_ms is not None and row.error == 0.0
+
+
 def test_tensorrt_precision_is_what_the_engine_runs():
     from nmrl.deploy.tensorrt.timing import engine_precision
 
