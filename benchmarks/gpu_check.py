@@ -1,25 +1,40 @@
 """One command for a machine with an NVIDIA GPU: is the 2:4 fast path correct here, and where does it pay?
 
-    python benchmarks/gpu_check.py --quick --out results/   # under 6 minutes on one H100/H200
+    python benchmarks/gpu_check.py --quick --out results/   # meant to take under 4 minutes on one H100/H200
     python benchmarks/gpu_check.py --out results/           # the full grid
 
 Every result is written the moment it is measured, to ``gpu_check.csv``, ``gpu_check.json`` and
-``gpu_check.md`` in ``--out`` (each file rewritten atomically after every row), so a crash, a
-timeout or a lost machine keeps everything measured before it. Each section is fail-soft: an
-exception is recorded as that section's failure (its message in the files, its traceback on
-stderr) and the next section runs. All inputs come from fixed seeds, so two runs check the same
-numbers. The header names the device, driver, torch, CUDA and cuSPARSELt versions.
+``gpu_check.md`` in ``--out`` (each file rewritten atomically after every row), and everything
+printed goes to ``gpu_check.log`` there too, so a crash, a timeout or a lost machine keeps
+everything measured before it. Each section is fail-soft: an exception (a sticky CUDA error in its
+clean-up included) is recorded as that section's failure and the next section runs. All inputs
+come from fixed seeds. The header names the device, L2, driver, torch, CUDA and cuSPARSELt
+versions, the backend and ``_FORCE_CUTLASS``, and the SM clock, power and temperature before,
+after the warm-up and at the end (read with nvidia-smi; nothing is set).
+
+How a row is measured (``nmrl.sparsity.semi_structured.measure``): 2.5 s of large dense and 2:4
+GEMMs warm the GPU first; dense and 2:4 are timed in alternating blocks (the side that goes first
+swaps), each as a CUDA graph replay where both capture, else eagerly, and reported as median and
+spread; the kernel time of each side comes from ``torch.profiler`` (the GPU's own time, without
+launch overhead); batches <= 256 rotate through weight copies larger than twice the L2, or the row
+says "L2-hot"; each row's 2:4 output is compared with the dense output (relative Frobenius error;
+bound bf16 1e-2, fp16 2e-3); the matmul rows also give the kernel time of cuSPARSELt's default
+algorithm and of the one ``torch._cslt_sparse_mm_search`` picks. The "unreliable because" column
+says what, if anything, makes a row untrustworthy.
 
 Sections:
   correctness  2:4 matmul vs dense, and one training step (forward, backward, fused Adam step,
                forward again) of 2:4 fast-path layers vs masked dense, in fp16 and bf16;
   (a) matmul   dense vs 2:4 ``linear``, square weights of width 1024-8192, batch 256-16384;
   (b) td3      one TD3 update (batch 256, bf16 autocast) with every eligible layer on 2:4
-               kernels vs masked dense, at widths 256, 1024, 2048;
+               kernels vs masked dense, at widths 256, 1024, 2048; a sample is ``policy_delay``
+               updates (critic-only and full alike), and a gain above what the forward GEMM's
+               kernel gain allows is flagged as a measurement error;
   (c) actor    torch 2:4 actor inference vs the dense fp16 twin at batch 1 and 4096;
   (d) tensorrt only where TensorRT is importable: the actor exported by nmrl's own export, built
                with SPARSE_WEIGHTS vs its dense twin, one engine pair per batch whose profile is
-               tuned for that batch.
+               tuned for that batch; CUDA events around ``execute_async_v3`` on pre-staged device
+               buffers, the precision read back from the build.
 
 Exit code: 0 when every correctness check passed and no section failed; 1 otherwise, and 1 with
 one line (and no files) on a machine without a GPU whose 2:4 kernels work.
