@@ -944,7 +944,8 @@ def main(argv: list[str] | None = None, hardware: Hardware | None = None) -> int
         if support.backend != "cusparselt":
             hardware.alg_search = None
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "gpu_check.log").open("w") as log:
+    # Line-buffered: a run ended by ``timeout`` (SIGTERM, no clean-up) keeps every line it printed.
+    with (args.out / "gpu_check.log").open("w", buffering=1) as log:
         stdout, stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
@@ -968,8 +969,14 @@ def _run(args: argparse.Namespace, support: ss.SemiStructuredSupport, hardware: 
     except Exception as error:  # the doctor is context, not a measurement: the run goes on
         print(f"  nmrl doctor failed: {error.__class__.__name__}: {measure.first_line(error)}")
     if args.warmup_s > 0 and hardware.device == "cuda":
-        count = measure.warm_up(args.warmup_s)
-        report.header["gpu after warm-up"] = measure.gpu_state()
+        try:
+            count = measure.warm_up(args.warmup_s)
+            report.header["gpu after warm-up"] = measure.gpu_state()
+        except Exception as error:  # the rows then say they ran cold; the run goes on
+            count = 0
+            report.header["gpu after warm-up"] = (
+                f"warm-up failed: {error.__class__.__name__}: {measure.first_line(error)}"
+            )
         report.write()
         print(f"  warm-up: {count} GEMMs in {args.warmup_s:.1f} s; {report.header['gpu after warm-up']}", flush=True)
 

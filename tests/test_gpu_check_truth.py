@@ -455,7 +455,7 @@ def test_sync_free_tie_handling_gives_the_cpu_mask(monkeypatch, n, m, cols):
         dim=weight.dim,
         dtype=weight.dtype,
     )
-    monkeypatch.setattr(mask_module, "_rank_keep", counting(mask_module._rank_keep, calls := []))
+    monkeypatch.setattr(mask_module, "_rank_keep_lean", counting(mask_module._rank_keep_lean, calls := []))
     got = mask_module.tensor_nm_mask(on_gpu, NMPattern(n, m))
     assert torch.equal(got, expected) and calls == [1]  # ranked once, over every group
 

@@ -11,6 +11,7 @@ Nothing here changes a GPU setting: clocks, power and temperature are only read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import statistics
@@ -117,7 +118,8 @@ def cuda_graph(fn: Callable[[], object], warmup: int = 3) -> tuple[Callable[[], 
         graph.replay()
         torch.cuda.synchronize()
     except Exception as error:  # capture is an optimisation: any failure means eager timing
-        torch.cuda.synchronize()
+        with contextlib.suppress(Exception):  # the capture's own error is the one to report
+            torch.cuda.synchronize()
         return None, f"no CUDA graph ({error.__class__.__name__}: {first_line(error)})"
     return graph.replay, "cuda graph"
 
