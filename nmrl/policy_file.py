@@ -59,6 +59,8 @@ class PolicyClaims:
     action_low: list[float] | None = None
     action_high: list[float] | None = None
     algo: str | None = None
+    trainer: str | None = None
+    """The library that trained the policy when it is not nmrl (``stable-baselines3 2.7.0``)."""
     step: int | None = None
     checkpoint: str | None = None
     config: dict[str, Any] | None = None
@@ -154,7 +156,7 @@ def _layer_entries(value: object) -> bool:
     )
 
 
-_TEXT = {"format", "version", "sparsity", "env_id", "algo", "checkpoint"}
+_TEXT = {"format", "version", "sparsity", "env_id", "algo", "trainer", "checkpoint"}
 # JSON-valued keys: a check of the decoded value and what it must be, for the error line.
 _JSON_CHECKS: dict[str, tuple[Any, str]] = {
     "obs_dim": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
