@@ -32,7 +32,7 @@ from nmrl.export.observations import load_calibration, policy_observations
 from nmrl.export.onnx_export import DType, build_policy_onnx, finish_graph, save_onnx
 from nmrl.export.packed import PackedReport, load_packed, write_packed
 from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, Verification, enforce, verify_export
-from nmrl.export.quantize import Int8Target, QuantizationReport, pad_first_gemm_k, quantize_int8
+from nmrl.export.quantize import FirstLayer, Int8Target, QuantizationReport, pad_first_gemm_k, quantize_int8
 from nmrl.export.verify import ModelCheck
 from nmrl.sparsity.spec import nm_pattern
 from nmrl.train.run import LoadedPolicy, load_trained_actor
@@ -85,13 +85,15 @@ def export_run(
     pad_k: bool = False,
     calibration: Path | None = None,
     int8_target: Int8Target = "ort",
+    int8_first_layer: FirstLayer = "measure",
 ) -> RunExport:
     """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
     policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
     closed-loop returns on the same seeds), then write ``actor[.fp16|.int8].onnx`` (or the nm-packed
     file). ``dtype="int8"`` quantizes the fp32 graph (:mod:`nmrl.export.quantize`), calibrated on the
     policy's own observations or on ``calibration`` (.npy), with the recipe of ``int8_target``
-    (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds); ``pad_k``
+    (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds) and the
+    first layer's precision ``int8_first_layer`` (:func:`nmrl.export.quantize.quantize_int8`); ``pad_k``
     pads the first layer's K to a multiple of 4 inside the graph.
 
     Nothing is written when verification fails (:class:`NmrlError`).
@@ -115,7 +117,7 @@ def export_run(
         else:
             observations = policy_observations(reference, loaded.env_id)
             source = f"the policy's own {loaded.env_id} episodes + random-action states"
-        model, quantization = quantize_int8(model, observations, source, int8_target)
+        model, quantization = quantize_int8(model, observations, source, int8_target, int8_first_layer)
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
         check = finish_graph(model, claimed, extra)
