@@ -178,3 +178,30 @@ def test_the_api_docs_layer_snippets_run():
         if "stable_baselines3" in snippet:
             continue  # run by tests/test_sb3.py's own, larger flow
         exec(compile(snippet, "docs/api.md", "exec"), {})
+
+
+def test_bind_optimizer_keeps_a_fast_path_layers_compressed_weight_fresh(monkeypatch):
+    """A GPU's 2:4 layer multiplies by a compressed copy of its weight. Fused Adam writes weights
+    without moving their version counter and mask_interval 4 keeps the mask for three steps, so only
+    the bound hook tells the layer to recompress (CPU stand-in: the "compressed" copy stays dense)."""
+    import nmrl.sparsity.semi_structured as ss
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense.detach().clone())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32))
+    nmrl.sparsify(model, "2:4", mask_interval=4)
+    layer = model[0]
+    layer.kernel = ss.SemiStructuredKernel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    nmrl.bind_optimizer(optimizer, model)
+    x = torch.randn(8, 32)
+    for step in range(6):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        used = layer.kernel.cache[1]
+        assert torch.equal(used, (layer.weight * layer.mask).detach().bfloat16()), f"stale weight after step {step}"
