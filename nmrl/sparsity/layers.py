@@ -22,6 +22,7 @@ sparse layer also loads a dense-form dict: its masks are then recomputed from th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,13 @@ from torch import nn
 
 from nmrl.sparsity.mask import nm_mask
 from nmrl.sparsity.pattern import NMPattern
+
+log = logging.getLogger(__name__)
+
+UNSTEPPED_PASS_LIMIT = 1000
+"""Training passes (forwards that record gradients) of a layer made by ``nmrl.sparsify`` with no
+counted optimizer step between them, after which nmrl warns that no optimizer is bound to it."""
+_warned_unstepped = False
 
 
 def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
@@ -99,6 +107,29 @@ class MaskedLinear(nn.Linear):
     """
 
     mask: torch.Tensor
+    # Set by nmrl.sparsify on the layers it makes. An optimizer that nobody bound (or one created
+    # before sparsify, holding the replaced layers' parameters) never counts a step, so the masks
+    # would never be refreshed (and, in the second case, the weights never change) without a word:
+    # count the training passes since the last counted step and warn once.
+    watch_steps: bool = False
+    passes_since_step: int = 0
+
+    def note_training_pass(self) -> None:
+        """Count one forward pass that records gradients (subclasses' ``forward`` calls this)."""
+        # This runs every pass: _parameters and __dict__ directly, as nn.Module's __getattr__ and
+        # __setattr__ cost about a microsecond each.
+        if not (self.watch_steps and torch.is_grad_enabled() and self._parameters["weight"].requires_grad):  # type: ignore[union-attr]
+            return
+        passes = self.__dict__["passes_since_step"] = self.passes_since_step + 1
+        global _warned_unstepped
+        if passes >= UNSTEPPED_PASS_LIMIT and not _warned_unstepped:
+            _warned_unstepped = True
+            log.warning(
+                "a sparse layer ran %d training passes without a counted optimizer step: its masks are never "
+                "refreshed; bind the optimizer that trains it with nmrl.bind_optimizer(optimizer, model) (it "
+                "refuses an optimizer created before nmrl.sparsify, whose steps leave the sparse weights unchanged)",
+                passes,
+            )
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with: ``weight * mask`` (exact zeros where pruned)."""
@@ -202,6 +233,7 @@ class NMLinear(MaskedLinear):
         return str(self.pattern)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.note_training_pass()
         return self.kernel.forward(self, x)
 
     def extra_repr(self) -> str:
@@ -249,6 +281,7 @@ def refresh_masks(layers: nn.Module | Iterable[MaskedLinear], now: bool = False)
     if isinstance(layers, nn.Module):
         layers = [layer for _, layer in masked_layers(layers)]
     for layer in layers:
+        layer.__dict__["passes_since_step"] = 0  # a counted step (see MaskedLinear.note_training_pass)
         if now:
             layer.update_mask()
         else:
