@@ -23,7 +23,8 @@ import torch
 
 from nmrl.deploy.bench import time_policies
 from nmrl.deploy.ort_backend import OrtPolicy
-from nmrl.export.onnx_export import build_policy_onnx, random_observations
+from nmrl.export.observations import random_observations
+from nmrl.export.onnx_export import build_policy_onnx
 from nmrl.export.quantize import INT8_TARGETS, quantize_int8
 from nmrl.sparsity import sparsify
 from nmrl.sparsity.pattern import NMPattern

@@ -66,7 +66,7 @@ def export(
         int8_target: the runtime the int8 file is for: ort (ONNX Runtime CPU) or tensorrt.
     """
     from nmrl.envs import confirm_env_id
-    from nmrl.export.onnx_export import default_output, export_run
+    from nmrl.export.pipeline import default_output, export_run
     from nmrl.export.report import console as report_console
     from nmrl.export.report import print_report
 

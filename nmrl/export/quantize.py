@@ -72,10 +72,7 @@ from onnx import helper, numpy_helper
 from nmrl.errors import NmrlError
 from nmrl.export.verify import inspect_model
 
-CALIBRATION_SEED = 1000
-"""Calibration episodes start at this seed, away from the verification's seeds (0..)."""
 CALIBRATION_METHOD = "minmax"
-CALIBRATION_EPISODES = 10
 PRE_TANH_RANGE = 3.0
 """The ``ort`` recipe quantizes the pre-tanh action on at most [-3, 3] (see the module docstring)."""
 
@@ -154,40 +151,6 @@ class QuantizationReport:
             f"{self.calibration}); "
             f"{self.zeros_kept} zero weights kept zero, {self.rounded_to_zero} small weights rounded to zero"
         )
-
-
-def policy_observations(
-    policy, env_id: str, episodes: int = CALIBRATION_EPISODES, seed: int = CALIBRATION_SEED
-) -> np.ndarray:
-    """Observations of ``policy``'s deterministic episodes (seeds ``seed..``) plus a random-action
-    rollout of as many steps: the states the deployed policy sees, and the first ones off its path."""
-    from nmrl.export.parity import env_observations, torch_actor
-    from nmrl.train.evaluate import evaluate
-
-    act = torch_actor(policy)
-    visited: list[np.ndarray] = []
-
-    def step(obs: np.ndarray) -> np.ndarray:
-        visited.append(obs)
-        return act(obs[None])[0]
-
-    evaluate(step, env_id, episodes, seed)
-    random_states = env_observations(env_id, min(len(visited), 1000), seed)
-    return np.concatenate([np.stack(visited), random_states]).astype(np.float32)
-
-
-def load_calibration(path: Path, obs_dim: int) -> np.ndarray:
-    """A user's calibration observations: an ``.npy`` of shape [count, obs_dim]."""
-    path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise NmrlError(f"{path}: not a numpy .npy array ({str(error).splitlines()[0][:120]})") from None
-    if data.ndim != 2 or data.shape[1] != obs_dim or len(data) == 0:
-        raise NmrlError(f"{path}: calibration observations must be [count, {obs_dim}], got {list(data.shape)}")
-    if not np.isfinite(data).all():
-        raise NmrlError(f"{path}: calibration observations hold NaN or inf")
-    return data.astype(np.float32)
 
 
 def pad_first_gemm_k(model: onnx.ModelProto, multiple: int = 4) -> int:
