@@ -177,6 +177,12 @@ class SharedConfig:
         data["hidden"] = list(self.hidden)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The settings a saved dict describes (nested or flat); :class:`NmrlError` for unknown
+        settings and values of the wrong type (a saved file is untrusted input)."""
+        return _checked(cls, _nested(data))
+
     def flat_settings(self) -> dict[str, Any]:
         """Every setting by its flag name (``policy_delay``, not ``td3``), groups flattened."""
         data = self.to_dict()
@@ -300,7 +306,7 @@ class TrainConfig(SharedConfig):
         missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
         if missing:
             raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
-        return _checked(cls, _nested(data))
+        return super().from_dict(data)
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
