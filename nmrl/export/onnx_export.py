@@ -391,11 +391,19 @@ def export_run(
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
-    from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
+    from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, check_closed_loop_settings, enforce, verify_export
     from nmrl.sparsity.spec import nm_pattern
     from nmrl.train.run import load_trained_actor
 
+    episodes = CHECK_EPISODES if episodes is None else episodes
+    return_margin = RETURN_MARGIN if return_margin is None else return_margin
+    check_closed_loop_settings(episodes, return_margin)  # before any work: a refused export costs nothing
     loaded = load_trained_actor(Path(run_dir), which)
+    observations = None
+    if dtype == "int8" and calibration is not None:  # a bad file is refused before the export is built
+        from nmrl.export.quantize import load_calibration
+
+        observations = load_calibration(calibration, loaded.obs_dim)
     claimed = nm_pattern(loaded.config.spec)
     if fmt != "onnx" and claimed is None:
         raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
@@ -410,10 +418,10 @@ def export_run(
         extra["pad_k"] = pad_first_gemm_k(model)
     quantization = None
     if dtype == "int8":
-        from nmrl.export.quantize import load_calibration, policy_observations, quantize_int8
+        from nmrl.export.quantize import policy_observations, quantize_int8
 
-        if calibration is not None:
-            observations, source = load_calibration(calibration, loaded.obs_dim), str(calibration)
+        if observations is not None:
+            source = str(calibration)
         else:
             observations = policy_observations(loaded.policy, loaded.env_id)
             source = f"the policy's own {loaded.env_id} episodes + random-action states"
@@ -430,8 +438,8 @@ def export_run(
         loaded.env_id,
         loaded.action_low,
         loaded.action_high,
-        episodes=CHECK_EPISODES if episodes is None else episodes,
-        margin=RETURN_MARGIN if return_margin is None else return_margin,
+        episodes=episodes,
+        margin=return_margin,
         random_count=parity_samples,
     )
     warnings = enforce(verification, allow_worse_return)
