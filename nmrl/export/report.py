@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from nmrl.errors import printable
 from nmrl.export.verify import ModelCheck, claim_status, nmrl_metadata
 
 _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
@@ -15,6 +17,12 @@ REPORT_WIDTH = 140
 def short_dtype(name: str) -> str:
     """``float16`` -> ``fp16`` (the names nmrl's --dtype options use); other names unchanged."""
     return _SHORT_DTYPES.get(name, name)
+
+
+def untrusted(text: object, limit: int | None = 300) -> str:
+    """Text read from a file, ready for a rich console: control characters escaped
+    (:func:`nmrl.errors.printable`) and rich markup (``[red]``) shown as typed, never applied."""
+    return escape(printable(text, limit))
 
 
 def console() -> Console:
@@ -32,7 +40,7 @@ def layer_table(check: ModelCheck) -> Table:
         verdict = "[green]yes[/]" if layer.eligible_2of4 else "[red]no[/]"
         detail = "; ".join(layer.reasons) if layer.reasons else "; ".join(layer.notes)
         table.add_row(
-            layer.weight_name,
+            untrusted(layer.weight_name, 80),
             layer.op,
             "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
             str(layer.k),
@@ -40,7 +48,7 @@ def layer_table(check: ModelCheck) -> Table:
             f"{layer.density:.3f}",
             str(layer.finest) if layer.finest else "dense",
             verdict,
-            detail,
+            untrusted(detail, None),
         )
     return table
 
@@ -54,22 +62,23 @@ def summary_lines(check: ModelCheck) -> list[str]:
         config = meta.get("config")
         trained = config.get("sparsity") if isinstance(config, dict) else None
         trained_text = f"{trained} (N:M claim: {meta.get('sparsity')})" if trained else str(meta.get("sparsity"))
-        lines.append(
+        line = (
             f"nmrl policy: env {meta.get('env_id', '?')}, obs {meta.get('obs_dim')} -> act {meta.get('act_dim')}, "
             f"{meta.get('algo', '?')} trained with sparsity {trained_text}, dtype {meta.get('dtype')} "
             f"(I/O {meta.get('io_dtype')}), opset {check.opset}"
         )
+        lines.append(untrusted(line, 1000))  # every value in it is the file's
     else:
         lines.append(f"not an nmrl file (no nmrl metadata); opset {check.opset}")
     status = claim_status(check)
     if check.is_nmrl or status.verdict != "none":
-        for line in status.lines:
-            lines.append(f"[red]{line}[/]" if status.failed else line)
+        for line in status.lines:  # they name the file's weights
+            lines.append(f"[red]{untrusted(line, None)}[/]" if status.failed else untrusted(line, None))
     quantized = [layer.weight_name for layer in check.layers if layer.dtype in ("int8", "uint8")]
     if quantized:
         lines.append(
             f"int8 layers (weights behind DequantizeLinear or integer GEMMs): {len(quantized)} "
-            f"({', '.join(quantized)}); N:M is judged on the quantized values, zero = the zero point"
+            f"({untrusted(', '.join(quantized), None)}); N:M is judged on the quantized values, zero = the zero point"
         )
     eligible = sum(layer.eligible_2of4 for layer in check.layers)
     lines.append(f"{eligible} of {len(check.layers)} GEMM layers eligible for 2:4 sparse tensor cores")
