@@ -141,9 +141,12 @@ def test_hostile_onnx_metadata_and_initializers_are_one_line_in_every_verb(polic
     if weight is _no_data or weight is _truncated:  # a broken file: refused, the tensor named
         assert all(rc == 1 for rc, _, _ in said.values())
         assert "constant 'net.2.weight' does not hold the values of its declared shape" in said["inspect"][2]
-    if metadata:  # a claim that cannot be read cannot be verified: inspect fails it, the others warn
+    if metadata:  # a claim that cannot be read cannot be verified: inspect fails it
         assert said["inspect"][0] == 1 and "claim UNVERIFIABLE" in said["inspect"][1]
-        assert "warning: running" in said["deploy eval"][2]
+    if "nmrl.layers" in metadata:  # a runtime refuses a file whose schema values do not parse
+        assert said["deploy eval"][0] == 1 and "metadata nmrl.layers must be" in said["deploy eval"][2]
+    if "nmrl.sparsity" in metadata:  # text to the schema: the runtime runs it, and warns
+        assert said["deploy eval"][0] == 0 and "warning: running" in said["deploy eval"][2]
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,7 +476,7 @@ def test_fuzzed_calibration_arrays_never_reach_a_traceback_in_export(tmp_path, c
     """Issue 22, the fuzz test: every array (any dtype, shape, values; whole or cut short) is
     refused in one line, or loaded as the finite float32 [count, 17] observations the quantizer
     needs. An accepted file's whole export is run by test_export_int8 (seconds per example here)."""
-    from nmrl.export.quantize import load_calibration
+    from nmrl.export.observations import load_calibration
 
     path = tmp_path / "calibration.npy"
     with np.errstate(all="ignore"):

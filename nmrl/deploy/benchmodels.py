@@ -110,7 +110,7 @@ def _module_models(
         # Each pair: the fp32 actor and its fp32 dense twin, quantized as `nmrl export --dtype int8
         # --int8-target T` does, calibrated on the same unit-scale Gaussian observations (latency
         # does not depend on the calibration; accuracy is export's job).
-        from nmrl.export.onnx_export import random_observations
+        from nmrl.export.observations import random_observations
         from nmrl.export.quantize import quantize_int8
 
         calibration = random_observations(obs_dim, 1024, 0, scale=1.0)
@@ -183,7 +183,7 @@ def build_models(
         if target.suffix == ".onnx":
             models += _onnx_file_models(target, backends, options, models_dir, console, dtypes)
         else:
-            from nmrl.export.onnx_export import run_metadata
+            from nmrl.export.pipeline import run_metadata
             from nmrl.sparsity.spec import nm_pattern
             from nmrl.train.run import load_trained_actor as load_run
 

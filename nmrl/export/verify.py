@@ -22,7 +22,6 @@ QLinearMatMul) is most of it, and each pattern is small.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +31,10 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from nmrl.errors import NmrlError, gist, printable
+from nmrl.policy_file import FORMAT, read_value
 from nmrl.sparsity.nm_core import finest_nm, nm_violations
 from nmrl.sparsity.pattern import NMPattern
 from nmrl.sparsity.two_four import FOR_TENSORRT, STRUCTURE, TwoFourVerdict, verdict_of_weights
-
-# Metadata keys written by nmrl.export; a file that has METADATA_FORMAT_KEY is "ours".
-METADATA_PREFIX = "nmrl."
-METADATA_FORMAT_KEY = "nmrl.format"
-METADATA_FORMAT = "nmrl-policy-onnx-v1"
 
 # Below this many rows or columns TensorRT times sparse tactics but usually keeps dense ones
 # (NVIDIA's guidance: sparsity pays on large, compute-bound GEMMs).
@@ -114,12 +109,17 @@ class ModelCheck:
 
     @property
     def is_nmrl(self) -> bool:
-        return self.metadata.get(METADATA_FORMAT_KEY) == METADATA_FORMAT
+        return read_value(self.metadata, "format") == FORMAT
 
     @property
     def claimed(self) -> NMPattern | None:
         """The N:M pattern the exporting run claims (None: no N:M claim, or not an nmrl file)."""
-        return claimed_pattern(self.metadata.get("nmrl.sparsity", ""))
+        return claimed_pattern(read_value(self.metadata, "sparsity", self.source) or "")
+
+    @property
+    def source(self) -> str:
+        """How errors name this model: its path, or "model"."""
+        return str(self.path) if self.path is not None else "model"
 
     def violations(self, pattern: NMPattern) -> dict[str, int]:
         """Layer weight name -> groups breaking ``pattern`` along K, for layers that break it."""
@@ -215,21 +215,13 @@ def claim_warning(path: Path) -> str | None:
 
 def _layer_claims(check: ModelCheck) -> dict[str, NMPattern | None]:
     """Weight name -> N:M pattern from ``nmrl.layers`` (None for dense entries); {} when absent."""
-    text = check.metadata.get("nmrl.layers")
-    if not text:
-        return {}
     try:
-        entries = metadata_json(text, "nmrl.layers")
-        if not isinstance(entries, list):
-            raise NmrlError("nmrl.layers is not a list")
         claims = {}
-        for entry in entries:
-            weight, pattern = entry.get("weight"), entry.get("pattern", "dense")
-            if not isinstance(weight, str) or not isinstance(pattern, str):
-                raise NmrlError("an nmrl.layers entry without a weight name and pattern text")
-            claims[weight] = claimed_pattern(pattern) if ":" in pattern else None
+        for entry in read_value(check.metadata, "layers", check.source) or []:
+            pattern = str(entry.get("pattern", "dense"))
+            claims[str(entry["weight"])] = claimed_pattern(pattern) if ":" in pattern else None
         return claims
-    except (AttributeError, NmrlError):
+    except NmrlError:
         return {"<nmrl.layers>": None}  # unreadable metadata: reported as naming no weight of the graph
 
 
@@ -476,27 +468,3 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     yield from in_graph(model.graph)
     for function in model.functions:
         yield from in_nodes(function.node)
-
-
-def nmrl_metadata(check: ModelCheck) -> dict[str, object]:
-    """The ``nmrl.*`` metadata of a model, JSON values decoded (text that is not JSON kept as text)."""
-    decoded: dict[str, object] = {}
-    for key, value in check.metadata.items():
-        if not key.startswith(METADATA_PREFIX):
-            continue
-        try:
-            decoded[key[len(METADATA_PREFIX) :]] = metadata_json(value, key)
-        except NmrlError:
-            decoded[key[len(METADATA_PREFIX) :]] = value
-    return decoded
-
-
-def metadata_json(text: str, key: str) -> object:
-    """A metadata value decoded as JSON; :class:`NmrlError` when it is not JSON. A file's values
-    are untrusted: arrays nested deeper than Python's stack (``[[[[...``) raise RecursionError in
-    ``json.loads``, numbers of thousands of digits ValueError; both are refused here."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else gist(error, 1, 100)
-        raise NmrlError(f"metadata {key} is not JSON ({reason})") from None

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
@@ -27,6 +27,19 @@ from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
+from nmrl.train.networks import ACTIVATIONS
+
+ALGORITHM_MODULES: dict[str, str] = {"td3": "nmrl.train.td3", "sac": "nmrl.train.sac"}
+"""The algorithms --algo offers, each by the module whose ``@register`` makes it (imported only
+when that algorithm runs: :func:`nmrl.train.algorithm.get_algorithm`)."""
+
+# The choices --help shows and config.json is checked against, derived from the two registries.
+if TYPE_CHECKING:
+    AlgoName = str
+    ActivationName = str
+else:
+    AlgoName = Literal[tuple(ALGORITHM_MODULES)]
+    ActivationName = Literal[tuple(ACTIVATIONS)]
 
 
 @dataclass
@@ -99,8 +112,8 @@ class SharedConfig:
 
     env: str = "Hopper-v5"
     """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
-    algo: str = "td3"
-    """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
+    algo: AlgoName = "td3"
+    """Algorithm."""
     total_steps: int = 1_000_000
     """Environment steps in all."""
     learning_starts: int = 25_000
@@ -109,7 +122,7 @@ class SharedConfig:
     buffer_size: int = 1_000_000
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of actor and critics."""
-    activation: str = "relu"
+    activation: ActivationName = "relu"
     activation_slope: float = 0.01
     """Negative slope of --activation leaky_relu."""
     actor_lr: float = 3e-4
@@ -163,6 +176,12 @@ class SharedConfig:
         data["runs_dir"] = str(self.runs_dir)
         data["hidden"] = list(self.hidden)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The settings a saved dict describes (nested or flat); :class:`NmrlError` for unknown
+        settings and values of the wrong type (a saved file is untrusted input)."""
+        return _checked(cls, _nested(data))
 
     def flat_settings(self) -> dict[str, Any]:
         """Every setting by its flag name (``policy_delay``, not ``td3``), groups flattened."""
@@ -231,8 +250,6 @@ class TrainConfig(SharedConfig):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
             raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
-        from nmrl.train.networks import ACTIVATIONS
-
         if self.activation not in ACTIVATIONS:
             raise NmrlError(f"unknown --activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
         if self.threads < 0:
@@ -289,7 +306,7 @@ class TrainConfig(SharedConfig):
         missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
         if missing:
             raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
-        return _checked(cls, _nested(data))
+        return super().from_dict(data)
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -29,6 +29,11 @@ class EvalResult:
     def __str__(self) -> str:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
 
+    def report(self, seed: int) -> str:
+        """The line ``nmrl eval`` and ``nmrl deploy eval`` print: return, seeds, mean episode length."""
+        last = seed + len(self.returns) - 1
+        return f"return {self} (seeds {seed}..{last}), mean length {np.mean(self.lengths):.0f}"
+
 
 def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0) -> EvalResult:
     """Run ``episodes`` episodes of ``env_id`` with ``act_fn`` (one obs -> one action).
