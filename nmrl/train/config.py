@@ -72,6 +72,9 @@ class NMOptions:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    gradient: Literal["ste", "active"] = "ste"
+    """Which shadow weights learn: ste = all (straight-through + SR-STE), active = only the kept
+    ones (docs/baselines.md, "Why 2:4 fell behind dense on HalfCheetah")."""
 
 
 @dataclass
@@ -275,6 +278,8 @@ class TrainConfig(SharedConfig):
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         spec = self.spec
+        if self.nm.gradient != "ste":
+            raise NmrlError("--semi-structured trains with straight-through gradients only; drop --gradient active")
         if isinstance(spec, UnstructuredSparsity):
             raise NmrlError(
                 f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
