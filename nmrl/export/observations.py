@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from nmrl.deploy.policy import Policy
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist
+from nmrl.files import read_npy_header
 
 CALIBRATION_SEED = 1000
 """int8 calibration episodes start at this seed, away from the verification's seeds (0..)."""
@@ -71,14 +72,32 @@ def policy_observations(
 
 
 def load_calibration(path: Path, obs_dim: int) -> np.ndarray:
-    """A user's calibration observations: an ``.npy`` of shape [count, obs_dim]."""
+    """A user's calibration observations: an ``.npy`` of real numbers, shape [count, obs_dim].
+
+    The header is read and checked before the data (numpy would allocate whatever shape a header
+    declares, and read strings, complex or structured values as well); every refusal is one line
+    saying what the file holds instead."""
     path = Path(path)
+    if not path.is_file():
+        raise NmrlError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise NmrlError(f"{path}: the calibration file is empty (0 bytes), not a numpy .npy array")
+    with path.open("rb") as file:
+        try:
+            shape, dtype = read_npy_header(file, size)
+        except ValueError as error:
+            raise NmrlError(f"{path}: cannot be read as .npy observations ({gist(error, 1, 160)})") from None
+    if dtype.kind == "c":
+        raise NmrlError(f"{path}: calibration observations are complex ({dtype}): their imaginary part would be lost")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise NmrlError(f"{path}: calibration observations must be real numbers, the file holds {dtype} values")
+    if len(shape) != 2 or shape[1] != obs_dim or shape[0] == 0:
+        raise NmrlError(f"{path}: calibration observations must be [count, {obs_dim}], got {list(shape)}")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise NmrlError(f"{path}: not a numpy .npy array ({str(error).splitlines()[0][:120]})") from None
-    if data.ndim != 2 or data.shape[1] != obs_dim or len(data) == 0:
-        raise NmrlError(f"{path}: calibration observations must be [count, {obs_dim}], got {list(data.shape)}")
+    except (OSError, ValueError, EOFError) as error:
+        raise NmrlError(f"{path}: not a numpy .npy array ({gist(error, 1, 120)})") from None
     if not np.isfinite(data).all():
         raise NmrlError(f"{path}: calibration observations hold NaN or inf")
     return data.astype(np.float32)

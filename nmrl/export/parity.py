@@ -335,8 +335,7 @@ def verify_export(
     Returns the :class:`Verification`; :func:`enforce` decides whether it refuses the export.
     """
     tolerance_for(precision)
-    if episodes < 1:
-        raise NmrlError(f"the closed-loop check needs at least 1 episode, got {episodes}")
+    check_closed_loop_settings(episodes, margin)
     if (candidate.obs_dim, candidate.act_dim) != (reference.obs_dim, reference.act_dim):
         raise NmrlError(
             f"cannot compare policies of different sizes: obs {candidate.obs_dim} -> act {candidate.act_dim} "
@@ -354,6 +353,16 @@ def verify_export(
     wide = random_observations(reference.obs_dim, random_count, seed)
     results.append(measure_parity(reference, candidate, wide, span, precision, "random", blocking=env_id is None))
     return Verification(tuple(results), loop, reference.describe(), candidate.describe())
+
+
+def check_closed_loop_settings(episodes: int, margin: float) -> None:
+    """:class:`NmrlError` unless the closed-loop check can refuse something: at least one episode,
+    and a finite margin in [0, 1] (NaN compares false with every shortfall, so ``--return-margin nan``
+    once passed every file; a margin past 1 accepts a return of the opposite sign)."""
+    if episodes < 1:
+        raise NmrlError(f"the closed-loop check needs at least 1 episode, got {episodes}")
+    if not (math.isfinite(margin) and 0 <= margin <= 1):
+        raise NmrlError(f"--return-margin must be a fraction between 0 and 1, got {margin}")
 
 
 def enforce(verification: Verification, allow_worse_return: bool = False) -> list[str]:

@@ -31,7 +31,14 @@ from nmrl.errors import NmrlError
 from nmrl.export.observations import load_calibration, policy_observations
 from nmrl.export.onnx_export import DType, build_policy_onnx, finish_graph, save_onnx
 from nmrl.export.packed import PackedReport, load_packed, write_packed
-from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, Verification, enforce, verify_export
+from nmrl.export.parity import (
+    CHECK_EPISODES,
+    RETURN_MARGIN,
+    Verification,
+    check_closed_loop_settings,
+    enforce,
+    verify_export,
+)
 from nmrl.export.quantize import FirstLayer, Int8Target, QuantizationReport, pad_first_gemm_k, quantize_int8
 from nmrl.export.verify import ModelCheck
 from nmrl.sparsity.spec import nm_pattern
@@ -98,7 +105,12 @@ def export_run(
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
+    episodes = CHECK_EPISODES if episodes is None else episodes
+    return_margin = RETURN_MARGIN if return_margin is None else return_margin
+    check_closed_loop_settings(episodes, return_margin)  # before any work: a refused export costs nothing
     loaded = load_trained_actor(Path(run_dir), which)
+    # a bad calibration file is refused before the export is built
+    calibrated = load_calibration(calibration, loaded.obs_dim) if dtype == "int8" and calibration else None
     claimed = nm_pattern(loaded.config.spec)
     if fmt != "onnx" and claimed is None:
         raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
@@ -112,8 +124,8 @@ def export_run(
         extra["pad_k"] = pad_first_gemm_k(model)
     quantization = None
     if dtype == "int8":
-        if calibration is not None:
-            observations, source = load_calibration(calibration, loaded.obs_dim), str(calibration)
+        if calibrated is not None:
+            observations, source = calibrated, str(calibration)
         else:
             observations = policy_observations(reference, loaded.env_id)
             source = f"the policy's own {loaded.env_id} episodes + random-action states"
@@ -128,8 +140,8 @@ def export_run(
         loaded.env_id,
         loaded.action_low,
         loaded.action_high,
-        episodes=CHECK_EPISODES if episodes is None else episodes,
-        margin=RETURN_MARGIN if return_margin is None else return_margin,
+        episodes=episodes,
+        margin=return_margin,
         random_count=parity_samples,
     )
     warnings = enforce(verification, allow_worse_return)

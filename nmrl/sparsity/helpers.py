@@ -66,6 +66,7 @@ def sparsify(
     *,
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
+    gradient: str = "ste",
     skip: Iterable[str] = (),
     **unstructured: Any,
 ) -> list[LayerReport]:
@@ -80,6 +81,7 @@ def sparsify(
             stays dense unless the spec says ``layers="all"``). ``"dense"``: nothing changes.
         mask_interval: N:M only: recompute the masks every this many optimizer steps.
         srste_decay: N:M only: SR-STE's decay of the pruned weights (0 = plain straight-through).
+        gradient: N:M only: ``"ste"`` (every shadow weight learns) or ``"active"`` (only kept ones).
         skip: qualified names of Linears to keep dense.
         **unstructured: unstructured only: the topology schedule of
             :func:`nmrl.sparsity.dynamic.sparsify_unstructured` (``interval``, ``drop_fraction``,
@@ -93,7 +95,7 @@ def sparsify(
         raise NmrlError(f"{', '.join(sorted(unstructured))}: options of unstructured sparsity, not of {spec}")
     before = {id(layer) for _, layer in masked_layers(module)}
     if isinstance(spec, NMSparsity):
-        reports = sparsify_nm(module, spec.pattern, mask_interval, srste_decay, skip)
+        reports = sparsify_nm(module, spec.pattern, mask_interval, srste_decay, skip, gradient=gradient)
     elif isinstance(spec, UnstructuredSparsity):
         skipped = set(skip)
         if spec.layers == "hidden":

@@ -57,6 +57,10 @@ def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) 
     return effective
 
 
+# Which shadow weights an NMLinear's gradient reaches (see NMLinear's ``gradient``).
+NM_GRADIENTS = ("ste", "active")
+
+
 class LayerKernel(Protocol):
     """How an :class:`NMLinear` multiplies: the strategy it holds as ``layer.kernel``."""
 
@@ -78,9 +82,9 @@ class MaskedDenseKernel:
     name = "masked dense"
 
     def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and layer.weight.requires_grad:
+        if torch.is_grad_enabled() and layer.weight.requires_grad and layer.gradient == "ste":
             weight = _sparse_refined_ste(layer.weight, layer.mask, layer.srste_decay)
-        else:  # target networks, acting, and critics frozen for the actor loss
+        else:  # gradient="active" (only kept weights learn), targets, acting, frozen critics
             weight = layer.weight * layer.mask
         return nn.functional.linear(x, weight, layer.bias)
 
@@ -181,6 +185,9 @@ class NMLinear(MaskedLinear):
         pattern: the N:M pattern; groups run along ``in_features``.
         mask_interval: recompute the mask every this many optimizer steps (see :meth:`step_mask`).
         srste_decay: SR-STE ``lambda_w``; 0 gives plain STE.
+        gradient: which shadow weights the gradient reaches: ``"ste"`` every one (straight-through,
+            with SR-STE's decay on the pruned ones), ``"active"`` only the kept ones (the pruned
+            weights stay where they were until a refresh selects them; ``srste_decay`` unused).
     """
 
     mask: torch.Tensor
@@ -195,6 +202,7 @@ class NMLinear(MaskedLinear):
         bias: bool = True,
         mask_interval: int = 1,
         srste_decay: float = 2e-4,
+        gradient: str = "ste",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -203,9 +211,12 @@ class NMLinear(MaskedLinear):
             raise ValueError(f"mask_interval must be >= 1, got {mask_interval}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
+        if gradient not in NM_GRADIENTS:
+            raise ValueError(f"gradient must be one of {', '.join(NM_GRADIENTS)}, got {gradient!r}")
         self.pattern = pattern
         self.mask_interval = mask_interval
         self.srste_decay = srste_decay
+        self.gradient = gradient
         self.register_buffer("mask", nm_mask(self.weight, pattern))
         # Optimizer steps since the mask was last recomputed; saved with the state so that a
         # resumed run refreshes on the same schedule.
@@ -239,7 +250,7 @@ class NMLinear(MaskedLinear):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, pattern={self.pattern}, mask_interval={self.mask_interval}, "
-            f"srste_decay={self.srste_decay}, kernel={self.kernel.name}"
+            f"srste_decay={self.srste_decay}, gradient={self.gradient}, kernel={self.kernel.name}"
         )
 
 
@@ -329,6 +340,7 @@ def sparsify_nm(
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
     skip: Iterable[str] = (),
+    gradient: str = "ste",
 ) -> list[LayerReport]:
     """Replace, in place, every ``nn.Linear`` of ``module`` (except names in ``skip``) by an
     NMLinear with the same weights; returns the per-layer report. A dense pattern leaves the
@@ -346,6 +358,7 @@ def sparsify_nm(
                 bias=linear.bias is not None,
                 mask_interval=mask_interval,
                 srste_decay=srste_decay,
+                gradient=gradient,
                 device=linear.weight.device,
                 dtype=linear.weight.dtype,
             )
