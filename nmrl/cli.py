@@ -25,12 +25,12 @@ from nmrl.errors import Interrupted, NmrlError, printable
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("nmrl.train.commands", "train", "train an agent (new run or --resume)"),
     "eval": ("nmrl.train.commands", "evaluate", "deterministic evaluation of a run's checkpoint"),
-    "export": ("nmrl.export.commands", "export", "export a run's actor to verified N:M ONNX (or nm-packed)"),
+    "export": ("nmrl.export.commands", "export", "export a run's actor to verified N:M ONNX (or nm-packed, or C)"),
     "inspect": ("nmrl.export.commands", "inspect", "per-layer N:M / 2:4 report of an ONNX file (no torch)"),
     "deploy eval": ("nmrl.deploy.commands", "deploy_eval", "closed-loop return of a deployed policy file"),
     "bench": ("nmrl.deploy.commands", "bench", "latency of the sparse actor vs its dense twin per backend"),
     "doctor": ("nmrl.doctor", "doctor", "what this machine can run (CUDA, 2:4, TensorRT, ORT)"),
-    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engine + dense-kernel engine"),
+    "deploy build": ("nmrl.deploy.build", "build", "ONNX actor -> TensorRT engines (sparse + dense), or a C library"),
     "compare": ("nmrl.train.compare", "compare", "train methods x seeds x envs (local or Ray); tables, curves"),
 }
 

@@ -112,7 +112,7 @@ REJECTED = [
         ["deploy", "eval", "a.onnx", "--epsodes", "3"],
         "Unrecognized options: --epsodes, 3 (perhaps you meant --episodes)",
     ),
-    (["deploy", "build", "a.onnx", "--backend", "onnx"], "Expected one of ('tensorrt', 'tensorrt-rtx')"),
+    (["deploy", "build", "a.onnx", "--backend", "onnx"], "Expected one of ('tensorrt', 'tensorrt-rtx', 'c')"),
     (["inspect"], "Missing from nmrl inspect: PATH"),
     (["bench", "--calls", "1.5"], "Error parsing --calls"),
     (["compare", "--engine", "slurm"], "Expected one of ('local', 'ray')"),

@@ -371,12 +371,18 @@ def verdict(found: list[Ratio], described: dict[str, str]) -> str:
         f"(range {speedups.min():.2f}-{speedups.max():.2f}x)."
     )
     sparse_capable = [b for b in described if b.startswith(("tensorrt", "torch-2:4"))]
+    skipping = [b for b in described if b == "c"]
     if sparse_capable:
         text += (
             f" {', '.join(sparse_capable)} can run 2:4 layers on sparse tensor cores: a ratio above 1 there is "
             "what the sparsity buys; the other backends multiply the zeros like any weight."
         )
-    else:
+    if skipping:
+        text += (
+            " c runs nmrl's generated C, whose N:M layers skip the pruned weights on this CPU (the dense twin "
+            "runs its dense kernels): its ratio is what the sparsity buys here."
+        )
+    if not sparse_capable and not skipping:
         text += (
             " None of these backends has 2:4 sparse kernels (PyTorch eager and ONNX Runtime CPU/CUDA "
             "multiply the zeros like any weight), so ~1.0x is the expected result: differences are noise. "

@@ -16,12 +16,16 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_bytes
+
+if TYPE_CHECKING:  # the generator reads ONNX: imported where C is generated
+    from nmrl.export.c_source import CSource
 
 DEFAULT_FLAGS = ("-O3", "-march=native")
 """Host build: the compiler picks the SIMD path (AVX-512, AVX2+FMA, NEON) this CPU has."""
@@ -93,21 +97,39 @@ def build_c_library(
     flags: tuple[str, ...] = DEFAULT_FLAGS,
     cc: str | None = None,
     kernels: str = "auto",
-) -> Path:
-    """Generate ``<stem>.c``/``<stem>.h`` from the policy file ``onnx`` and compile ``<stem>.so``."""
+) -> tuple[Path, CSource]:
+    """Generate ``<stem>.c``/``<stem>.h`` from the policy file ``onnx`` and compile ``<stem>.so``;
+    returns the library and the generated source."""
     from nmrl.export.c_source import generate_c_file
 
     onnx = Path(onnx)
     output = Path(output) if output is not None else library_path(onnx)
+    find_compiler(cc)  # before anything is written: no compiler leaves no half of a build behind
     source = generate_c_file(onnx, kernels=kernels)
     c_path, _ = source.write(output.with_suffix(".c"))
-    return compile_c([c_path], output, flags, cc)
+    return compile_c([c_path], output, flags, cc), source
+
+
+def compiled_policy(
+    source: CSource, flags: tuple[str, ...] = DEFAULT_FLAGS, cc: str | None = None, env_id: str | None = None
+) -> CPolicy:
+    """The policy of generated C not yet written anywhere: compiled in a scratch folder and loaded
+    (export verifies a C file through this before writing it)."""
+    program = source.program
+    with tempfile.TemporaryDirectory(prefix="nmrl-c-build-") as scratch:
+        c_path, _ = source.write(Path(scratch) / "actor.c")
+        library = compile_c([c_path], Path(scratch) / "actor.so", flags, cc)
+        policy = CPolicy(library, program.obs_dim, program.act_dim, source.prefix, env_id)
+    policy.built_with = " ".join(flags)
+    return policy
 
 
 class CPolicy(Policy):
     """A compiled policy library (``<prefix>_act_batch``) called through ctypes."""
 
     backend = "c"
+    built_with = ""
+    """The compiler flags, when known (the verification reports which build it checked)."""
 
     def __init__(
         self, library: Path, obs_dim: int, act_dim: int, prefix: str = "nmrl_policy", env_id: str | None = None
@@ -132,15 +154,19 @@ class CPolicy(Policy):
         return actions
 
     def describe(self) -> str:
-        return f"c ({self.library.name}, 1 thread)"
+        flags = f", {self.built_with}" if self.built_with else ""
+        return f"C ({self.library.name}{flags}, 1 thread)"
 
     def close(self) -> None:
         self._scratch.cleanup()
 
 
-def load_c_policy(path: Path) -> CPolicy:
+def load_c_policy(path: Path, threads: int = 1) -> CPolicy:
     """The policy of an ONNX file whose library :func:`build_c_library` built (``actor.so`` beside
-    ``actor.onnx``); refuses a missing or stale library in one line naming the build command."""
+    ``actor.onnx``); refuses a missing or stale library in one line naming the build command. The
+    generated C runs on the calling thread: ``threads`` may be 1 (or 0, the runtime's default)."""
+    if threads not in (0, 1):
+        raise NmrlError(f"the c backend runs on the calling thread: --threads 1, not {threads}")
     from nmrl.export.verify import inspect_model, load_onnx
     from nmrl.policy_file import read_claims
 

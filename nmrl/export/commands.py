@@ -14,7 +14,7 @@ def export(
     run_dir: Annotated[Path, tyro.conf.Positional],
     dtype: Literal["fp32", "fp16", "int8"] = "fp32",
     io_dtype: Literal["same", "fp32", "fp16"] = "same",
-    format: Literal["onnx", "nm-packed"] = "onnx",
+    format: Literal["onnx", "nm-packed", "c"] = "onnx",
     checkpoint: Literal["last", "best"] = "last",
     output: Path | None = None,
     env: str = "",
@@ -25,6 +25,7 @@ def export(
     calibration: Path | None = None,
     int8_target: Literal["ort", "tensorrt"] = "ort",
     int8_first_layer: Literal["measure", "fp32", "int8"] = "measure",
+    c_prefix: str = "nmrl_policy",
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
@@ -47,15 +48,20 @@ def export(
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
     cores store them, with a loader that rebuilds the exact model (with --dtype int8: int8 values,
     their sizes reported against dense int8 and dense fp32).
+    --format c writes actor.c + actor.h: one dependency-free C99 file whose N:M layers skip the pruned
+    weights (entry points nmrl_policy_act and nmrl_policy_act_batch, renamed by --c-prefix), compiled
+    here with the system C compiler and checked like every precision before it is written. RUN_DIR may
+    also be a policy file nmrl wrote (.onnx or .nm.npz, fp32): its C is checked against that file under
+    ONNX Runtime and written beside it.
 
     Args:
-        run_dir: the run directory (runs/<run>).
+        run_dir: the run directory (runs/<run>), or with --format c an .onnx/.nm.npz policy file.
         dtype: weights and arithmetic of the graph.
         io_dtype: input/output tensor type; "same" follows --dtype.
-        format: onnx, or nm-packed (values + in-group indices).
+        format: onnx, nm-packed (values + in-group indices), or c (C source + header).
         checkpoint: which checkpoint to export.
         output: file to write (default: actor[.fp16|.int8].onnx / actor[.fp16|.int8].nm.npz in the run directory);
-            an existing file is replaced only if nmrl wrote it as that kind of file.
+            an existing file is replaced only if nmrl wrote it as that kind of file (for c: the .c; the .h beside it).
         env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only by a file).
         check_episodes: closed-loop episodes of the torch policy and the file (seeds 0..N-1); the torch
             policy's states on them are the on-policy parity states.
@@ -69,32 +75,52 @@ def export(
         int8_target: the runtime the int8 file is for: ort (ONNX Runtime CPU) or tensorrt.
         int8_first_layer: measure (ort: quantize it both ways, time both at batch 256 under ONNX
             Runtime and keep int8 only if clearly faster and as accurate; tensorrt: int8), fp32, or int8.
+        c_prefix: the C entry points' prefix (<prefix>_act, <prefix>_act_batch, <PREFIX>_OBS_DIM, ...), so
+            that several policies link into one program.
     """
     from nmrl.envs import confirm_env_id
-    from nmrl.export.pipeline import default_output, export_run
+    from nmrl.export.pipeline import c_output_for, default_output, export_c_file, export_run
     from nmrl.export.report import console as report_console
     from nmrl.export.report import print_report
 
     confirm_env_id(env)
-    output = Path(output) if output is not None else default_output(run_dir, dtype, format)
-    refuse_foreign_file(output, format)
+    from_file = Path(run_dir).is_file()
+    if from_file and format != "c":
+        raise NmrlError(f"{run_dir} is a file: a policy file exports only to --format c; give the run directory")
+    if from_file and (dtype != "fp32" or io_dtype not in ("same", "fp32") or pad_k or calibration):
+        raise NmrlError("--dtype, --io-dtype, --pad-k, --calibration do not apply to a policy file: it compiles as is")
+    if output is None:
+        output = c_output_for(run_dir) if from_file else default_output(run_dir, dtype, format)
+    refuse_foreign_file(Path(output), format)
     console = report_console()
-    with console.status("exporting and checking the file closed-loop..."):
-        result = export_run(
-            run_dir,
-            dtype,
-            None if io_dtype == "same" else io_dtype,
-            checkpoint,
-            output,
-            format,
-            episodes=check_episodes,
-            return_margin=return_margin,
-            allow_worse_return=allow_worse_return,
-            pad_k=pad_k,
-            calibration=calibration,
-            int8_target=int8_target,
-            int8_first_layer=int8_first_layer,
-        )
+    if from_file:
+        with console.status("generating C, compiling it and checking it closed-loop..."):
+            result = export_c_file(
+                run_dir,
+                output,
+                c_prefix,
+                episodes=check_episodes,
+                return_margin=return_margin,
+                allow_worse_return=allow_worse_return,
+            )
+    else:
+        with console.status("exporting and checking the file closed-loop..."):
+            result = export_run(
+                run_dir,
+                dtype,
+                None if io_dtype == "same" else io_dtype,
+                checkpoint,
+                output,
+                format,
+                episodes=check_episodes,
+                return_margin=return_margin,
+                allow_worse_return=allow_worse_return,
+                pad_k=pad_k,
+                calibration=calibration,
+                int8_target=int8_target,
+                int8_first_layer=int8_first_layer,
+                c_prefix=c_prefix,
+            )
     print_report(result.check, console)
     for line in result.verification.lines():
         console.print(line, highlight=False, soft_wrap=True)
@@ -113,13 +139,33 @@ def export(
             f"nm-packed {packed.pattern} {packed.dtype}: GEMM weights {packed.packed_bytes:,} B vs "
             f"{packed.dense_bytes:,} B dense (ratio {packed.ratio:.3f}){versus_fp32}; file {packed.file_bytes:,} B"
         )
+    if result.c_source is not None:
+        from nmrl.export.c_source import c_weight_bytes, nm_packed_bytes
+
+        program = result.c_source.program
+        for layer in program.layers:
+            console.print(f"C {layer.describe()}", highlight=False, soft_wrap=True)
+        console.print(
+            f"C weights {c_weight_bytes(result.c_source):,} B (kernel layout, padding included) vs nm-packed "
+            f"{nm_packed_bytes(program):,} B; entry points {result.c_source.prefix}_act, "
+            f"{result.c_source.prefix}_act_batch",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(f"wrote {result.path} and {result.path.with_suffix('.h')}", highlight=False, soft_wrap=True)
+        return
     console.print(f"wrote {result.path}")
 
 
-def refuse_foreign_file(path: Path, kind: Literal["onnx", "nm-packed"]) -> None:
+def refuse_foreign_file(path: Path, kind: Literal["onnx", "nm-packed", "c"]) -> None:
     """nmrl replaces an existing file only if it wrote that file as the same kind (an exported
-    policy ONNX or nm-packed file): a checkpoint, a config or someone else's model is never lost
-    to a mistyped --output."""
+    policy ONNX, nm-packed file or generated C): a checkpoint, a config or someone else's model or
+    source is never lost to a mistyped --output."""
+    if kind == "c":
+        from nmrl.export.c_source import refuse_foreign_c
+
+        refuse_foreign_c(path)
+        return
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_file():

@@ -10,7 +10,12 @@ The one place that orders export's steps, each defined in its own module:
    deploy backends (:class:`~nmrl.deploy.torch_backend.TorchPolicy`,
    :class:`~nmrl.deploy.ort_backend.OrtPolicy` of the model in memory);
 4. write it (atomically) as ONNX or as the nm-packed file (:mod:`nmrl.export.packed`), which is
-   read back and compared before the export reports success.
+   read back and compared before the export reports success, or as C (:mod:`nmrl.export.c_source`),
+   which is compiled and verified as its own backend runs it (:mod:`nmrl.deploy.c_backend`) before
+   it is written.
+
+:func:`export_c_file` makes C of a policy file nmrl already wrote (the checkpoint is not read: the
+reference is that file under ONNX Runtime, verified against torch when it was exported).
 
 Imports point one way (pipeline -> the step modules -> verify, policy_file); no step module
 imports this one.
@@ -23,11 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 from onnx import numpy_helper
 
+from nmrl.deploy.c_backend import compiled_policy
 from nmrl.deploy.ort_backend import OrtPolicy
+from nmrl.deploy.policy import Policy
 from nmrl.deploy.torch_backend import TorchPolicy
 from nmrl.errors import NmrlError
+from nmrl.export.c_source import CSource, generate_c, read_policy_file
 from nmrl.export.observations import load_calibration, policy_observations
 from nmrl.export.onnx_export import DType, build_policy_onnx, finish_graph, save_onnx
 from nmrl.export.packed import PackedReport, load_packed, write_packed
@@ -40,7 +49,8 @@ from nmrl.export.parity import (
     verify_export,
 )
 from nmrl.export.quantize import FirstLayer, Int8Target, QuantizationReport, pad_first_gemm_k, quantize_int8
-from nmrl.export.verify import ModelCheck
+from nmrl.export.verify import ModelCheck, inspect_model
+from nmrl.policy_file import read_claims
 from nmrl.sparsity.spec import nm_pattern
 from nmrl.train.run import LoadedPolicy, load_trained_actor
 
@@ -71,11 +81,31 @@ class RunExport:
     warnings: list[str] = field(default_factory=list)
     quantization: QuantizationReport | None = None
     """For --dtype int8."""
+    c_source: CSource | None = None
+    """For --format c: the generated files (``path`` is the .c, its .h beside it)."""
+
+
+Format = Literal["onnx", "nm-packed", "c"]
+C_PREFIX = "nmrl_policy"
+"""The generated C's entry points: ``nmrl_policy_act``, ``nmrl_policy_act_batch``."""
 
 
 def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
     stem = "actor" if dtype == "fp32" else f"actor.{dtype}"
-    return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.nm.npz")
+    suffix = {"onnx": ".onnx", "nm-packed": ".nm.npz", "c": ".c"}[fmt]
+    return Path(run_dir) / f"{stem}{suffix}"
+
+
+def c_output_for(policy_file: Path) -> Path:
+    """Where the C of a policy file goes: beside it (``actor.onnx``, ``actor.nm.npz`` -> ``actor.c``)."""
+    policy_file = Path(policy_file)
+    return policy_file.with_name(policy_file.name.removesuffix(".nm.npz").removesuffix(".onnx") + ".c")
+
+
+def _c_candidate(model: onnx.ModelProto, prefix: str, env_id: str | None) -> tuple[CSource, Policy]:
+    """The C of ``model`` and its compiled policy (host build, the SIMD path this CPU has)."""
+    source = generate_c(model, prefix, source_bytes=model.SerializeToString())
+    return source, compiled_policy(source, env_id=env_id)
 
 
 def export_run(
@@ -84,7 +114,7 @@ def export_run(
     io_dtype: DType | None = None,
     which: str = "last",
     output: Path | None = None,
-    fmt: Literal["onnx", "nm-packed"] = "onnx",
+    fmt: Format = "onnx",
     parity_samples: int = 256,
     episodes: int | None = None,
     return_margin: float | None = None,
@@ -93,6 +123,7 @@ def export_run(
     calibration: Path | None = None,
     int8_target: Int8Target = "ort",
     int8_first_layer: FirstLayer = "measure",
+    c_prefix: str = C_PREFIX,
 ) -> RunExport:
     """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
     policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
@@ -101,18 +132,21 @@ def export_run(
     policy's own observations or on ``calibration`` (.npy), with the recipe of ``int8_target``
     (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds) and the
     first layer's precision ``int8_first_layer`` (:func:`nmrl.export.quantize.quantize_int8`); ``pad_k``
-    pads the first layer's K to a multiple of 4 inside the graph.
+    pads the first layer's K to a multiple of 4 inside the graph. ``fmt="c"`` writes ``actor.c`` and
+    ``actor.h`` (entry points ``<c_prefix>_act``), verified as compiled here (fp32 only).
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
     episodes = CHECK_EPISODES if episodes is None else episodes
     return_margin = RETURN_MARGIN if return_margin is None else return_margin
     check_closed_loop_settings(episodes, return_margin)  # before any work: a refused export costs nothing
+    if fmt == "c" and (dtype != "fp32" or io_dtype not in (None, "fp32")):
+        raise NmrlError("--format c writes fp32 C (int8 and fp16 C are not generated): use --dtype fp32")
     loaded = load_trained_actor(Path(run_dir), which)
     # a bad calibration file is refused before the export is built
     calibrated = load_calibration(calibration, loaded.obs_dim) if dtype == "int8" and calibration else None
     claimed = nm_pattern(loaded.config.spec)
-    if fmt != "onnx" and claimed is None:
+    if fmt == "nm-packed" and claimed is None:
         raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
     traced = "fp32" if dtype == "int8" else dtype
     model, check = build_policy_onnx(
@@ -133,22 +167,30 @@ def export_run(
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
         check = finish_graph(model, claimed, extra)
-    verification = verify_export(
-        reference,
-        OrtPolicy(model.SerializeToString()),
-        dtype,
-        loaded.env_id,
-        loaded.action_low,
-        loaded.action_high,
-        episodes=episodes,
-        margin=return_margin,
-        random_count=parity_samples,
-    )
+    c_source = None
+    if fmt == "c":
+        c_source, candidate = _c_candidate(model, c_prefix, loaded.env_id)
+    else:
+        candidate = OrtPolicy(model.SerializeToString())
+    with candidate:
+        verification = verify_export(
+            reference,
+            candidate,
+            dtype,
+            loaded.env_id,
+            loaded.action_low,
+            loaded.action_high,
+            episodes=episodes,
+            margin=return_margin,
+            random_count=parity_samples,
+        )
     warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
     packed = None
     if fmt == "onnx":
         save_onnx(model, path)
+    elif c_source is not None:
+        c_source.write(path)
     else:
         assert claimed is not None  # an nm-packed export without a claimed pattern was refused above
         packed = write_packed(model, path, claimed)
@@ -164,4 +206,48 @@ def export_run(
                 path.unlink(missing_ok=True)
                 raise NmrlError(f"nm-packed round trip changed {init.name}; nothing written")
     check.path = path
-    return RunExport(path, check, verification, packed, warnings, quantization)
+    return RunExport(path, check, verification, packed, warnings, quantization, c_source)
+
+
+def export_c_file(
+    policy_file: Path,
+    output: Path | None = None,
+    c_prefix: str = C_PREFIX,
+    episodes: int | None = None,
+    return_margin: float | None = None,
+    allow_worse_return: bool = False,
+    parity_samples: int = 256,
+) -> RunExport:
+    """C of a policy file nmrl wrote (fp32 ``.onnx`` or ``.nm.npz``), verified before it is written:
+    the compiled C against the file under ONNX Runtime (the file was verified against torch when nmrl
+    exported it), with the same on-policy parity (fp32 tolerance) and closed loop as every export.
+    Writes ``<stem>.c`` and ``<stem>.h`` beside the file (or at ``output``)."""
+    from nmrl.envs import env_id_from_file
+
+    episodes = CHECK_EPISODES if episodes is None else episodes
+    return_margin = RETURN_MARGIN if return_margin is None else return_margin
+    check_closed_loop_settings(episodes, return_margin)
+    policy_file = Path(policy_file)
+    model, payload = read_policy_file(policy_file)
+    check = inspect_model(model)
+    claims = read_claims(check.metadata, str(policy_file))
+    env_id = env_id_from_file(claims.env_id, policy_file) if claims.env_id else None
+    source = generate_c(model, c_prefix, source_bytes=payload)
+    reference = OrtPolicy(model.SerializeToString())
+    with reference, compiled_policy(source, env_id=env_id) as candidate:
+        verification = verify_export(
+            reference,
+            candidate,
+            "fp32",
+            env_id,
+            claims.action_low,
+            claims.action_high,
+            episodes=episodes,
+            margin=return_margin,
+            random_count=parity_samples,
+        )
+    warnings = enforce(verification, allow_worse_return)
+    path = Path(output) if output is not None else c_output_for(policy_file)
+    source.write(path)
+    check.path = path
+    return RunExport(path, check, verification, warnings=warnings, c_source=source)
