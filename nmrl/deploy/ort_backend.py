@@ -53,6 +53,7 @@ class OrtPolicy(Policy):
         self.input_type = _NUMPY_TYPES[inputs[0].type]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.env_id = self.metadata.get("nmrl.env_id")
+        self.env_kwargs = self.metadata.get("nmrl.env_kwargs")
         self.threads = threads
         self.provider = self.session.get_providers()[0]
         self.backend = "ort-cuda" if self.provider == "CUDAExecutionProvider" else "ort"

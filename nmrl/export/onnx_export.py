@@ -332,6 +332,7 @@ def run_metadata(loaded: Any) -> dict[str, Any]:
     """Metadata describing a run's policy (``loaded``: nmrl.train.run.LoadedPolicy)."""
     return {
         "env_id": loaded.env_id,
+        "env_kwargs": loaded.config.env_kwargs,
         "action_low": [float(x) for x in loaded.action_low],
         "action_high": [float(x) for x in loaded.action_high],
         "algo": loaded.config.algo,
@@ -391,6 +392,7 @@ def export_run(
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
+    from nmrl.envs import describe_env
     from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
     from nmrl.sparsity.spec import nm_pattern
     from nmrl.train.run import load_trained_actor
@@ -415,8 +417,9 @@ def export_run(
         if calibration is not None:
             observations, source = load_calibration(calibration, loaded.obs_dim), str(calibration)
         else:
-            observations = policy_observations(loaded.policy, loaded.env_id)
-            source = f"the policy's own {loaded.env_id} episodes + random-action states"
+            env_kwargs = loaded.config.env_kwargs
+            observations = policy_observations(loaded.policy, loaded.env_id, env_kwargs=env_kwargs)
+            source = f"the policy's own {describe_env(loaded.env_id, env_kwargs)} episodes + random-action states"
         model, quantization = quantize_int8(model, observations, source, int8_target)
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
@@ -433,6 +436,7 @@ def export_run(
         episodes=CHECK_EPISODES if episodes is None else episodes,
         margin=RETURN_MARGIN if return_margin is None else return_margin,
         random_count=parity_samples,
+        env_kwargs=loaded.config.env_kwargs,
     )
     warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)

@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -107,11 +107,11 @@ def tolerance_for(precision: str) -> Tolerance:
 # Observations
 
 
-def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
+def env_observations(env_id: str, count: int, seed: int = 0, env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
     """``count`` observations from random-action episodes of ``env_id`` (reset when one ends)."""
     from nmrl.envs import make_env
 
-    env = make_env(env_id, seed=seed)
+    env = make_env(env_id, seed=seed, kwargs=env_kwargs)
     try:
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -316,6 +316,7 @@ def closed_loop(
     seed: int,
     precision: str,
     margin: float,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[ClosedLoopResult, np.ndarray]:
     """Both policies on episodes ``seed .. seed + episodes - 1``; also returns the observations the
     torch policy visited (the on-policy states for parity)."""
@@ -327,8 +328,8 @@ def closed_loop(
         visited.append(obs)
         return reference(obs[None])[0]
 
-    torch_result = evaluate(reference_step, env_id, episodes, seed)
-    file_result = evaluate(lambda obs: candidate(obs[None])[0], env_id, episodes, seed)
+    torch_result = evaluate(reference_step, env_id, episodes, seed, env_kwargs)
+    file_result = evaluate(lambda obs: candidate(obs[None])[0], env_id, episodes, seed, env_kwargs)
     result = ClosedLoopResult(
         env_id,
         seed,
@@ -378,8 +379,10 @@ def verify_export(
     seed: int = CHECK_SEED,
     margin: float = RETURN_MARGIN,
     random_count: int = 256,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> Verification:
-    """Run the three checks of this module (closed loop and env states only when ``env_id`` is known).
+    """Run the three checks of this module (closed loop and env states only when ``env_id`` is
+    known; the env made with ``env_kwargs``, the run's ``--env-kwargs``).
 
     Returns the :class:`Verification`; :func:`enforce` decides whether it refuses the export.
     """
@@ -391,10 +394,12 @@ def verify_export(
     results: list[ParityResult] = []
     loop = None
     if env_id:
-        loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin)
+        loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin, env_kwargs)
         results.append(measure_parity(reference, candidate, visited, span, precision, "policy"))
         results.append(
-            measure_parity(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env")
+            measure_parity(
+                reference, candidate, env_observations(env_id, 256, seed, env_kwargs), span, precision, "env"
+            )
         )
     wide = random_observations(obs_dim, random_count, seed)
     results.append(measure_parity(reference, candidate, wide, span, precision, "random", blocking=env_id is None))

@@ -63,7 +63,7 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -157,7 +157,11 @@ class QuantizationReport:
 
 
 def policy_observations(
-    policy, env_id: str, episodes: int = CALIBRATION_EPISODES, seed: int = CALIBRATION_SEED
+    policy,
+    env_id: str,
+    episodes: int = CALIBRATION_EPISODES,
+    seed: int = CALIBRATION_SEED,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Observations of ``policy``'s deterministic episodes (seeds ``seed..``) plus a random-action
     rollout of as many steps: the states the deployed policy sees, and the first ones off its path."""
@@ -171,8 +175,8 @@ def policy_observations(
         visited.append(obs)
         return act(obs[None])[0]
 
-    evaluate(step, env_id, episodes, seed)
-    random_states = env_observations(env_id, min(len(visited), 1000), seed)
+    evaluate(step, env_id, episodes, seed, env_kwargs)
+    random_states = env_observations(env_id, min(len(visited), 1000), seed, env_kwargs)
     return np.concatenate([np.stack(visited), random_states]).astype(np.float32)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,15 +36,21 @@ class EvalResult:
         return f"return {self} (seeds {seed}..{last}), mean length {np.mean(self.lengths):.0f}"
 
 
-def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0) -> EvalResult:
-    """Run ``episodes`` episodes of ``env_id`` with ``act_fn`` (one obs -> one action).
+def evaluate(
+    act_fn: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``) with ``act_fn`` (one obs -> one action).
 
     Episode ``i`` resets with seed ``seed + i``, so two policies evaluated with the same seed see
     the same initial states.
     """
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
-    env = make_env(env_id)
+    env = make_env(env_id, kwargs=env_kwargs)
     returns, lengths = [], []
     try:
         for episode in range(episodes):

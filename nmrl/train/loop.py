@@ -115,7 +115,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.env = make_env(config.env, seed=config.seed)
+        self.env = make_env(config.env, seed=config.seed, kwargs=config.env_kwargs)
         obs_dim, act_dim, low, high = env_dims(self.env)
         self.action_low, self.action_high = np.array(low, np.float32), np.array(high, np.float32)
         self.algo: Algorithm = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, self.device)
@@ -220,7 +220,8 @@ class Trainer:
             with torch.no_grad():
                 return policy(torch.as_tensor(obs, device=self.device).unsqueeze(0))[0].cpu().numpy()
 
-        return evaluate(act, self.config.env, self.config.eval_episodes, seed=self.config.seed + EVAL_SEED_OFFSET)
+        config = self.config
+        return evaluate(act, config.env, config.eval_episodes, config.seed + EVAL_SEED_OFFSET, config.env_kwargs)
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, stop: dict[str, Any] | None = None) -> None:

@@ -19,16 +19,23 @@ from nmrl.deploy.tensorrt.settings import BatchProfile
 from nmrl.errors import NmrlError
 
 
-def onnx_env_id(onnx_path: Path) -> str | None:
-    """The ``nmrl.env_id`` metadata of an ONNX file, as the file says it (callers check it with
-    :func:`nmrl.envs.env_id_from_file` before making anything); None when it names none."""
+def onnx_env(onnx_path: Path) -> tuple[str | None, str | None]:
+    """The ``nmrl.env_id`` and ``nmrl.env_kwargs`` metadata of an ONNX file, as the file says them
+    (callers check them with :func:`nmrl.envs.env_id_from_file` and
+    :func:`nmrl.envs.env_kwargs_from_file` before making anything); None where it names none."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError
         raise NmrlError(f"{onnx_path}: not an ONNX model ({error.__class__.__name__})") from error
-    return next((prop.value for prop in model.metadata_props if prop.key == "nmrl.env_id"), None)
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    return metadata.get("nmrl.env_id"), metadata.get("nmrl.env_kwargs")
+
+
+def onnx_env_id(onnx_path: Path) -> str | None:
+    """The ``nmrl.env_id`` metadata of an ONNX file (see :func:`onnx_env`)."""
+    return onnx_env(onnx_path)[0]
 
 
 def load_tensorrt_policy(
@@ -53,8 +60,8 @@ def load_tensorrt_policy(
         plan = dense_kernels_path(path) if dense and not path.name.endswith(".dense.plan") else path
         flavour = flavour or engine_flavour(plan)
         onnx_path = source_onnx(plan)
-    env_id = onnx_env_id(onnx_path) if onnx_path is not None else None
-    return TensorRTPolicy(plan, flavour=flavour, env_id=env_id)
+    env_id, env_kwargs = onnx_env(onnx_path) if onnx_path is not None else (None, None)
+    return TensorRTPolicy(plan, flavour=flavour, env_id=env_id, env_kwargs=env_kwargs)
 
 
 def load_tensorrt_rtx_policy(path: Path | str, **options: Any) -> TensorRTPolicy:
