@@ -1,3 +1,33 @@
-"""nmrl: N:M semi-structured sparse deep reinforcement learning, from training to TensorRT."""
+"""nmrl: N:M semi-structured sparse deep reinforcement learning, from training to TensorRT.
+
+The public names below load on first use (PEP 562): ``import nmrl`` stays torch-free, so the
+ONNX Runtime policy and ``nmrl inspect`` run where PyTorch is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from nmrl.sparsity.helpers import bind_optimizer, bind_target, sparsify
+    from nmrl.sparsity.layers import dense_state_dict
+
+# Layers in your own models (docs/api.md).
+_LAZY = {
+    "sparsify": "nmrl.sparsity.helpers",
+    "bind_optimizer": "nmrl.sparsity.helpers",
+    "bind_target": "nmrl.sparsity.helpers",
+    "dense_state_dict": "nmrl.sparsity.layers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nmrl' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "bind_optimizer", "bind_target", "dense_state_dict", "sparsify"]

@@ -101,19 +101,6 @@ def parse_env_kwargs(text: str) -> dict[str, Any]:
     return value
 
 
-def env_kwargs_from_file(value: object, source: object) -> dict[str, Any]:
-    """Env settings read from ``source`` (a config, a policy file's metadata): a JSON object."""
-    if isinstance(value, str):
-        text = value
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise NmrlError(f"{source}: its env settings are not valid JSON ({text[:80]!r})") from None
-    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-        raise NmrlError(f"{source}: its env settings are not a JSON object of named settings ({value!r:.80})")
-    return value
-
-
 def describe_env(env_id: str, kwargs: dict[str, Any] | None) -> str:
     """``env_id``, with its settings when it has any: how nmrl names an env to the user."""
     return f"{env_id} {json.dumps(kwargs, sort_keys=True)}" if kwargs else env_id

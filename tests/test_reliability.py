@@ -110,13 +110,16 @@ TINY += ["--hidden", "16", "16", "--eval-every", "300", "--eval-episodes", "1", 
 
 
 # ---- data loss and corruption -----------------------------------------------------------------
-def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path):
-    # a run killed before its first checkpoint: config and metrics, no checkpoints/last.pt
+@pytest.mark.parametrize("holds", ["checkpoints/last.pt", "checkpoints/best.pt", "notes.txt"])
+def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path, holds):
+    # a run with a checkpoint, or a folder with a file nmrl did not write (a run without any
+    # checkpoint is started again: test_reliability_rundir.py)
     config = tiny_config(tmp_path, total_steps=300)
     run_dir = tmp_path / "runs" / "tiny"
-    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir(parents=True)
     config.save(run_dir / "config.json")
     (run_dir / "metrics.jsonl").write_text('{"kind": "eval", "step": 100, "return_mean": 5.0}\n')
+    (run_dir / holds).write_bytes(b"kept")
     before = snapshot(run_dir)
     with pytest.raises(NmrlError, match="already holds a run"):
         train(config)

@@ -352,10 +352,10 @@ def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, m
     trt_deploy.load_tensorrt_policy(tmp_path / "actor.plan", dense=True)
     trt_deploy.load_tensorrt_policy(tmp_path)  # a run directory: the engine of its actor.onnx
     assert opened == [
-        (tmp_path / "actor.rtx.dense.plan", "tensorrt-rtx", "Ant-v5", json.dumps(SETTINGS)),
-        (tmp_path / "actor.rtx.plan", "tensorrt-rtx", "Ant-v5", json.dumps(SETTINGS)),
-        (tmp_path / "actor.dense.plan", "tensorrt", "Ant-v5", json.dumps(SETTINGS)),
-        (tmp_path / "actor.plan", "tensorrt", "Ant-v5", json.dumps(SETTINGS)),
+        (tmp_path / "actor.rtx.dense.plan", "tensorrt-rtx", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.rtx.plan", "tensorrt-rtx", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.dense.plan", "tensorrt", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.plan", "tensorrt", "Ant-v5", SETTINGS),
     ]
     assert trt_deploy.source_onnx(tmp_path / "actor.rtx.dense.plan") == onnx_path
     assert trt_deploy.engine_flavour(tmp_path / "actor.rtx.dense.plan") == "tensorrt-rtx"

@@ -82,7 +82,6 @@ def deploy_eval(
         describe_env,
         env_dims,
         env_id_from_file,
-        env_kwargs_from_file,
         make_env,
         parse_env_kwargs,
     )
@@ -107,8 +106,8 @@ def deploy_eval(
     try:
         env_id = env or env_id_from_file(policy.env_id, model)
         if settings is None:  # the file's settings belong to the file's env
-            own = env_id == policy.env_id and policy.env_kwargs is not None
-            settings = env_kwargs_from_file(policy.env_kwargs, model) if own else {}
+            own = env_id == policy.env_id
+            settings = (policy.env_kwargs if own else None) or {}
         probe = make_env(env_id, kwargs=settings)
         obs_dim, act_dim, _, _ = env_dims(probe)
         probe.close()

@@ -12,6 +12,7 @@ on every interrupt) is enforced by this one file, so the whole protocol can be r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,14 +34,24 @@ import torch
 
 from nmrl.envs import env_dims, env_id_from_file, make_env
 from nmrl.errors import Interrupted, NmrlError, gist
-from nmrl.files import LOCK_FILE, atomic_write_text, hold_lock, remove_stale_temp_files, write_error
+from nmrl.files import (
+    LockHeld,
+    append_text,
+    atomic_write_text,
+    check_name_lengths,
+    hold_lock,
+    refuse_links,
+    remove_stale_temp_files,
+)
 from nmrl.sparsity import layer_report
 from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
 from nmrl.train.checkpoint import checkpoint_step, load_checkpoint, nonfinite_tensors, save_checkpoint
 from nmrl.train.config import TrainConfig, check_compatible
 from nmrl.train.evaluate import EvalResult, evaluate
-from nmrl.train.run import read_metrics
+from nmrl.train.events import EventsWriter
+from nmrl.train.networks import check_networks_fit
+from nmrl.train.run import read_metrics, unstarted_run_files
 from nmrl.train.sparse import log_costs
 
 LAST_CHECKPOINT = "checkpoints/last.pt"
@@ -118,16 +129,15 @@ class Trainer:
         self.env = make_env(config.env, seed=config.seed, kwargs=config.env_kwargs)
         obs_dim, act_dim, low, high = env_dims(self.env)
         self.action_low, self.action_high = np.array(low, np.float32), np.array(high, np.float32)
+        check_networks_fit(obs_dim, act_dim, config.hidden, self.device)
         self.algo: Algorithm = get_algorithm(config.algo)(obs_dim, act_dim, low, high, config, self.device)
         self.buffer = ReplayBuffer.allocate(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
         self.rng = np.random.default_rng(config.seed)  # warm-up actions
         self.state = TrainState()
         if resume:
             self._restore(load_checkpoint(run_dir / LAST_CHECKPOINT))
-        from torch.utils.tensorboard import SummaryWriter
-
         # purge_step drops events a killed run logged after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir), purge_step=self.state.step if resume else None)
+        self.writer = EventsWriter(run_dir, purge_step=self.state.step if resume else None)
         self.metrics_path = run_dir / "metrics.jsonl"
         if resume:
             self._truncate_metrics(self.state.step)
@@ -153,18 +163,25 @@ class Trainer:
 
     def save(self) -> None:
         self._refuse_nonfinite()
-        save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.checkpoint_state())
+        save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.checkpoint_state(), inside=self.run_dir)
 
     def _refuse_nonfinite(self) -> None:
         """A checkpoint is written only from finite networks: a NaN in any weight (a loss can still
         be finite in the update that broke them) stops the run and keeps the last good checkpoint."""
-        broken = nonfinite_tensors({name: net.state_dict() for name, net in self.algo.networks().items()})
+        broken = self._nonfinite_weights()
         if broken:
-            last = self.run_dir / LAST_CHECKPOINT
-            kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint was written"
             raise TrainingDiverged(
-                f"the networks hold NaN/inf at step {self.state.step} ({', '.join(broken[:3])}); stopped, {kept}"
+                f"the networks hold NaN/inf at step {self.state.step} ({', '.join(broken[:3])}); "
+                f"stopped, {self._kept_checkpoint()}"
             )
+
+    def _nonfinite_weights(self) -> list[str]:
+        return nonfinite_tensors({name: net.state_dict() for name, net in self.algo.networks().items()})
+
+    def _kept_checkpoint(self) -> str:
+        # every checkpoint is written from finite networks, and a resume refuses one that is not
+        last = self.run_dir / LAST_CHECKPOINT
+        return f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint was written"
 
     def _restore(self, state: dict[str, Any]) -> None:
         path = self.run_dir / LAST_CHECKPOINT
@@ -188,22 +205,24 @@ class Trainer:
             self.env.unwrapped.np_random.bit_generator.state = rng["env"]
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise NmrlError(f"{path}: does not fit this run ({gist(error)})") from None
+        broken = self._nonfinite_weights()
+        if broken:  # written elsewhere: a run cannot go on from it (and would call it "the last good one")
+            raise NmrlError(
+                f"{path}: its networks hold NaN/inf ({', '.join(broken[:3])}); a run cannot continue from it"
+            )
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop what a killed run logged after its last checkpoint, and a line torn by a crash."""
         if not self.metrics_path.exists():
             return
         kept = [record for record in read_metrics(self.metrics_path) if record.get("step", 0) <= step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        if text != self.metrics_path.read_text(errors="replace"):  # no rewrite (and no space needed) otherwise
+            atomic_write_text(self.metrics_path, text)
 
     # ---- logging -----------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record) + "\n"
-        try:
-            with self.metrics_path.open("a") as file:
-                file.write(line)
-        except OSError as error:
-            raise write_error(self.metrics_path, error, len(line), "a resume drops a torn last line") from None
+        append_text(self.metrics_path, json.dumps(record) + "\n", outcome="a resume drops a torn last line")
         for key, value in record.items():
             if key not in ("step", "kind") and isinstance(value, int | float):
                 self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
@@ -275,8 +294,7 @@ class Trainer:
                     losses = self.algo.update(self.buffer.sample(cfg.batch_size))
                     if not all(torch.isfinite(v) for v in losses.values()):
                         raise TrainingDiverged(
-                            f"a loss became NaN/inf at step {state.step}; stopped, the last good checkpoint "
-                            f"({self.run_dir / LAST_CHECKPOINT}) is kept"
+                            f"a loss became NaN/inf at step {state.step}; stopped, {self._kept_checkpoint()}"
                         )
 
                 if state.step % 1000 == 0:
@@ -337,6 +355,7 @@ class Trainer:
                     "policy": self.algo.policy_part(),
                     "train_state": vars(self.state).copy(),
                 },
+                inside=self.run_dir,
             )
 
 
@@ -404,10 +423,20 @@ def train(config: TrainConfig) -> Path:
     name = config.run_name or default_run_name(config)
     check_run_name(name)
     run_dir = Path(config.runs_dir) / name
+    check_name_lengths(run_dir, "the run directory's path (--runs-dir / --run-name)")
     _check_new_run_dir(run_dir)
     created = _make_folders(run_dir)
-    with stop_on_signals() as stop, hold_lock(run_dir, "run"):
+    with contextlib.ExitStack() as held:
+        stop = held.enter_context(stop_on_signals())
+        try:
+            held.enter_context(hold_lock(run_dir, "run"))
+        except LockHeld:
+            raise  # the folder is another process's now: not ours to remove
+        except BaseException:
+            _remove_failed_start(run_dir, created)  # the lock could not be written (a full disk)
+            raise
         _check_new_run_dir(run_dir)  # another process may have started it since the first check
+        _clear_unstarted_run(run_dir)
         trainer: Trainer | None = None
         try:
             trainer = Trainer(config, run_dir, resume=False)
@@ -428,9 +457,9 @@ def _stop_if_signalled(stop: dict[str, Any]) -> None:
         raise Interrupted(f"{stop['signal']} while starting: stopped, nothing saved", stop["number"])
 
 
-def resume(run_dir: Path, total_steps: int | None = None) -> Path:
+def resume(run_dir: Path, total_steps: int | None = None, env: str | None = None) -> Path:
     """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it,
-    or shorten it down to the checkpoint's step).
+    or shorten it down to the checkpoint's step; ``env``, when given, must be the run's).
 
     The run directory is locked first; ``config.json`` is rewritten only once the extended config
     has been checked and the checkpoint loaded.
@@ -439,10 +468,17 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
     if not (run_dir / "config.json").is_file():
         raise NmrlError(f"{run_dir}: not an nmrl run directory (no config.json)")
     with stop_on_signals() as stop, hold_lock(run_dir, "run"):
+        refuse_links(run_dir)  # before anything is written: a link there would redirect a write
         config = TrainConfig.load(run_dir / "config.json")
+        if env is not None and env != config.env:
+            raise NmrlError(f"--env {env} is not this run's environment ({config.env})")
         env_id_from_file(config.env, run_dir / "config.json")
         if not (run_dir / LAST_CHECKPOINT).exists():
-            raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
+            raise NmrlError(
+                f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing: the run stopped before "
+                "its first one); start it again with the nmrl train command that began it, which reuses a run "
+                "folder that holds no checkpoint"
+            )
         changed = total_steps is not None and total_steps != config.total_steps
         saved_total = config.total_steps
         if changed:
@@ -467,7 +503,7 @@ def _check_new_run_dir(run_dir: Path) -> None:
         if not folder.is_dir():
             raise NmrlError(f"cannot create run directory {run_dir}: {folder} is a file, not a folder")
         if folder == run_dir:
-            if any(child.name != LOCK_FILE for child in run_dir.iterdir()):
+            if unstarted_run_files(run_dir) is None:
                 what = "holds a run" if (run_dir / "config.json").exists() else "is not empty"
                 raise NmrlError(
                     f"{run_dir} already {what}; resume it with: nmrl train --resume {run_dir}, "
@@ -476,6 +512,18 @@ def _check_new_run_dir(run_dir: Path) -> None:
         elif not os.access(folder, os.W_OK | os.X_OK):
             raise NmrlError(f"cannot create run directory {run_dir}: {folder} is not writable")
         return
+
+
+def _clear_unstarted_run(run_dir: Path) -> None:
+    """Remove what a run killed before its first checkpoint left (the lock is held)."""
+    leftovers = unstarted_run_files(run_dir)
+    if leftovers:
+        print(f"{run_dir}: a run stopped before its first checkpoint; starting it again", file=sys.stderr)
+    for path in leftovers or []:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _make_folders(run_dir: Path) -> list[Path]:

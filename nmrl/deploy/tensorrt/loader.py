@@ -17,20 +17,21 @@ from nmrl.deploy.tensorrt.engines import default_plan_path, dense_kernels_path, 
 from nmrl.deploy.tensorrt.runner import TensorRTPolicy
 from nmrl.deploy.tensorrt.settings import BatchProfile
 from nmrl.errors import NmrlError
+from nmrl.policy_file import metadata_of, read_claims
 
 
-def onnx_env(onnx_path: Path) -> tuple[str | None, str | None]:
+def onnx_env(onnx_path: Path) -> tuple[str | None, dict[str, Any] | None]:
     """The ``nmrl.env_id`` and ``nmrl.env_kwargs`` metadata of an ONNX file, as the file says them
-    (callers check them with :func:`nmrl.envs.env_id_from_file` and
-    :func:`nmrl.envs.env_kwargs_from_file` before making anything); None where it names none."""
+    (callers check the id with :func:`nmrl.envs.env_id_from_file` before making anything); None
+    where it names none."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError
         raise NmrlError(f"{onnx_path}: not an ONNX model ({error.__class__.__name__})") from error
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
-    return metadata.get("nmrl.env_id"), metadata.get("nmrl.env_kwargs")
+    claims = read_claims(metadata_of(model), str(onnx_path))
+    return claims.env_id, claims.env_kwargs
 
 
 def onnx_env_id(onnx_path: Path) -> str | None:

@@ -10,6 +10,7 @@ Jetson image uses.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class TensorRTPolicy(Policy):
         plan_path: Path | str,
         flavour: str | None = None,
         env_id: str | None = None,
-        env_kwargs: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         plan_path = Path(plan_path)
         if not plan_path.is_file():
