@@ -20,12 +20,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import secrets
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+import numpy as np
 
 from nmrl.errors import NmrlError
 
@@ -48,6 +52,33 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def physical_memory() -> int:
+    """Bytes of RAM this machine has: what an allocation a file or a flag asks for is checked
+    against before it is made (a MemoryError, or the kernel's OOM kill, says nothing useful)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def read_npy_header(stream: IO[bytes], size: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an ``.npy`` stream (a file, an ``.npz`` member) of ``size`` bytes declares,
+    read before numpy allocates them: ``numpy.load`` allocates whatever a header declares, so a
+    100-byte file claiming a terabyte array is a MemoryError. ValueError when the stream does not
+    start with an .npy header or declares more data than it holds."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+    declared = math.prod(shape) * dtype.itemsize
+    if stream.tell() + declared > size:
+        raise ValueError(
+            f"the header declares {list(shape)} {dtype} ({format_bytes(declared)}), "
+            f"more than the {format_bytes(max(size - stream.tell(), 0))} of data the file holds"
+        )
+    return shape, dtype
 
 
 def write_error(

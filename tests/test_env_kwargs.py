@@ -42,6 +42,10 @@ def test_own_env_with_settings_trains_exports_and_deploys(tmp_path, monkeypatch,
     assert code == 0, err
     metadata = {p.key: p.value for p in onnx.load(str(run_dir / "actor.onnx")).metadata_props}
     assert json.loads(metadata["nmrl.env_kwargs"]) == {"length": 17, "gain": 2.0}
+    # int8: calibrated on the policy's own episodes of the env made with the run's settings
+    code, out, err = run(capsys, "export", "runs/own", "--dtype", "int8", "--check-episodes", "2")
+    assert code == 0, err
+    assert f'{ENV} {{"gain": 2.0, "length": 17}} episodes' in out, out
 
     code, out, err = run(capsys, "deploy", "eval", "runs/own/actor.onnx", "--env", ENV, "--episodes", "2")
     assert code == 0, err

@@ -14,8 +14,8 @@ from deploy_support import TINY_RUN_GROUP, tiny_run
 
 import nmrl.export.parity as parity
 from nmrl.errors import NmrlError
-from nmrl.export.onnx_export import export_run
-from nmrl.export.parity import env_observations
+from nmrl.export.observations import env_observations
+from nmrl.export.pipeline import export_run
 from nmrl.export.verify import claim_status, inspect_model
 from nmrl.sparsity.pattern import NMPattern
 
@@ -224,11 +224,12 @@ def test_a_bad_calibration_is_refused_by_the_closed_loop_margin(tmp_path, monkey
 
 
 def policy_observations_of(run_dir: Path) -> np.ndarray:
-    from nmrl.export.quantize import policy_observations
+    from nmrl.deploy.torch_backend import TorchPolicy
+    from nmrl.export.observations import policy_observations
     from nmrl.train.run import load_trained_actor
 
     loaded = load_trained_actor(run_dir, "best")
-    return policy_observations(loaded.policy, loaded.env_id, episodes=2)
+    return policy_observations(TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim), loaded.env_id, episodes=2)
 
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)

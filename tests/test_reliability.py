@@ -308,7 +308,7 @@ def test_zero_or_negative_episodes_are_one_line(run_copy, capsys, tmp_path_facto
     assert "--episodes" in one_line_error(capsys, "eval", str(run_copy), "--episodes", "0")
     # deploy eval on a real exported file
     actor = run_copy.parent / "actor.onnx"
-    from nmrl.export.onnx_export import export_run
+    from nmrl.export.pipeline import export_run
 
     export_run(run_copy, output=actor, parity_samples=8)
     for episodes in ("0", "-1"):
@@ -382,7 +382,7 @@ def test_a_config_without_its_env_is_refused_not_defaulted(tmp_path_factory, cap
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_an_nm_packed_file_given_to_deploy_eval_is_named(tmp_path_factory, capsys):
-    from nmrl.export.onnx_export import export_run
+    from nmrl.export.pipeline import export_run
 
     packed = tmp_path_factory.mktemp("packed") / "actor.nm.npz"
     export_run(tiny_run(tmp_path_factory), output=packed, fmt="nm-packed", parity_samples=8)

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
+from nmrl.train.activations import ACTIVATION_NAMES
+
+ACTIVATIONS: dict[str, type[nn.Module]] = dict(zip(ACTIVATION_NAMES, (nn.ReLU, nn.LeakyReLU, nn.Tanh), strict=True))
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "relu") -> nn.Sequential:
