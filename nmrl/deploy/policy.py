@@ -115,6 +115,12 @@ BACKENDS: dict[str, Backend] = {
         "TensorRT for RTX engine (RTX-class GPU to run): a .plan, or an .onnx built with nmrl deploy build",
         build="nmrl.deploy.tensorrt:build_rtx_engine",
     ),
+    "c": Backend(
+        "nmrl.deploy.c_backend:load_c_policy",
+        "nmrl.deploy.c_backend:c_unavailable_reason",
+        "nmrl's generated C (N:M kernels), compiled by nmrl deploy build --backend c, called via ctypes",
+        build="nmrl.deploy.c_backend:build_c_library",
+    ),
     "torch-2:4": Backend(
         "nmrl.deploy.torch_semi_structured:load_torch_semi_structured_policy",
         "nmrl.deploy.torch_semi_structured:torch_semi_structured_unavailable_reason",

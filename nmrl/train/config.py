@@ -294,8 +294,6 @@ class TrainConfig(SharedConfig):
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         spec = self.spec
-        if self.nm.gradient != "ste":
-            raise NmrlError("--semi-structured trains with straight-through gradients only; drop --gradient active")
         if isinstance(spec, UnstructuredSparsity):
             raise NmrlError(
                 f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
