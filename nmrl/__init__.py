@@ -1,3 +1,63 @@
-"""nmrl: N:M semi-structured sparse deep reinforcement learning, from training to TensorRT."""
+"""nmrl: N:M semi-structured sparse deep reinforcement learning, from training to TensorRT.
+
+The public names below load on first use (PEP 562): ``import nmrl`` stays torch-free, so the
+ONNX Runtime policy and ``nmrl inspect`` run where PyTorch is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from nmrl.deploy.policy import load_policy
+    from nmrl.errors import NmrlError
+    from nmrl.train.api import SAC, TD3
+    from nmrl.train.callbacks import (
+        BaseCallback,
+        CallbackList,
+        CheckpointCallback,
+        EvalCallback,
+        MetricsCallback,
+        StopTrainingOnReturn,
+    )
+    from nmrl.train.progress import ProgressCallback
+
+# Training and deployment (docs/api.md).
+_LAZY = {
+    "TD3": "nmrl.train.api",
+    "SAC": "nmrl.train.api",
+    "BaseCallback": "nmrl.train.callbacks",
+    "CallbackList": "nmrl.train.callbacks",
+    "CheckpointCallback": "nmrl.train.callbacks",
+    "EvalCallback": "nmrl.train.callbacks",
+    "MetricsCallback": "nmrl.train.callbacks",
+    "StopTrainingOnReturn": "nmrl.train.callbacks",
+    "ProgressCallback": "nmrl.train.progress",
+    "load_policy": "nmrl.deploy.policy",
+    "NmrlError": "nmrl.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nmrl' has no attribute {name!r}")
+
+
+__all__ = [
+    "SAC",
+    "TD3",
+    "BaseCallback",
+    "CallbackList",
+    "CheckpointCallback",
+    "EvalCallback",
+    "MetricsCallback",
+    "NmrlError",
+    "ProgressCallback",
+    "StopTrainingOnReturn",
+    "__version__",
+    "load_policy",
+]
