@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from nmrl.deploy.policy import load_policy
     from nmrl.errors import NmrlError
+    from nmrl.sparsity.helpers import bind_optimizer, bind_target, sparsify
+    from nmrl.sparsity.layers import dense_state_dict
     from nmrl.train.api import SAC, TD3
     from nmrl.train.callbacks import (
         BaseCallback,
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
     )
     from nmrl.train.progress import ProgressCallback
 
-# Training and deployment (docs/api.md).
 _LAZY = {
+    # Training and deployment (docs/api.md).
     "TD3": "nmrl.train.api",
     "SAC": "nmrl.train.api",
     "BaseCallback": "nmrl.train.callbacks",
@@ -38,6 +40,11 @@ _LAZY = {
     "ProgressCallback": "nmrl.train.progress",
     "load_policy": "nmrl.deploy.policy",
     "NmrlError": "nmrl.errors",
+    # Layers in your own models (docs/api.md).
+    "sparsify": "nmrl.sparsity.helpers",
+    "bind_optimizer": "nmrl.sparsity.helpers",
+    "bind_target": "nmrl.sparsity.helpers",
+    "dense_state_dict": "nmrl.sparsity.layers",
 }
 
 
@@ -59,5 +66,9 @@ __all__ = [
     "ProgressCallback",
     "StopTrainingOnReturn",
     "__version__",
+    "bind_optimizer",
+    "bind_target",
+    "dense_state_dict",
     "load_policy",
+    "sparsify",
 ]

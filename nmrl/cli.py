@@ -7,14 +7,18 @@ verb that runs, so ``nmrl inspect`` never loads PyTorch.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import io
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr
 from types import FrameType
+from typing import Any
 
+from nmrl import __version__
 from nmrl.errors import Interrupted, NmrlError
 
 # verb -> (module, function, one-line help). Multi-word verbs ("deploy build") are matched first.
@@ -33,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 def _usage() -> str:
     width = max(len(verb) for verb in COMMANDS)
-    lines = ["usage: nmrl <command> [options]   (nmrl <command> --help for its options)", "", "commands:"]
+    lines = [
+        "usage: nmrl <command> [options]   (nmrl <command> --help for its options; nmrl --version)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {verb:<{width}}  {help_text}" for verb, (_, _, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -44,6 +52,15 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]] | None:
         if len(argv) >= words and verb in COMMANDS:
             return verb, argv[words:]
     return None
+
+
+def _unknown_command(argv: list[str]) -> str:
+    import difflib
+
+    typed = " ".join(argv[:2]) if argv[0] == "deploy" else argv[0]
+    close = difflib.get_close_matches(typed, COMMANDS, n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown command {typed!r}{suggestion}; nmrl --help lists the commands"
 
 
 IMPORT_RETRY_SECONDS = 0.05
@@ -95,6 +112,70 @@ def _ctrl_c_outside_imports() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+# The characters tyro draws its error panel with (rich's Unicode box, or its ASCII fallback).
+_RULE = set("╭╮╰╯│─┌┐└┘├┤+|- ")
+
+
+def _one_line_parse_error(panel: str) -> str:
+    """tyro's error panel as one line: its first section (the message), plus the flag it suggests.
+
+    The panel is a title line, then sections split by rules: the message, optionally "Perhaps you
+    meant:" or the argument's help text, and "For full helptext ..." (left out: the line nmrl
+    prints ends with that pointer itself).
+    """
+    sections: list[list[str]] = [[]]
+    for line in panel.strip().splitlines()[1:]:  # [0]: the title line
+        text = line.strip().strip("│|").strip()
+        if set(text) <= _RULE:
+            if text and sections[-1]:
+                sections.append([])
+        else:
+            sections[-1].append(" ".join(text.split()))
+    message = " ".join(sections[0]) or " ".join(panel.split())
+    for section in sections[1:]:
+        if len(section) > 1 and section[0].startswith("Perhaps you meant"):
+            message += f" (perhaps you meant {section[1].split()[0]})"
+    return message
+
+
+def _parse_and_call(function: Callable[..., Any], args: list[str], prog: str) -> Any:
+    """``tyro.cli(function)``, except that a command line tyro rejects (a bad choice, an unknown
+    flag, a value of the wrong type) raises :class:`NmrlError` with tyro's message on one line, as
+    every other user mistake does, instead of tyro's panel and exit code 2.
+
+    tyro prints its panel to stderr while parsing, before it calls ``function``: stderr is held
+    back until then, and given back (with anything else written meanwhile) as the call begins.
+    """
+    import tyro
+
+    held = io.StringIO()
+    called = False
+
+    @functools.wraps(function)
+    def call(*call_args: Any, **kwargs: Any) -> Any:
+        nonlocal called
+        called = True
+        sys.stderr = real_stderr
+        sys.stderr.write(held.getvalue())
+        return function(*call_args, **kwargs)
+
+    real_stderr = sys.stderr
+    try:
+        with redirect_stderr(held):
+            return tyro.cli(call, args=args, prog=prog)
+    except SystemExit as exit_:
+        if called:  # the verb's own exit
+            raise
+        if exit_.code in (0, None):  # --help
+            real_stderr.write(held.getvalue())
+            raise
+        raise NmrlError(f"{_one_line_parse_error(held.getvalue())} (see {prog} --help)") from None
+    except BaseException:
+        if not called:  # a failure inside tyro itself: show whatever it wrote
+            real_stderr.write(held.getvalue())
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; returns its exit code. ``argv`` None: the process's own command line (the
     ``nmrl`` script or ``python -m nmrl``), which also lets an interrupted start-up end the process."""
@@ -103,18 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"nmrl {__version__}")
+        return 0
     found = _find_verb(argv)
     if found is None:
-        print(f"nmrl: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        print(f"nmrl: error: {_unknown_command(argv)}", file=sys.stderr)
+        return 1
     verb, rest = found
     module_name, function_name, _ = COMMANDS[verb]
     try:
         with _ctrl_c_outside_imports():
-            import tyro
-
             function = getattr(importlib.import_module(module_name), function_name)
-            result = tyro.cli(function, args=rest, prog=f"nmrl {verb}")
+            result = _parse_and_call(function, rest, f"nmrl {verb}")
     except NmrlError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
         label = "" if isinstance(error, Interrupted) else "error: "

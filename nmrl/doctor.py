@@ -13,6 +13,7 @@ import importlib
 import io
 import json as json_module
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 
@@ -154,8 +155,18 @@ def check_polygraphy() -> Check:
     return Check("Polygraphy", True, f"{version}: created a CUDA stream (the TensorRT runner's buffers and stream)")
 
 
+def _guarded(name: str, check: Callable[[], Check]) -> Check:
+    """One check, whatever it raises: a probe that crashes (a numba that cannot compile, a CUDA
+    driver that fails mid-probe) is a row saying so, and the other rows still run."""
+    try:
+        return check()
+    except Exception as error:  # fail-soft: the doctor's job is to report, never to stop
+        message = (str(error).strip().splitlines() or [""])[0]
+        return Check(name, False, f"the check itself failed: {error.__class__.__name__}: {message}")
+
+
 def collect() -> list[Check]:
-    """Every check, in the order the table shows them."""
+    """Every check, in the order the table shows them; a check that raises becomes a failed row."""
     torch = _torch()
     python = Check(
         "Python / PyTorch",
@@ -163,15 +174,15 @@ def collect() -> list[Check]:
         f"Python {platform.python_version()}, "
         + (f"torch {torch.__version__}" if torch else "PyTorch not installed (deploy-only install)"),
     )
-    runner_cuda = check_polygraphy()
+    runner_cuda = _guarded("Polygraphy", check_polygraphy)
     return [
         python,
-        check_cpu_mask_kernel(),
-        check_cuda(),
-        check_semi_structured(),
-        check_tensorrt(runner_cuda),
-        check_tensorrt_rtx(),
-        check_onnxruntime(),
+        _guarded("CPU mask kernel (numba)", check_cpu_mask_kernel),
+        _guarded("CUDA", check_cuda),
+        _guarded("2:4 semi-structured (torch)", check_semi_structured),
+        _guarded("TensorRT", lambda: check_tensorrt(runner_cuda)),
+        _guarded("TensorRT-RTX", check_tensorrt_rtx),
+        _guarded("ONNX Runtime", check_onnxruntime),
         runner_cuda,
     ]
 

@@ -9,12 +9,39 @@ that very id on the command line (``--env``, recorded with :func:`confirm_env_id
 
 from __future__ import annotations
 
+import logging
+
 import gymnasium as gym
 import numpy as np
 
 from nmrl.errors import NmrlError
 
+logger = logging.getLogger(__name__)
+
 _CONFIRMED_ENV_IDS: set[str] = set()
+
+QUIET_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+"""MuJoCo warnings about Gymnasium's own model files, not the user's doing (HalfCheetah's XML still
+uses ``settotalmass``): dropped. Every other MuJoCo warning goes to this module's logger."""
+
+
+def _mujoco_warning(message: str) -> None:
+    if not message.startswith(QUIET_MUJOCO_WARNINGS):
+        logger.warning("MuJoCo: %s", message.strip())
+
+
+def _route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to :func:`_mujoco_warning`, unless the program set its own handler.
+
+    MuJoCo's default handler prints each warning and appends it to ``MUJOCO_LOG.TXT`` in the
+    working directory: a file the user never asked for, once per env a run makes.
+    """
+    try:
+        import mujoco
+    except ImportError:  # no MuJoCo here: nothing to quiet
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 def imported_module(env_id: str) -> str | None:
@@ -53,6 +80,7 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     ``seed`` seeds the first reset and the action space. Raises :class:`NmrlError` for an unknown
     id, a missing simulator, or spaces nmrl's continuous-control agents cannot drive.
     """
+    _route_mujoco_warnings()
     try:
         env = gym.make(env_id)
     except gym.error.Error as error:

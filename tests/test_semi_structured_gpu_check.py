@@ -37,7 +37,12 @@ def dense_compressor(monkeypatch):
 
 
 def _row(gpu_check, section, speedup=1.0):
-    return gpu_check.Row(section, "case", 256, 1024, "float16", 2.0, 2.0 / speedup)
+    from nmrl.sparsity.semi_structured.measure import Timing
+
+    dense, sparse = Timing(2.0, 0.02, 20, "cuda graph"), Timing(2.0 / speedup, 0.02, 20, "cuda graph")
+    return gpu_check.Row(
+        section, "case", "1024x1024", 256, "float16", dense, sparse, 1.9, 1.9 / speedup, 1e-3, "output"
+    )
 
 
 def test_rows_reach_disk_as_measured_and_a_failing_section_loses_nothing(gpu_check, tmp_path):
@@ -59,7 +64,7 @@ def test_rows_reach_disk_as_measured_and_a_failing_section_loses_nothing(gpu_che
     gpu_check.run_sections(report, [("a", first), ("b", crashing), ("c", last)])
     assert seen_on_disk == ["first", "second"]
     with (tmp_path / "out" / "gpu_check.csv").open() as handle:
-        assert [row["speedup"] for row in csv.DictReader(handle)] == ["1.250", "0.500"]
+        assert [row["eager ratio"] for row in csv.DictReader(handle)] == ["1.250", "0.500"]
     document = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert document["header"]["device"] == "Stand-in GPU"
     assert document["failed_sections"] == [
@@ -67,7 +72,7 @@ def test_rows_reach_disk_as_measured_and_a_failing_section_loses_nothing(gpu_che
     ]
     assert document["checks"] == [{"name": "last check", "ok": True, "detail": "fine"}]  # c still ran
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "Stand-in GPU" in markdown and "1.25x" in markdown and "section b failed" in markdown
+    assert "Stand-in GPU" in markdown and "| 1.250 |" in markdown and "section b failed" in markdown
     assert not report.ok
 
 
@@ -127,13 +132,21 @@ def test_without_a_capable_gpu_one_line_and_no_files(tmp_path):
 
 
 def test_timing_sections_run_end_to_end_on_stand_ins(gpu_check, dense_compressor, monkeypatch, tmp_path):
-    """Sections (a) and (b) on the CPU with a stand-in timer and compressor: the code a GPU run
-    will execute, minus the kernels, so a slip in it cannot waste the GPU's few minutes."""
-    monkeypatch.setattr(ss.timing, "time_cuda", lambda fn, repeats=50, warmup=10: (fn(), 1.0)[1])
+    """Sections (a) and (b) on the CPU with a stand-in timer, profiler and compressor: the code a GPU
+    run will execute, minus the kernels, so a slip in it cannot waste the GPU's few minutes."""
+    from nmrl.sparsity.semi_structured.measure import KernelTime
+
     monkeypatch.setattr(ss.probe, "device_support", lambda device: STAND_IN)
+    hardware = gpu_check.Hardware(
+        device="cpu",
+        timer=lambda fn, samples, calls: (fn(), [1.0] * samples)[1],
+        graph=lambda fn: (None, "stand-in"),
+        kernel_time=lambda fn, calls: KernelTime(0.5, 1, "stand-in"),
+        alg_search=None,
+    )
     report = gpu_check.Report(tmp_path / "out", {"device": "stand-in"})
-    gpu_check.section_matmul(report, [32], [8, 16], ("bfloat16",), repeats=1, device="cpu")
-    gpu_check.section_td3(report, [32], repeats=1, device_name="cpu")
+    gpu_check.section_matmul(report, [32], [8, 16], ("bfloat16",), repeats=1, hardware=hardware)
+    gpu_check.section_td3(report, [32], repeats=1, hardware=hardware)
     sections = [row.section for row in report.rows]
     assert sections == ["matmul", "matmul", "td3"]
     assert report.verdicts and all(v.ok for v in report.verdicts), report.verdicts

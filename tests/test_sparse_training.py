@@ -17,11 +17,11 @@ from torch import nn
 from nmrl.errors import NmrlError
 from nmrl.sparsity import MaskedLinear, NMPattern, check_nm, masked_layers, nm_mask
 from nmrl.sparsity import semi_structured as ss
-from nmrl.train.algorithm import ALGORITHMS, get_algorithm
+from nmrl.train.algorithm import get_algorithm
 from nmrl.train.buffer import Batch
+from nmrl.train.config import ALGORITHM_MODULES
 
-get_algorithm("td3")  # importing the algorithm modules fills the registry
-ALGOS = sorted(ALGORITHMS)
+ALGOS = sorted(ALGORITHM_MODULES)  # every algorithm --algo offers
 OBS, ACT, BATCH = 11, 3, 32
 STAND_IN = ss.SemiStructuredSupport(True, "stand-in", backend="cusparselt", dtypes=("float16", "bfloat16"))
 

@@ -459,6 +459,13 @@ class _FakeTensorRT10:
             def add_optimization_profile(self, profile):
                 fake.calls.append(("profile", profile.shapes))
 
+        class Network:  # what TensorRT 10 reports: the creation flags it was given
+            def __init__(self, flags):
+                self.flags = flags
+
+            def get_flag(self, flag):
+                return bool(self.flags & (1 << int(flag)))
+
         class Profile:
             def set_shape(self, name, low, opt, high):
                 self.shapes = (name, low, opt, high)
@@ -470,7 +477,7 @@ class _FakeTensorRT10:
 
             def create_network(self, flags):
                 fake.calls.append(("network", flags))
-                return "network"
+                return Network(flags)
 
             def create_builder_config(self):
                 fake.config = Config()

@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import tyro
 
+from nmrl.deploy.policy import BACKENDS
 from nmrl.errors import NmrlError
 
 if TYPE_CHECKING:  # onnx_export pulls in torch: bench of an .onnx file must run without it
     from nmrl.export.onnx_export import DType
+
+    BackendName = str
+else:  # --backend's choices in --help: the registered backends
+    BackendName = Literal[tuple(BACKENDS)]
 
 
 def _csv_list(text: str, what: str) -> list[str]:
@@ -48,7 +53,7 @@ def deploy_eval(
     env: str = "",
     episodes: int = 10,
     seed: int = 0,
-    backend: str = "ort",
+    backend: BackendName = "ort",
     threads: int = 1,
 ) -> None:
     """Run a deployed policy closed-loop in its environment and print the mean ± std return.
@@ -64,11 +69,10 @@ def deploy_eval(
         env: Gymnasium id (default: the file's nmrl.env_id).
         episodes: number of episodes.
         seed: seed of the first episode.
-        backend: torch, ort, ort-cuda, tensorrt, tensorrt-rtx, torch-2:4, or any registered backend
-            (a .plan engine runs on its TensorRT flavour).
+        backend: the runtime (a .plan engine runs on its TensorRT flavour).
         threads: CPU threads of the runtime.
     """
-    from nmrl.deploy.policy import BACKENDS, load_policy
+    from nmrl.deploy.policy import load_policy
     from nmrl.envs import confirm_env_id, env_dims, env_id_from_file, make_env
     from nmrl.export.verify import claim_warning
     from nmrl.train.evaluate import evaluate
@@ -105,11 +109,7 @@ def deploy_eval(
     finally:
         policy.close()
     print(f"{env_id}  {model}  on {policy.describe()}")
-    mean_length = sum(result.lengths) / len(result.lengths)
-    print(
-        f"return {result.mean:.1f} ± {result.std:.1f} over {episodes} episodes "
-        f"(seeds {seed}..{seed + episodes - 1}), mean length {mean_length:.0f}"
-    )
+    print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
+from nmrl.policy_file import read_claims
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -52,7 +52,8 @@ class OrtPolicy(Policy):
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_type = _NUMPY_TYPES[inputs[0].type]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.env_id = self.metadata.get("nmrl.env_id")
+        self.claims = read_claims(self.metadata, str(model) if isinstance(model, Path) else "model")
+        self.env_id = self.claims.env_id
         self.threads = threads
         self.provider = self.session.get_providers()[0]
         self.backend = "ort-cuda" if self.provider == "CUDAExecutionProvider" else "ort"
@@ -63,13 +64,11 @@ class OrtPolicy(Policy):
 
     @property
     def sparsity(self) -> str | None:
-        return self.metadata.get("nmrl.sparsity")
+        return self.claims.sparsity
 
     @property
     def action_bounds(self) -> tuple[list[float], list[float]] | None:
-        if "nmrl.action_low" not in self.metadata:
-            return None
-        return json.loads(self.metadata["nmrl.action_low"]), json.loads(self.metadata["nmrl.action_high"])
+        return self.claims.action_bounds
 
     def describe(self) -> str:
         threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""

@@ -121,13 +121,13 @@ def refuse_foreign_file(path: Path, kind: Literal["onnx", "nm-packed"]) -> None:
     if kind == "onnx":
         import onnx
 
-        from nmrl.export.verify import METADATA_FORMAT, METADATA_FORMAT_KEY
+        from nmrl.policy_file import FORMAT, metadata_of, read_value
 
         try:
-            metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+            metadata = metadata_of(onnx.load(str(path), load_external_data=False))
         except Exception:  # protobuf raises several types for bytes that are not an ONNX model
             metadata = {}
-        ours = metadata.get(METADATA_FORMAT_KEY) == METADATA_FORMAT
+        ours = read_value(metadata, "format") == FORMAT
     else:
         from nmrl.export.packed import load_packed
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from torch import nn
 
 import nmrl
 from nmrl.errors import NmrlError
-from nmrl.export.verify import METADATA_FORMAT, ModelCheck, inspect_model
+from nmrl.export.verify import ModelCheck, inspect_model
 from nmrl.files import atomic_write_bytes
+from nmrl.policy_file import FORMAT, INPUT_NAME, OUTPUT_NAME, claims_of, write_claims
 from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # quantize imports ONNX Runtime's quantization tools: loaded 
 DType = Literal["fp32", "fp16", "int8"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "obs", "action"
 
 
 def materialize(policy: nn.Module) -> nn.Module:
@@ -196,19 +195,6 @@ def _strip_initializer_prefix(model: onnx.ModelProto, prefix: str) -> None:
                 node.input[index] = renames[name]
 
 
-def set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
-    """Add ``nmrl.<key>`` metadata_props (``verify.METADATA_PREFIX``); non-string values are
-    stored as JSON."""
-    existing = {prop.key: prop for prop in model.metadata_props}
-    for key, value in metadata.items():
-        full_key = f"nmrl.{key}"
-        text = value if isinstance(value, str) else json.dumps(value)
-        if full_key in existing:
-            existing[full_key].value = text
-        else:
-            model.metadata_props.add(key=full_key, value=text)
-
-
 def layers_metadata(check: ModelCheck) -> list[dict[str, Any]]:
     """Per-layer sparsity summary stored in the file (``nmrl.layers``)."""
     return [
@@ -274,19 +260,21 @@ def build_policy_onnx(
         raise NmrlError("the exported graph has no Gemm/MatMul with a constant weight")
     if claimed is not None:
         enforce_claim(check.violations(claimed), claimed)
-    set_metadata(
+    write_claims(
         model,
-        {
-            "format": METADATA_FORMAT,
-            "version": nmrl.__version__,
-            "obs_dim": obs_dim,
-            "act_dim": act_dim,
-            "dtype": dtype,
-            "io_dtype": io_dtype or dtype,
-            "sparsity": str(claimed) if claimed is not None else "none",
-            "layers": layers_metadata(check),
-            **(metadata or {}),
-        },
+        claims_of(
+            {
+                "format": FORMAT,
+                "version": nmrl.__version__,
+                "obs_dim": obs_dim,
+                "act_dim": act_dim,
+                "dtype": dtype,
+                "io_dtype": io_dtype or dtype,
+                "sparsity": str(claimed) if claimed is not None else "none",
+                "layers": layers_metadata(check),
+                **(metadata or {}),
+            }
+        ),
     )
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -301,7 +289,7 @@ def finish_graph(model: onnx.ModelProto, claimed: NMPattern | None, metadata: di
     check = inspect_model(model)
     if claimed is not None:
         enforce_claim(check.violations(claimed), claimed)
-    set_metadata(model, {**metadata, "layers": layers_metadata(check)})
+    write_claims(model, claims_of({**metadata, "layers": layers_metadata(check)}))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as error:

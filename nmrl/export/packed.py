@@ -31,10 +31,9 @@ from onnx import numpy_helper
 from nmrl.errors import NmrlError
 from nmrl.export.verify import inspect_model
 from nmrl.files import atomic_write_bytes
+from nmrl.policy_file import PACKED_FORMAT
 from nmrl.sparsity.nm_core import grouped, nm_violations
 from nmrl.sparsity.pattern import NMPattern
-
-PACKED_FORMAT = "nmrl-nm-packed-v1"
 
 
 def index_bits(m: int) -> int:

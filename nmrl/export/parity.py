@@ -58,7 +58,8 @@ import torch
 from torch import nn
 
 from nmrl.errors import NmrlError
-from nmrl.export.onnx_export import INPUT_NAME, random_observations
+from nmrl.export.onnx_export import random_observations
+from nmrl.policy_file import INPUT_NAME
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from nmrl.export.verify import ModelCheck, claim_status, nmrl_metadata
+from nmrl.errors import NmrlError
+from nmrl.export.verify import ModelCheck, claim_status
+from nmrl.policy_file import PolicyClaims, read_claims
 
 _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 # Piped output (CI logs, files) gets this width instead of rich's 80 columns, so rows stay whole.
@@ -48,17 +50,21 @@ def layer_table(check: ModelCheck) -> Table:
 def summary_lines(check: ModelCheck) -> list[str]:
     """What the file is, what it claims and whether its weights keep the claim."""
     lines = []
-    meta = nmrl_metadata(check)
     if check.is_nmrl:
+        try:
+            claims, unreadable = read_claims(check.metadata, check.source), None
+        except NmrlError as error:  # a report describes a broken file rather than refusing to
+            claims, unreadable = PolicyClaims(), str(error)
         # The training config names unstructured runs too ("0.9"); nmrl.sparsity holds only N:M claims.
-        config = meta.get("config")
-        trained = config.get("sparsity") if isinstance(config, dict) else None
-        trained_text = f"{trained} (N:M claim: {meta.get('sparsity')})" if trained else str(meta.get("sparsity"))
+        trained = (claims.config or {}).get("sparsity")
+        trained_text = f"{trained} (N:M claim: {claims.sparsity})" if trained else str(claims.sparsity)
         lines.append(
-            f"nmrl policy: env {meta.get('env_id', '?')}, obs {meta.get('obs_dim')} -> act {meta.get('act_dim')}, "
-            f"{meta.get('algo', '?')} trained with sparsity {trained_text}, dtype {meta.get('dtype')} "
-            f"(I/O {meta.get('io_dtype')}), opset {check.opset}"
+            f"nmrl policy: env {claims.env_id or '?'}, obs {claims.obs_dim} -> act {claims.act_dim}, "
+            f"{claims.algo or '?'} trained with sparsity {trained_text}, dtype {claims.dtype} "
+            f"(I/O {claims.io_dtype}), opset {check.opset}"
         )
+        if unreadable is not None:
+            lines.append(f"[red]{unreadable}[/]")
     else:
         lines.append(f"not an nmrl file (no nmrl metadata); opset {check.opset}")
     status = claim_status(check)

@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from nmrl.export.verify import inspect_model
+from nmrl.policy_file import PolicyClaims, metadata_of, read_claims, write_claims
 
 
 def fill_zeros(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -39,10 +40,14 @@ def dense_twin_onnx(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     for init in twin.graph.initializer:
         if init.name in weight_names:
             init.CopyFrom(numpy_helper.from_array(fill_zeros(numpy_helper.to_array(init), rng), init.name))
-    for prop in twin.metadata_props:
-        if prop.key == "nmrl.sparsity":
-            prop.value = "none"
-        if prop.key == "nmrl.layers":
-            prop.value = "[]"
-    twin.metadata_props.add(key="nmrl.dense_twin", value="true")
+    original = read_claims(metadata_of(twin))
+    # The twin's claims change where the original made them: no N:M pattern, no per-layer patterns.
+    write_claims(
+        twin,
+        PolicyClaims(
+            sparsity="none" if original.sparsity is not None else None,
+            layers=[] if original.layers is not None else None,
+            dense_twin=True,
+        ),
+    )
     return twin

@@ -22,7 +22,6 @@ QLinearMatMul) is most of it, and each pattern is small.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,14 +30,10 @@ import onnx
 from onnx import numpy_helper
 
 from nmrl.errors import NmrlError
+from nmrl.policy_file import FORMAT, read_value
 from nmrl.sparsity.nm_core import finest_nm, nm_violations
 from nmrl.sparsity.pattern import NMPattern
 from nmrl.sparsity.two_four import FOR_TENSORRT, STRUCTURE, TwoFourVerdict, verdict_of_weights
-
-# Metadata keys written by nmrl.export; a file that has METADATA_FORMAT_KEY is "ours".
-METADATA_PREFIX = "nmrl."
-METADATA_FORMAT_KEY = "nmrl.format"
-METADATA_FORMAT = "nmrl-policy-onnx-v1"
 
 # Below this many rows or columns TensorRT times sparse tactics but usually keeps dense ones
 # (NVIDIA's guidance: sparsity pays on large, compute-bound GEMMs).
@@ -113,12 +108,17 @@ class ModelCheck:
 
     @property
     def is_nmrl(self) -> bool:
-        return self.metadata.get(METADATA_FORMAT_KEY) == METADATA_FORMAT
+        return read_value(self.metadata, "format") == FORMAT
 
     @property
     def claimed(self) -> NMPattern | None:
         """The N:M pattern the exporting run claims (None: no N:M claim, or not an nmrl file)."""
-        return claimed_pattern(self.metadata.get("nmrl.sparsity", ""))
+        return claimed_pattern(read_value(self.metadata, "sparsity", self.source) or "")
+
+    @property
+    def source(self) -> str:
+        """How errors name this model: its path, or "model"."""
+        return str(self.path) if self.path is not None else "model"
 
     def violations(self, pattern: NMPattern) -> dict[str, int]:
         """Layer weight name -> groups breaking ``pattern`` along K, for layers that break it."""
@@ -211,17 +211,13 @@ def claim_warning(path: Path) -> str | None:
 
 def _layer_claims(check: ModelCheck) -> dict[str, NMPattern | None]:
     """Weight name -> N:M pattern from ``nmrl.layers`` (None for dense entries); {} when absent."""
-    text = check.metadata.get("nmrl.layers")
-    if not text:
-        return {}
     try:
-        entries = json.loads(text)
         claims = {}
-        for entry in entries:
+        for entry in read_value(check.metadata, "layers", check.source) or []:
             pattern = str(entry.get("pattern", "dense"))
             claims[str(entry["weight"])] = claimed_pattern(pattern) if ":" in pattern else None
         return claims
-    except (ValueError, TypeError, KeyError, AttributeError, NmrlError):
+    except NmrlError:
         return {"<nmrl.layers>": None}  # unreadable metadata: reported as naming no weight of the graph
 
 
@@ -402,16 +398,3 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as error:  # protobuf raises DecodeError and friends for foreign files
         raise NmrlError(f"{path}: not an ONNX model ({type(error).__name__})") from None
-
-
-def nmrl_metadata(check: ModelCheck) -> dict[str, object]:
-    """The ``nmrl.*`` metadata of a model, JSON values decoded."""
-    decoded: dict[str, object] = {}
-    for key, value in check.metadata.items():
-        if not key.startswith(METADATA_PREFIX):
-            continue
-        try:
-            decoded[key[len(METADATA_PREFIX) :]] = json.loads(value)
-        except json.JSONDecodeError:
-            decoded[key[len(METADATA_PREFIX) :]] = value
-    return decoded

@@ -15,15 +15,16 @@ from nmrl.sparsity.nm_core import finest_nm, fits_2of4
 from nmrl.sparsity.pattern import DENSE, NMPattern
 
 if TYPE_CHECKING:
+    from nmrl.sparsity.helpers import bind_optimizer, bind_target, sparsify
     from nmrl.sparsity.layers import (
         LayerReport,
         MaskedLinear,
         NMLinear,
+        dense_state_dict,
         layer_report,
         masked_layers,
         nm_layers,
         refresh_masks,
-        sparsify,
     )
     from nmrl.sparsity.mask import check_nm, nm_mask
 
@@ -35,7 +36,10 @@ _LAZY = {
     "layer_report": "nmrl.sparsity.layers",
     "nm_layers": "nmrl.sparsity.layers",
     "refresh_masks": "nmrl.sparsity.layers",
-    "sparsify": "nmrl.sparsity.layers",
+    "dense_state_dict": "nmrl.sparsity.layers",
+    "sparsify": "nmrl.sparsity.helpers",
+    "bind_optimizer": "nmrl.sparsity.helpers",
+    "bind_target": "nmrl.sparsity.helpers",
     "check_nm": "nmrl.sparsity.mask",
     "nm_mask": "nmrl.sparsity.mask",
 }
@@ -53,7 +57,10 @@ __all__ = [
     "MaskedLinear",
     "NMLinear",
     "NMPattern",
+    "bind_optimizer",
+    "bind_target",
     "check_nm",
+    "dense_state_dict",
     "finest_nm",
     "fits_2of4",
     "layer_report",

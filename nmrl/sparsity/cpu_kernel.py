@@ -13,11 +13,15 @@ patterns, devices and dtypes, ``nm_mask`` keeps to its tensor code.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.autograd.graph
+
+logger = logging.getLogger(__name__)
+_broken: list[str] = []  # why the kernels failed in this process, once they have
 
 
 @functools.cache
@@ -25,7 +29,9 @@ def _compile() -> tuple[Callable, Callable] | None:
     """(N:4 kernel, 1:M kernel), or None without numba."""
     try:
         import numba
-    except ImportError:
+    except Exception as error:  # ImportError, or a numba that breaks on import (e.g. a numpy it does not support)
+        if not isinstance(error, ImportError):
+            _give_up(error)
         return None
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -71,22 +77,42 @@ def _compile() -> tuple[Callable, Callable] | None:
     return keep_top_n_of_4, keep_largest_of_m
 
 
+def _give_up(error: BaseException) -> None:
+    """Stop using the kernels in this process: the tensor code gives the same masks, slower."""
+    if not _broken:
+        logger.warning(
+            "compiled CPU mask kernels unusable (%s: %s); using the tensor code", type(error).__name__, error
+        )
+    _broken.append(f"{type(error).__name__}: {error}")
+
+
+def unusable_reason() -> str | None:
+    """Why the compiled kernels failed in this process (None while they work or were never tried)."""
+    return _broken[0] if _broken else None
+
+
 def cpu_mask(weight: torch.Tensor, n: int, m: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """The N:M magnitude mask of a CPU float32/float64 ``weight [out, in]`` for N:4 and 1:M
     patterns (written into ``out`` when given: a tensor of the weight's shape and dtype), or None
     when no kernel applies here (other pattern, device or dtype; numba missing)."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64) or not (m == 4 or n == 1):
         return None
-    kernels = _compile()
+    kernels = None if _broken else _compile()
     if kernels is None:
         return None
     keep_top_n_of_4, keep_largest_of_m = kernels
     source = weight.detach().contiguous()
     mask = out if out is not None and out.is_contiguous() else torch.empty_like(source)
-    if m == 4:
-        keep_top_n_of_4(source.numpy(), n, mask.numpy())
-    else:
-        keep_largest_of_m(source.numpy(), m, mask.numpy())
+    # numba compiles at the first call (before writing anything): a compiler or LLVM failure
+    # surfaces here, not at import.
+    try:
+        if m == 4:
+            keep_top_n_of_4(source.numpy(), n, mask.numpy())
+        else:
+            keep_largest_of_m(source.numpy(), m, mask.numpy())
+    except Exception as error:
+        _give_up(error)
+        return None
     if mask is out:
         # Written through numpy, behind torch's back: move the version counter as an in-place
         # op would, so caches keyed on it (the compressed 2:4 weight) see the new mask.

@@ -1,4 +1,4 @@
-"""NMLinear: a Linear layer trained under an N:M mask with SR-STE, and ``sparsify`` to convert nets.
+"""NMLinear: a Linear layer trained under an N:M mask with SR-STE, and ``sparsify_nm`` to convert nets.
 
 The layer keeps a dense *shadow* weight. The forward pass uses ``shadow * mask`` where the mask
 holds the magnitude top-N of each group of M along the input dim. Gradients reach every shadow
@@ -12,13 +12,19 @@ How an ``NMLinear`` multiplies is a strategy it holds, ``layer.kernel``: :data:`
 :mod:`nmrl.sparsity.semi_structured`, which the fast path puts in its place. The kernel is
 plain Python state, not a parameter or buffer: ``state_dict`` and checkpoints are the same
 either way.
+
+State dicts come in two forms. ``module.state_dict()`` is the *full* form: shadow weights, masks and
+mask counters, so a checkpoint resumes exactly (nmrl's checkpoints and SB3's zips store it).
+:func:`dense_state_dict` is the *dense* form, keys and shapes of the same model built with plain
+``nn.Linear`` (each weight is the effective ``shadow * mask``): it loads into that dense model. A
+sparse layer also loads a dense-form dict: its masks are then recomputed from the loaded weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -111,6 +117,30 @@ class MaskedLinear(nn.Linear):
         """Count one optimizer step of this layer's weights."""
         raise NotImplementedError
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A dense-form dict (a plain Linear's, or dense_state_dict's) has no mask: the layer keeps
+        # its own buffers while loading, then re-selects its mask from the weights it was given.
+        dense_form = f"{prefix}weight" in state_dict and f"{prefix}mask" not in state_dict
+        if dense_form:
+            for name, buffer in self._buffers.items():
+                if buffer is not None and name not in self._non_persistent_buffers_set:
+                    state_dict[f"{prefix}{name}"] = buffer
+        errors_before = len(error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if dense_form and len(error_msgs) == errors_before:
+            self.update_mask()
+
 
 class NMLinear(MaskedLinear):
     """``nn.Linear`` whose effective weight is N:M sparse at all times.
@@ -191,6 +221,26 @@ def masked_layers(module: nn.Module) -> list[tuple[str, MaskedLinear]]:
     return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, MaskedLinear)]
 
 
+def dense_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict in the dense form: the keys and shapes of the same model built with
+    plain ``nn.Linear`` layers, each sparse layer's ``weight`` being its effective weight
+    (``shadow * mask``, exact zeros where pruned) and its masks and counters left out.
+
+    ``dense_model.load_state_dict(dense_state_dict(sparse_model))`` gives a dense model that
+    computes what the sparse one does. ``module.state_dict()`` stays the full form (shadow weights
+    and masks) that resumes training exactly.
+    """
+    state = module.state_dict()
+    for name, layer in masked_layers(module):
+        prefix = f"{name}." if name else ""
+        for buffer in layer._buffers:
+            state.pop(f"{prefix}{buffer}", None)
+        weight = layer.effective_weight()
+        # shadow * mask is -0.0 where a negative weight is pruned: store +0.0 (a plain zero)
+        state[f"{prefix}weight"] = torch.where(weight == 0, torch.zeros_like(weight), weight)
+    return state
+
+
 def refresh_masks(layers: nn.Module | Iterable[MaskedLinear], now: bool = False) -> None:
     """Call after each ``optimizer.step()``: counts the step in every sparse layer (N:M or
     unstructured) of ``layers`` (a module, or a list of layers kept by a caller that refreshes
@@ -240,16 +290,17 @@ def replace_submodule(root: nn.Module, name: str, replacement: nn.Module) -> Non
     setattr(parent, child_name, replacement)
 
 
-def sparsify(
+def sparsify_nm(
     module: nn.Module,
     pattern: NMPattern,
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
-    skip: tuple[str, ...] = (),
+    skip: Iterable[str] = (),
 ) -> list[LayerReport]:
     """Replace, in place, every ``nn.Linear`` of ``module`` (except names in ``skip``) by an
     NMLinear with the same weights; returns the per-layer report. A dense pattern leaves the
-    module unchanged."""
+    module unchanged. (:func:`nmrl.sparsify` takes any sparsity setting, text included.)"""
+    skip = set(skip)
     if not pattern.is_dense:
         targets = [
             (name, layer) for name, layer in module.named_modules() if type(layer) is nn.Linear and name not in skip

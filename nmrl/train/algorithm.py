@@ -122,11 +122,15 @@ def register(name: str):
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
-    # Importing the modules registers their algorithms.
-    import nmrl.train.sac
-    import nmrl.train.td3  # noqa: F401
-    from nmrl.errors import NmrlError
+    """The Algorithm registered as ``name``, importing the module :data:`ALGORITHM_MODULES` names for it."""
+    import importlib
 
+    from nmrl.errors import NmrlError
+    from nmrl.train.config import ALGORITHM_MODULES
+
+    if name not in ALGORITHM_MODULES:
+        raise NmrlError(f"unknown --algo {name!r}; available: {', '.join(ALGORITHM_MODULES)}")
+    importlib.import_module(ALGORITHM_MODULES[name])  # its @register fills ALGORITHMS
     if name not in ALGORITHMS:
-        raise NmrlError(f"unknown --algo {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
+        raise NmrlError(f"{ALGORITHM_MODULES[name]} registers no algorithm {name!r}")
     return ALGORITHMS[name]

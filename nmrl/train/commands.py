@@ -79,5 +79,5 @@ def evaluate(
         f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
         f"(step {loaded.step:,})"
     )
-    print(f"return {result}")
+    print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
@@ -189,13 +189,17 @@ def check_same_settings(cell: Cell) -> None:
 
 
 ENGINES = ("local", "ray")
+if TYPE_CHECKING:
+    EngineName = str
+else:  # --engine's choices in --help
+    EngineName = Literal[ENGINES]
 
 
 @dataclass
 class EngineSettings:
     """How the grid's cells are run (``--engine`` and its options)."""
 
-    engine: str = "local"
+    engine: EngineName = "local"
     workers: int = 2
     address: str = ""
     retries: int = 2

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
@@ -27,6 +27,19 @@ from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
+from nmrl.train.networks import ACTIVATIONS
+
+ALGORITHM_MODULES: dict[str, str] = {"td3": "nmrl.train.td3", "sac": "nmrl.train.sac"}
+"""The algorithms --algo offers, each by the module whose ``@register`` makes it (imported only
+when that algorithm runs: :func:`nmrl.train.algorithm.get_algorithm`)."""
+
+# The choices --help shows and config.json is checked against, derived from the two registries.
+if TYPE_CHECKING:
+    AlgoName = str
+    ActivationName = str
+else:
+    AlgoName = Literal[tuple(ALGORITHM_MODULES)]
+    ActivationName = Literal[tuple(ACTIVATIONS)]
 
 
 @dataclass
@@ -126,8 +139,8 @@ class SharedConfig:
 
     env: str = "Hopper-v5"
     """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
-    algo: str = "td3"
-    """Algorithm (see nmrl.train.algorithm.ALGORITHMS)."""
+    algo: AlgoName = "td3"
+    """Algorithm."""
     total_steps: int = 1_000_000
     """Environment steps in all."""
     learning_starts: int = 25_000
@@ -136,7 +149,7 @@ class SharedConfig:
     buffer_size: int = 1_000_000
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of actor and critics."""
-    activation: str = "relu"
+    activation: ActivationName = "relu"
     activation_slope: float = 0.01
     """Negative slope of --activation leaky_relu."""
     actor_lr: float = 3e-4
@@ -258,8 +271,6 @@ class TrainConfig(SharedConfig):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
             raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
-        from nmrl.train.networks import ACTIVATIONS
-
         if self.activation not in ACTIVATIONS:
             raise NmrlError(f"unknown --activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
         if self.threads < 0:

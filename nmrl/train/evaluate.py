@@ -30,6 +30,11 @@ class EvalResult:
     def __str__(self) -> str:
         return f"{self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} episodes"
 
+    def report(self, seed: int) -> str:
+        """The line ``nmrl eval`` and ``nmrl deploy eval`` print: return, seeds, mean episode length."""
+        last = seed + len(self.returns) - 1
+        return f"return {self} (seeds {seed}..{last}), mean length {np.mean(self.lengths):.0f}"
+
 
 def evaluate(
     act_fn: Callable[[np.ndarray], np.ndarray], env_id: str | gym.Env, episodes: int = 10, seed: int = 0

@@ -28,7 +28,7 @@ from torch import nn
 from nmrl.files import atomic_write_text
 from nmrl.sparsity import sparsify
 from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, total_cost
-from nmrl.sparsity.dynamic import make_adam, sparsify_unstructured, unstructured_layers
+from nmrl.sparsity.dynamic import make_adam, unstructured_layers
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def sparsify_network(module: nn.Module, spec: Sparsity, config: AlgorithmConfig,
     """
     set_leaky_relu_slope(module, config.activation_slope)
     if isinstance(spec, NMSparsity):
-        sparsify(module, spec.pattern, config.nm.mask_interval, config.nm.srste_decay)
+        sparsify(module, spec, mask_interval=config.nm.mask_interval, srste_decay=config.nm.srste_decay)
     elif isinstance(spec, UnstructuredSparsity):
         end = rigl_end_step(config, spec)
         sparsify_unstructured_network(
@@ -82,9 +82,7 @@ def sparsify_network(module: nn.Module, spec: Sparsity, config: AlgorithmConfig,
 def sparsify_unstructured_network(module: nn.Module, spec: UnstructuredSparsity, **schedule: Any) -> None:
     """``module``'s Linears made unstructured-sparse as ``spec`` says (its output layer kept dense
     with ``layers="hidden"``); ``schedule``: topology-update settings of :func:`sparsify_unstructured`."""
-    linears = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
-    skip = linears[-1:] if spec.layers == "hidden" else []
-    sparsify_unstructured(module, spec.fraction, spec.allocation, skip=skip, topology=spec.topology, **schedule)
+    sparsify(module, spec, **schedule)
 
 
 def make_optimizer(

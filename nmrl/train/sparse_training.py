@@ -7,10 +7,11 @@ this object, not the update body, keeps them sparse and correct:
   (:mod:`nmrl.train.sparse`) and moves it to the training device;
 - :meth:`SparseTraining.target` makes the frozen copy that :class:`SoftUpdate` Polyak-averages
   (shadow weights) and then re-masks, so every target is sparse after every update;
-- :meth:`SparseTraining.optimizer` makes the Adam of some networks and registers a step post-hook
-  on it: after each ``step()`` every sparse layer of those networks counts the step (its mask is
-  recomputed every ``--mask-interval`` steps) and drops its compressed 2:4 weight. The hook is what
-  keeps the compressed weight fresh: a fused Adam writes parameters without advancing their
+- :meth:`SparseTraining.optimizer` makes the Adam of some networks and binds it to them with
+  :func:`nmrl.sparsity.helpers.bind_optimizer` (the helper users call in their own loops): after
+  each ``step()`` every sparse layer of those networks counts the step (its mask is recomputed
+  every ``--mask-interval`` steps) and drops its compressed 2:4 weight. The hook is what keeps the
+  compressed weight fresh: a fused Adam writes parameters without advancing their
   ``_version``, so a cache keyed on versions alone would keep multiplying by the old weight;
 - :meth:`SparseTraining.enable_fast_path` switches, with ``--semi-structured``, the eligible layers
   of every network to 2:4 sparse tensor cores (or fails with one line where they cannot run);
@@ -23,14 +24,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
-from nmrl.sparsity import MaskedLinear, masked_layers, refresh_masks
+from nmrl.sparsity import MaskedLinear, masked_layers
+from nmrl.sparsity.helpers import bind_optimizer, remask_now
 from nmrl.train.sparse import make_optimizer, sparsify_network
 
 Network = TypeVar("Network", bound=nn.Module)
@@ -67,15 +68,7 @@ class SoftUpdate:
         if not self.target_params:
             return
         torch._foreach_lerp_(self.target_params, self.online_params, self.tau)
-        refresh_masks(self.target_layers, now=True)
-        _drop_compressed(self.target_layers)
-
-
-def _drop_compressed(layers: list[MaskedLinear]) -> None:
-    # Only fast-path layers hold a compressed weight; the import stays lazy so that CPU-only
-    # training never loads the CUDA module.
-    if "nmrl.sparsity.semi_structured" in sys.modules:
-        sys.modules["nmrl.sparsity.semi_structured"].drop_compressed(layers)
+        remask_now(self.target_layers)
 
 
 class SparseTraining:
@@ -106,14 +99,8 @@ class SparseTraining:
         the sparse layers of ``networks`` refresh their masks and drop their compressed weights."""
         networks = [networks] if isinstance(networks, nn.Module) else list(networks)
         optimizer = make_optimizer(networks, lr, self.config, fused=self.device.type != "mps")
-        layers = _sparse_layers(networks)
-        if layers:
-
-            def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-                refresh_masks(layers)
-                _drop_compressed(layers)
-
-            optimizer.register_step_post_hook(after_step)
+        if _sparse_layers(networks):
+            bind_optimizer(optimizer, networks)  # the public helper: one mechanism for every trainer
         return optimizer
 
     def enable_fast_path(self, networks: Mapping[str, nn.Module]) -> None:

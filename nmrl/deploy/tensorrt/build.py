@@ -6,7 +6,6 @@ This is the only place in nmrl that writes engine files; loaders never call it (
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ from nmrl.deploy.tensorrt.report import BuildReport
 from nmrl.deploy.tensorrt.settings import BatchProfile, build_settings
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_bytes, atomic_write_text
+from nmrl.policy_file import read_claims
 
 
 def _notes(flavour: str, sparse: bool, settings_note: str, any_2of4: bool, eligible, picked) -> list[str]:
@@ -43,11 +43,7 @@ def _notes(flavour: str, sparse: bool, settings_note: str, any_2of4: bool, eligi
 def refuse_int8_recipe_for_ort(onnx_path: Path, metadata: dict[str, str]) -> None:
     """An int8 export made for ONNX Runtime (``--int8-target ort``: unsigned activations, quantized
     hidden outputs) is a file TensorRT's parser rejects; say which export it needs instead."""
-    try:
-        target = json.loads(metadata.get("nmrl.quantization", "{}")).get("target")
-    except (ValueError, AttributeError):  # metadata is untrusted text: anything else is TensorRT's to judge
-        return
-    if target == "ort":
+    if read_claims(metadata, str(onnx_path)).quantization_target == "ort":
         raise NmrlError(
             f"{onnx_path}: this int8 file is quantized for ONNX Runtime (unsigned activations, which TensorRT "
             "rejects); export one for TensorRT: nmrl export RUN --dtype int8 --int8-target tensorrt"
@@ -112,7 +108,7 @@ def build_engines(
         notes=notes,
         inspector_fused_layers=None if inspected is None else inspected[1],
         sparse_kernels=sparse_kernels_verdict(picked, inspected) if sparse else "none (built without SPARSE_WEIGHTS)",
-        env_id=info.metadata.get("nmrl.env_id"),
+        env_id=read_claims(info.metadata, str(onnx_path)).env_id,
     )
     report.save(report_path(plan_path))
     return report

@@ -101,5 +101,8 @@ def build_plan(
         for name in flag_names
         if hasattr(trt.BuilderFlag, name)
     }
-    read_back["STRONGLY_TYPED"] = bool(flags)
+    # Read back from the network, not echoed from the request: TensorRT 11 ignores the creation
+    # flag (every network is strongly typed) and reports what it really built.
+    strongly_typed = trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    read_back["STRONGLY_TYPED"] = bool(network.get_flag(strongly_typed))
     return BuiltPlan(bytes(serialized), logger.lines, read_back)

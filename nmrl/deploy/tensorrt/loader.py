@@ -17,6 +17,7 @@ from nmrl.deploy.tensorrt.engines import default_plan_path, dense_kernels_path, 
 from nmrl.deploy.tensorrt.runner import TensorRTPolicy
 from nmrl.deploy.tensorrt.settings import BatchProfile
 from nmrl.errors import NmrlError
+from nmrl.policy_file import metadata_of, read_claims
 
 
 def onnx_env_id(onnx_path: Path) -> str | None:
@@ -28,7 +29,7 @@ def onnx_env_id(onnx_path: Path) -> str | None:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError
         raise NmrlError(f"{onnx_path}: not an ONNX model ({error.__class__.__name__})") from error
-    return next((prop.value for prop in model.metadata_props if prop.key == "nmrl.env_id"), None)
+    return read_claims(metadata_of(model), str(onnx_path)).env_id
 
 
 def load_tensorrt_policy(

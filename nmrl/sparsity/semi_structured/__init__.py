@@ -15,12 +15,14 @@ One job per module:
 * ``training``  — give every network's chosen layers the kernel, keep it fresh [enable_semi_structured,
   disable_semi_structured, drop_compressed, SemiStructuredTraining]
 * ``inference`` — convert a trained actor to compressed fp16/bf16 GPU layers [to_semi_structured]
+* ``measure``   — how ``benchmarks/gpu_check.py`` measures (interleaved timing, profiler kernel time,
+  CUDA graphs, L2-cold operands, cuSPARSELt algorithm search, errors, GPU state; used by module name)
 
 Importing this package imports PyTorch but needs no GPU; patch a function in the module that
 defines it (e.g. ``probe.device_support``, ``timing.time_cuda``).
 """
 
-from nmrl.sparsity.semi_structured import inference, kernel, probe, selection, timing, training
+from nmrl.sparsity.semi_structured import inference, kernel, measure, probe, selection, timing, training
 from nmrl.sparsity.semi_structured.inference import to_semi_structured
 from nmrl.sparsity.semi_structured.kernel import SemiStructuredKernel, SemiStructuredLinearFn, on_fast_path
 from nmrl.sparsity.semi_structured.probe import (
@@ -68,6 +70,7 @@ __all__ = [
     "layer_training_step",
     "layer_verdict",
     "linear_layers",
+    "measure",
     "measure_layers",
     "measure_speedup",
     "on_fast_path",

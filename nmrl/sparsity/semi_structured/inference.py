@@ -30,13 +30,15 @@ def to_semi_structured(
     speedups: Mapping[str, float] | None = None,
     measure_batch: int | None = None,
     compress: bool = True,
+    device: str = "cuda",
 ) -> list[LayerChoice]:
     """Convert a trained network for inference, in place: move it to the GPU in ``dtype`` and
     replace every Linear by a plain ``nn.Linear`` holding its effective weight, compressed to 2:4
     where the layer was chosen (plain Linear layers whose weights obey 2:4 qualify too). Returns
     the per-layer choice. Needs a capable GPU (NmrlError otherwise); feed the result ``dtype``
     observations on the GPU. ``compress=False`` makes the dense-kernel variant: the same plain layers,
-    nothing compressed (the fair baseline, without the mask multiply of the training layer)."""
+    nothing compressed (the fair baseline, without the mask multiply of the training layer).
+    ``device`` is for CPU stand-ins in tests (a CUDA device is the only real one)."""
     support = support or probe.probe_semi_structured()
     dtype_name = next((name for name, value in FAST_DTYPES.items() if value == dtype), None)
     if not support.available:
@@ -47,7 +49,7 @@ def to_semi_structured(
     if measure_batch is not None and speedups is None:
         speedups = measure_layers(layers, measure_batch, dtype)
     choices = choose_layers(layers, support, speedups)
-    module.to(device="cuda", dtype=dtype)
+    module.to(device=device, dtype=dtype)
     for (name, layer), choice in zip(layers, choices, strict=True):
         effective = _effective_weight(layer).contiguous()
         if choice.sparse and check_nm(effective, NMPattern(2, 4)):
