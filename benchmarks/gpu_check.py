@@ -55,7 +55,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,9 @@ def make_header(
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6))
+    """Largest difference relative to the largest reference value (the training-step check)."""
+    got, expected = got.detach().float(), expected.detach().float()
+    return float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
 
 
 def check_matmul(dtype_name: str, device: str = "cuda", width: int = 1024, batch: int = 512) -> Verdict:
@@ -442,6 +444,19 @@ def section_correctness(report: Report, dtypes: tuple[str, ...], device: str = "
 # ---- timings -------------------------------------------------------------------------------------
 
 
+def engine_event_timer(stream_ptr: int) -> measure.SampleTimer:
+    """The timer for a TensorRT engine: PyTorch's CUDA events recorded on the engine's own stream,
+    around ``execute_async_v3`` alone (input already on the device)."""
+    from nmrl.deploy.tensorrt.timing import event_samples
+
+    stream = torch.cuda.ExternalStream(stream_ptr)
+
+    def timer(fn: Callable[[], object], samples: int, calls: int) -> list[float]:
+        return event_samples(fn, samples, calls, lambda: torch.cuda.Event(enable_timing=True), stream)
+
+    return timer
+
+
 @dataclass
 class Hardware:
     """Everything a timing section asks of the GPU, in one place: the real GPU by default, CPU
@@ -452,6 +467,7 @@ class Hardware:
     graph: Callable[[Callable[[], object]], tuple[Callable[[], object] | None, str]] = measure.cuda_graph
     kernel_time: Callable[[Callable[[], object], int], measure.KernelTime] = measure.kernel_time
     alg_search: Callable[[torch.Tensor, torch.Tensor], tuple[Callable, Callable, int]] | None = measure.cusparselt_pair
+    engine_timer: Callable[[int], measure.SampleTimer] = engine_event_timer  # a stream pointer -> its timer
     l2_bytes: int | None = None
     block: int = 5
 
@@ -771,26 +787,12 @@ def export_actor(width: int, path: Path, dtype: str) -> Path:
     return export_policy(path, _actor(width), OBS_DIM, ACT_DIM, NMPattern(2, 4), dtype=dtype).path
 
 
-def tensorrt_hardware(hardware: Hardware, stream_ptr: int) -> Hardware:
-    """The timer for engines: PyTorch's CUDA events recorded on the engine's own stream, around
-    ``execute_async_v3`` alone (input already on the device)."""
-    from nmrl.deploy.tensorrt.timing import event_samples
-
-    stream = torch.cuda.ExternalStream(stream_ptr)
-
-    def timer(fn: Callable[[], object], samples: int, calls: int) -> list[float]:
-        return event_samples(fn, samples, calls, lambda: torch.cuda.Event(enable_timing=True), stream)
-
-    return replace(hardware, timer=timer)
-
-
 def section_tensorrt(
     report: Report,
     widths: list[int],
     batches: list[int],
     repeats: int,
     hardware: Hardware | None = None,
-    trt_hardware: Callable[[Hardware, int], Hardware] = tensorrt_hardware,
 ) -> None:
     """TensorRT engines of the actor, SPARSE_WEIGHTS vs the dense-kernel twin: CUDA events around
     ``execute_async_v3`` on pre-staged device buffers, the precision read back from the build."""
@@ -820,8 +822,6 @@ def section_tensorrt(
                 policies = [TensorRTPolicy(built.dense_plan), TensorRTPolicy(built.plan)]
                 try:
                     staged = [StagedEngine(policy, obs) for policy in policies]
-                    timed = trt_hardware(hardware, staged[0].stream_ptr)
-                    timed_sparse = trt_hardware(hardware, staged[1].stream_ptr)
                     outputs = []
                     for engine in staged:
                         engine.launch()
@@ -829,7 +829,10 @@ def section_tensorrt(
                     error = measure.relative_frobenius(torch.from_numpy(outputs[1]), torch.from_numpy(outputs[0]))
                     method = "cuda events on execute_async_v3 (input on device)"
                     launches = (staged[0].launch, staged[1].launch)  # bound once: the timer keys on them
-                    timers = {id(launches[0]): timed.timer, id(launches[1]): timed_sparse.timer}
+                    timers = {
+                        id(launch): hardware.engine_timer(engine.stream_ptr)
+                        for launch, engine in zip(launches, staged, strict=True)
+                    }
                     dense_t, sparse_t = measure.interleaved(
                         *launches,
                         repeats,

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from nmrl.errors import NmrlError
-from nmrl.export.onnx_export import export_run
 from nmrl.export.parity import RETURN_MARGIN
+from nmrl.export.pipeline import export_run
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cheetah_int8_run"
 FILES = (("fp32", "ort"), ("int8", "ort"), ("int8", "tensorrt"))

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from nmrl import __version__
-from nmrl.errors import Interrupted, NmrlError
+from nmrl.errors import Interrupted, NmrlError, printable
 
 # verb -> (module, function, one-line help). Multi-word verbs ("deploy build") are matched first.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             function = getattr(importlib.import_module(module_name), function_name)
             result = _parse_and_call(function, rest, f"nmrl {verb}")
     except NmrlError as error:
-        message = " ".join(str(error).split())  # one line, whatever the message holds
+        # one line, whatever the message holds (text from a file included: nothing it holds is a control code)
+        message = printable(" ".join(str(error).split()), limit=None)
         label = "" if isinstance(error, Interrupted) else "error: "
         print(f"nmrl {verb}: {label}{message}", file=sys.stderr)
         return error.exit_code

@@ -28,3 +28,12 @@ def gist(error: BaseException, lines: int = 2, limit: int = 300) -> str:
     run to dozens of lines), or its type name when it has no message."""
     text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(text[:lines])[:limit] or type(error).__name__
+
+
+def printable(text: object, limit: int | None = 300) -> str:
+    """``text`` from a file (metadata, tensor names, an env id) safe to print: every character that
+    is not printable (escape codes, newlines, carriage returns, bidi controls) written as Python's
+    repr writes it (``\\x1b``, ``\\n``), as error messages show such values with ``{value!r}``;
+    cut to ``limit`` characters (None: whole). A file can then neither draw over the terminal nor add lines."""
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+    return shown if limit is None or len(shown) <= limit else shown[: limit - 3] + "..."

@@ -4,25 +4,45 @@ A file is written to a temporary name in the same folder, flushed to disk and re
 old one, so a crash or SIGKILL at any moment leaves the previous file or the new one, never a
 half-written file under the real name (which a resume, a deploy or an engine loader would read).
 A write that fails (disk full, read-only folder) raises :class:`NmrlError` naming the file and
-leaves the previous file as it was. No PyTorch import.
+leaves the previous file as it was.
+
+Inside a folder nmrl owns (a run directory, a grid), a symbolic link is never written through: a
+link planted in place of a file or subfolder nmrl writes (``.lock``, ``metrics.jsonl``,
+``checkpoints/``, TensorBoard event files) is refused with one line and its target is untouched.
+Folders below ``inside=`` are opened one by one without following links, temp files are created
+with ``O_EXCL | O_NOFOLLOW``, and appends and the lock open their file with ``O_NOFOLLOW``. The
+owned folder itself (and those above it) may be a link: that is where the user chose to keep it.
+No PyTorch import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import math
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+import numpy as np
 
 from nmrl.errors import NmrlError
 
 # mkstemp names of atomic writes: ".<name>.<random>.tmp" beside the file they become.
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 LOCK_FILE = ".lock"
+# Longest name of one path component on Linux and macOS file systems (NAME_MAX), in bytes.
+NAME_MAX = 255
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class LockHeld(NmrlError):
+    """Another process holds the folder's lock."""
 
 
 def format_bytes(count: float) -> str:
@@ -32,6 +52,33 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def physical_memory() -> int:
+    """Bytes of RAM this machine has: what an allocation a file or a flag asks for is checked
+    against before it is made (a MemoryError, or the kernel's OOM kill, says nothing useful)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def read_npy_header(stream: IO[bytes], size: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an ``.npy`` stream (a file, an ``.npz`` member) of ``size`` bytes declares,
+    read before numpy allocates them: ``numpy.load`` allocates whatever a header declares, so a
+    100-byte file claiming a terabyte array is a MemoryError. ValueError when the stream does not
+    start with an .npy header or declares more data than it holds."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+    declared = math.prod(shape) * dtype.itemsize
+    if stream.tell() + declared > size:
+        raise ValueError(
+            f"the header declares {list(shape)} {dtype} ({format_bytes(declared)}), "
+            f"more than the {format_bytes(max(size - stream.tell(), 0))} of data the file holds"
+        )
+    return shape, dtype
 
 
 def write_error(
@@ -49,29 +96,128 @@ def write_error(
     return NmrlError(f"cannot write {path}: {reason}; {outcome}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (parent folders are created)."""
-    path = Path(path)
-    tmp_name = None
+def symlink_refused(path: Path) -> NmrlError:
+    return NmrlError(
+        f"{path} is a symbolic link; nmrl never writes through a link inside a folder it owns: remove it (rm {path})"
+    )
+
+
+def refuse_links(folder: Path) -> None:
+    """:class:`NmrlError` naming the first symbolic link found in ``folder`` or below (links are
+    not followed): a command that would write there refuses before it changes anything."""
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                raise symlink_refused(Path(root, name))
+
+
+def check_name_lengths(path: Path, what: str) -> None:
+    """:class:`NmrlError` when a component of ``path`` is longer than a file system allows (the
+    OS would say "File name too long" as a traceback, after a folder was made)."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise NmrlError(f"{what} holds a name of {size} bytes, longer than the {NAME_MAX} allowed: {part[:40]}...")
+
+
+@contextlib.contextmanager
+def _folder(folder: Path, inside: Path | None) -> Iterator[int]:
+    """A descriptor of ``folder``, created if missing. Below ``inside`` each component is opened
+    without following a link (a link there is refused), so no swap can redirect the writes."""
+    folder = Path(folder)
+    if inside is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, _DIRECTORY)
+    else:
+        parts = folder.relative_to(inside).parts  # ValueError: a caller's mistake
+        Path(inside).mkdir(parents=True, exist_ok=True)
+        fd, current = os.open(inside, _DIRECTORY), Path(inside)
+        for part in parts:
+            current = current / part
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, _DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as error:
+                os.close(fd)
+                if error.errno in (errno.ELOOP, errno.ENOTDIR) and current.is_symlink():
+                    raise symlink_refused(current) from None
+                raise
+            os.close(fd)
+            fd = child
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(data)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise write_error(path, error, len(data)) from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        yield fd
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, inside: Path | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (parent folders are created). ``inside``: a folder
+    nmrl owns that holds ``path``; no link below it is followed."""
+    path = Path(path)
+    try:
+        with _folder(path.parent, inside) as folder:
+            tmp = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o600, dir_fd=folder)
+            try:
+                with os.fdopen(fd, "wb") as tmp_file:
+                    tmp_file.write(data)
+                    tmp_file.flush()
+                    os.fsync(tmp_file.fileno())
+                # a link under the final name is replaced, not followed
+                os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
+            os.fsync(folder)  # make the rename itself durable
+    except OSError as error:
+        raise write_error(path, error, len(data)) from None
+
+
+def open_for_append(path: Path, inside: Path | None = None) -> int:
+    """A descriptor appending to ``path`` (created if missing); a link or a non-file there is refused."""
+    path = Path(path)
+    with _folder(path.parent, inside) as folder:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path.name, flags, 0o644, dir_fd=folder)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise symlink_refused(path) from None
+            raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted under the name
+        os.close(fd)
+        raise NmrlError(f"{path} is not a regular file; nmrl writes only its own files there: remove it")
+    return fd
+
+
+def append_text(path: Path, text: str, inside: Path | None = None, outcome: str = "the file is unchanged") -> None:
+    """Append ``text`` to ``path`` in one write (see :func:`open_for_append`); a failed write is
+    one :class:`NmrlError` saying ``outcome``."""
+    data = text.encode()
+    try:
+        fd = open_for_append(path, inside)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise write_error(path, error, len(data), outcome) from None
+
+
+def create_new_file(folder: Path, name: str, inside: Path | None = None) -> int | None:
+    """A descriptor of the new file ``folder/name`` created by this call (``O_EXCL``), or None when
+    a file of that name exists; a link under the name is refused."""
+    with _folder(folder, inside) as dir_fd:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            if Path(folder, name).is_symlink():
+                raise symlink_refused(Path(folder, name)) from None
+            return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -93,7 +239,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-@contextmanager
+@contextlib.contextmanager
 def hold_lock(folder: Path, what: str = "folder") -> Iterator[Path]:
     """Hold ``folder``'s lock (an exclusive ``flock`` on ``folder/.lock``) for the block.
 
@@ -104,17 +250,26 @@ def hold_lock(folder: Path, what: str = "folder") -> Iterator[Path]:
     folder = Path(folder)
     lock_path = folder / LOCK_FILE
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a link planted as .lock would have its target truncated to our pid
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise symlink_refused(lock_path) from None
         raise NmrlError(f"cannot lock {what} {folder}: {error.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NmrlError(f"{lock_path} is not a regular file; remove it and run again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise NmrlError(f"{what} {folder} is in use by pid {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise LockHeld(f"{what} {folder} is in use by pid {holder}") from None
+        pid = f"{os.getpid()}\n".encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
+        except OSError as error:
+            raise write_error(lock_path, error, len(pid), "nothing was changed") from None
         yield lock_path
     finally:
         os.close(fd)  # closing the descriptor releases the flock

@@ -139,7 +139,7 @@ def _bad(source: str, key: str, expected: str, text: str) -> NmrlError:
 def _json(source: str, key: str, text: str, expected: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # arrays nested deeper than Python's stack: RecursionError
         raise _bad(source, key, expected, text) from None
 
 

@@ -37,6 +37,16 @@ def small_actor(
     return actor.eval()
 
 
+def file_and_torch(policy, model: onnx.ModelProto | Path, obs_dim: int = HOPPER_OBS, act_dim: int = HOPPER_ACT):
+    """The two sides export's parity compares, as their deploy backends run them: the torch fp32
+    ``policy`` and the ONNX ``model`` (in memory or a file) under ONNX Runtime CPU."""
+    from nmrl.deploy.ort_backend import OrtPolicy
+    from nmrl.deploy.torch_backend import TorchPolicy
+
+    candidate = OrtPolicy(model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model))
+    return TorchPolicy(policy, obs_dim, act_dim, threads=None), candidate
+
+
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 600-step RNM-TD3 2:4 run on Hopper-v5 (64-64 networks), trained once per worker."""
     from helpers import tiny_config
@@ -127,7 +137,7 @@ def nm_along(shape: tuple[int, int], axis: int, n: int, m: int, seed: int = 0, d
 
 def exported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """:func:`tiny_run` with its verified ``actor.onnx`` (exported once per worker)."""
-    from nmrl.export.onnx_export import export_run
+    from nmrl.export.pipeline import export_run
 
     run_dir = tiny_run(tmp_path_factory)
     if not (run_dir / "actor.onnx").is_file():

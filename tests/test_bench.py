@@ -335,7 +335,8 @@ def test_an_int8_file_is_timed_as_int8_though_its_first_layer_is_fp32(tmp_path, 
     # The ort recipe keeps the first layer fp32: the file is still an int8 policy, as export says.
     import onnx
 
-    from nmrl.export.onnx_export import build_policy_onnx, random_observations
+    from nmrl.export.observations import random_observations
+    from nmrl.export.onnx_export import build_policy_onnx
     from nmrl.export.quantize import quantize_int8
 
     actor = small_actor("2:4", hidden=(16, 16))

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from deploy_support import HOPPER_OBS, TINY_RUN_GROUP, small_actor, tiny_run
+from deploy_support import HOPPER_OBS, TINY_RUN_GROUP, file_and_torch, small_actor, tiny_run
 from onnx import numpy_helper
 
 from nmrl.cli import main
@@ -101,7 +101,7 @@ def test_metadata_describes_the_file(fp32_model) -> None:
 
 def test_verification_on_policy_env_and_random_observations_and_closed_loop(actor, fp32_model) -> None:
     verification = verify_export(
-        actor, fp32_model, "fp32", HOPPER_OBS, 3, "Hopper-v5", [-1.0] * 3, [2.0] * 3, episodes=2, random_count=64
+        *file_and_torch(actor, fp32_model), "fp32", "Hopper-v5", [-1.0] * 3, [2.0] * 3, episodes=2, random_count=64
     )
     assert [r.source for r in verification.parity] == ["policy", "env", "random"]
     assert [r.blocking for r in verification.parity] == [True, True, False]
@@ -127,7 +127,7 @@ def test_fp16_graph_has_fp16_weights_and_math(actor, io_dtype) -> None:
     assert all(layer.dtype == "float16" for layer in check.layers)
     # K=11 (Hopper's observation) cannot use 2:4 kernels; the hidden layers can.
     assert [layer.eligible_2of4 for layer in check.layers] == [False, True, True]
-    verification = verify_export(actor, model, "fp16", HOPPER_OBS, 3, "Hopper-v5", episodes=1, random_count=64)
+    verification = verify_export(*file_and_torch(actor, model), "fp16", "Hopper-v5", episodes=1, random_count=64)
     assert all(r.passed for r in verification.parity) and verification.closed_loop.passed
     errors = [r.max_abs_error for r in verification.parity]
     assert max(errors) > 1e-5  # it really computed in fp16 (fp32 files differ by ~1e-7)
@@ -211,7 +211,7 @@ def test_sac_deterministic_actor_exports_with_parity(tmp_path) -> None:
     policy = algo.policy().eval()
     result = export_policy(tmp_path / "sac.onnx", policy, HOPPER_OBS, 3, NMPattern(2, 4), {"algo": "sac"})
     assert [layer.finest for layer in result.check.layers] == [NMPattern(2, 4)] * 3
-    verification = verify_export(policy, result.path, "fp32", HOPPER_OBS, 3, None, random_count=64)
+    verification = verify_export(*file_and_torch(policy, result.path), "fp32", None, random_count=64)
     (parity,) = verification.parity  # without an env only wide random inputs exist, and they block
     assert parity.source == "random" and parity.blocking and parity.passed and verification.closed_loop is None
 

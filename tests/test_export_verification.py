@@ -9,18 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from deploy_support import file_and_torch
 from onnx import numpy_helper
 
 from nmrl.cli import main
 from nmrl.errors import NmrlError
-from nmrl.export.parity import (
-    ClosedLoopResult,
-    ParityResult,
-    Verification,
-    enforce,
-    onnx_actor,
-    torch_actor,
-)
+from nmrl.export.parity import ClosedLoopResult, ParityResult, Verification, enforce
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cheetah_fp16_run"
 
@@ -37,7 +31,8 @@ def _lines(text: str) -> list[str]:
 
 
 def test_a_trained_policy_the_old_random_input_check_refused_exports_in_fp16(cheetah_run, capsys) -> None:
-    from nmrl.export.onnx_export import random_observations
+    from nmrl.export.observations import random_observations
+    from nmrl.export.parity import actions
     from nmrl.train.run import load_trained_actor
 
     assert main(["export", str(cheetah_run), "--dtype", "fp16", "--checkpoint", "best", "--check-episodes", "2"]) == 0
@@ -48,8 +43,9 @@ def test_a_trained_policy_the_old_random_input_check_refused_exports_in_fp16(che
     # over the largest |action| of the batch, fp16 limit 1e-2. This policy's fp16 file fails it.
     loaded = load_trained_actor(cheetah_run, "best")
     wide = random_observations(loaded.obs_dim, 256, 0)
-    reference = torch_actor(loaded.policy)(wide)
-    old_rel_error = np.abs(onnx_actor(written)(wide) - reference).max() / np.abs(reference).max()
+    torch_policy, file_policy = file_and_torch(loaded.policy, written, loaded.obs_dim, loaded.act_dim)
+    reference = actions(torch_policy, wide)
+    old_rel_error = np.abs(actions(file_policy, wide) - reference).max() / np.abs(reference).max()
     assert old_rel_error > 1e-2
 
     policy_line = next(line for line in out.splitlines() if line.strip().startswith("policy"))

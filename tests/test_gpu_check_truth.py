@@ -7,11 +7,13 @@ gymnasium or mujoco, writing a complete table."""
 from __future__ import annotations
 
 import csv
+import importlib.machinery
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,6 +124,7 @@ def stand_in_hardware(gpu_check, **changes):
         "graph": lambda fn: (None, "eager (stand-in: no CUDA graphs on a CPU)"),
         "kernel_time": fake_kernel_time,
         "alg_search": search,
+        "engine_timer": lambda stream_ptr: constant_timer,
         "l2_bytes": 16 * 1024,
         "block": 2,
     }
@@ -205,6 +208,109 @@ def test_a_profiler_that_sees_no_kernel_is_an_error_not_a_zero():
         measure.kernel_time(counted(lambda: None), 2, profiler=lambda: FakeProfiler(per_call_kernels=()))
 
 
+class FakeCuda:
+    """The torch.cuda calls a graph capture makes, recorded in order: which stream each call of
+    the captured function ran on, and whether it ran inside ``torch.cuda.graph``."""
+
+    def __init__(self, log, fail_capture=None):
+        self.log, self.fail_capture, self.where = log, fail_capture, "default"
+        fake = self
+
+        class Stream:
+            def __init__(self, name="side"):
+                self.name = name
+
+            def wait_stream(self, other):
+                fake.log.append(("wait", self.name, other.name))
+
+        class CUDAGraph:
+            def replay(self):
+                fake.log.append(("replay",))
+
+        self.Stream, self.CUDAGraph, self.default = Stream, CUDAGraph, Stream("default")
+
+    def current_stream(self):
+        return self.default
+
+    def stream(self, stream):
+        return self._inside("side stream")
+
+    def graph(self, graph):
+        if self.fail_capture:
+            raise self.fail_capture
+        return self._inside("capture")
+
+    def synchronize(self):
+        self.log.append(("synchronize",))
+
+    def _inside(self, where):
+        fake = self
+
+        class Context:
+            def __enter__(self):
+                fake.where = where
+
+            def __exit__(self, *exc):
+                fake.where = "default"
+                return False
+
+        return Context()
+
+
+def test_cuda_graph_warms_up_on_a_side_stream_then_captures_once(monkeypatch):
+    log: list = []
+    fake = FakeCuda(log)
+    for name in ("Stream", "CUDAGraph", "current_stream", "stream", "graph", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    replay, how = measure.cuda_graph(lambda: log.append(("call", fake.where)), warmup=2)
+    assert how == "cuda graph"
+    calls = [entry for entry in log if entry[0] == "call"]
+    assert calls == [("call", "side stream")] * 2 + [("call", "capture")]  # capture needs a side-stream warm-up
+    waits = [entry for entry in log if entry[0] == "wait"]
+    assert waits == [("wait", "side", "default"), ("wait", "default", "side")]  # ordered both ways
+    log.clear()
+    replay()
+    assert log == [("replay",)]  # the timed function is the replay, not the Python function
+
+
+def test_a_failed_capture_reports_its_own_error_and_the_row_runs_eager(gpu_check, monkeypatch):
+    log: list = []
+    fake = FakeCuda(log, fail_capture=RuntimeError("operation not permitted when stream is capturing"))
+    for name in ("Stream", "CUDAGraph", "current_stream", "stream", "graph", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    replay, how = measure.cuda_graph(lambda: None)
+    assert replay is None and "RuntimeError: operation not permitted" in how and log[-1] == ("synchronize",)
+
+    # time_row: a graph on one side only would compare kernels with launches, so both run eager.
+    timed = []
+
+    def timer(fn, samples, calls):
+        timed.append(fn)
+        return [1.0] * samples
+
+    def dense():
+        return None
+
+    def sparse():
+        return None
+
+    def replay_of(fn):
+        def replayed():
+            return fn()
+
+        return replayed
+
+    only_dense = {dense: (replay_of(dense), "cuda graph"), sparse: (None, "no CUDA graph (stand-in)")}
+    hardware = stand_in_hardware(gpu_check, timer=timer, graph=only_dense.__getitem__)
+    dense_t, sparse_t, *_ = gpu_check.time_row(hardware, dense, sparse, 2)
+    assert set(timed) == {dense, sparse} and dense_t.method == sparse_t.method == "eager (no CUDA graph (stand-in))"
+    replays = {fn: replay_of(fn) for fn in (dense, sparse)}
+    timed.clear()
+    hardware = stand_in_hardware(gpu_check, timer=timer, graph=lambda fn: (replays[fn], "cuda graph"))
+    dense_t, sparse_t, *_ = gpu_check.time_row(hardware, dense, sparse, 2)
+    assert set(timed) == set(replays.values()) and dense_t.method == sparse_t.method == "cuda graph"
+
+
 # ---- 3: TensorRT timed on the engine, precision read back -----------------------------------------
 
 
@@ -238,7 +344,7 @@ class FakeDeviceArray:
         array[...] = 0.5
 
 
-def fake_policy(log):
+def fake_policy(log, stream=77):
     policy = SimpleNamespace(
         _input_dtype=np.dtype(np.float32),
         _output_dtype=np.dtype(np.float16),
@@ -246,12 +352,45 @@ def fake_policy(log):
         _input="obs",
         _output="action",
         _context=FakeContext(log),
-        _stream=SimpleNamespace(ptr=77, synchronize=lambda: log.append(("sync",))),
+        _stream=SimpleNamespace(ptr=stream, synchronize=lambda: log.append(("sync",))),
         _device_in=FakeDeviceArray(log, "in", 1000),
         _device_out=FakeDeviceArray(log, "out", 2000),
         _logger=SimpleNamespace(errors=lambda: []),
     )
     return policy
+
+
+def install_fake_tensorrt(patch, gpu_check, fake_export=True):
+    """A fake TensorRT 10 behind section (d): ``import tensorrt`` finds it, ``build_engines`` returns
+    a build with the FP16 flag on an fp32 graph, and each ``TensorRTPolicy`` is a fake engine on a
+    stream of its own (77 dense, 78 sparse) whose log records every call it was given."""
+    import nmrl.deploy.tensorrt as trt_deploy
+
+    logs: list[list] = []
+    exported: list[str] = []
+    module = types.ModuleType("tensorrt")
+    module.__version__ = "10.13.3.9"
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # what find_spec answers
+    patch.setitem(sys.modules, "tensorrt", module)
+    built = SimpleNamespace(
+        flags={"FP16": True, "SPARSE_WEIGHTS": True, "STRONGLY_TYPED": False},
+        builder_picked=["/net/net.2/Gemm"],
+        dense_plan="dense.plan",
+        plan="sparse.plan",
+        format=lambda: "fake build",
+    )
+    patch.setattr(trt_deploy, "build_engines", lambda *a, **k: built)
+    if fake_export:
+        patch.setattr(gpu_check, "export_actor", lambda width, path, dtype: exported.append(dtype) or path)
+
+    def policy(path):
+        logs.append([])
+        fake = fake_policy(logs[-1], stream=77 if path == "dense.plan" else 78)
+        fake.close = lambda log=logs[-1]: log.append(("close",))
+        return fake
+
+    patch.setattr(trt_deploy, "TensorRTPolicy", policy)
+    return logs, exported
 
 
 def test_tensorrt_timing_launches_only_the_engine_on_staged_buffers():
@@ -288,53 +427,31 @@ def test_tensorrt_timing_launches_only_the_engine_on_staged_buffers():
 
 def test_tensorrt_section_times_the_engine_and_labels_its_real_precision(gpu_check, monkeypatch, tmp_path):
     """Section (d) with a fake TensorRT 10 (FP16 flag on an fp32 graph): the row's dtype is fp16,
-    and between the timing events only ``execute_async_v3`` runs (no copies, no casts)."""
-    import nmrl.deploy.tensorrt as trt_deploy
+    each engine is timed on its own stream, and between the timing events only that engine's
+    ``execute_async_v3`` runs (no copies, no casts, not the other engine)."""
+    logs, exported = install_fake_tensorrt(monkeypatch, gpu_check)
+    timed: dict[int, list] = {}
 
-    logs: list[list] = []
-    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.13.3.9"))
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else real_find_spec(name, *a)
-    )
-    built = SimpleNamespace(
-        flags={"FP16": True, "SPARSE_WEIGHTS": True, "STRONGLY_TYPED": False},
-        builder_picked=["/net/net.2/Gemm"],
-        dense_plan="dense.plan",
-        plan="sparse.plan",
-        format=lambda: "fake build",
-    )
-    monkeypatch.setattr(trt_deploy, "build_engines", lambda *a, **k: built)
-    exported = []
-    monkeypatch.setattr(gpu_check, "export_actor", lambda width, path, dtype: exported.append(dtype) or path)
-
-    def policy(path):
-        logs.append([])
-        fake = fake_policy(logs[-1])
-        fake.close = lambda: logs[-1].append(("close",))
-        return fake
-
-    monkeypatch.setattr(trt_deploy, "TensorRTPolicy", policy)
-    timed = []
-
-    def stand_in(hardware, stream_ptr):
+    def engine_timer(stream_ptr):
         def timer(fn, samples, calls):
             before = [len(log) for log in logs]
             for _ in range(samples * calls):
                 fn()
-            timed.extend(entry for log, start in zip(logs, before, strict=True) for entry in log[start:])
+            ran = [entry for log, start in zip(logs, before, strict=True) for entry in log[start:]]
+            timed.setdefault(stream_ptr, []).extend(ran)
             return [1.0] * samples
 
-        return gpu_check.replace(hardware, timer=timer)
+        return timer
 
     report = gpu_check.Report(tmp_path, {})
-    hardware = stand_in_hardware(gpu_check)
-    gpu_check.section_tensorrt(report, [32], [4], 3, hardware, trt_hardware=stand_in)
+    gpu_check.section_tensorrt(report, [32], [4], 3, stand_in_hardware(gpu_check, engine_timer=engine_timer))
     (row,) = report.rows
     assert exported == ["fp32"] and row.dtype.startswith("fp16 (FP16 flag")  # TensorRT 10: fp32 graph + FP16
     assert row.dense.method.startswith("cuda events on execute_async_v3")
-    assert timed and set(timed) == {("execute", 77)}  # only the engine ran while timed
+    assert set(timed) == {77, 78}  # one timer per engine, on that engine's stream
+    assert {stream: set(entries) for stream, entries in timed.items()} == {77: {("execute", 77)}, 78: {("execute", 78)}}
     assert row.dense_kernel_ms is not None and row.error == 0.0
+    assert all(log[-1] == ("close",) for log in logs)  # both engines released
 
 
 def test_tensorrt_precision_is_what_the_engine_runs():
@@ -420,6 +537,30 @@ def test_small_batches_rotate_l2_cold_copies_or_say_l2_hot(gpu_check, stand_ins,
     assert "L2-hot" in report.rows[1].unreliable  # 64 copies cannot exceed 2 MiB
 
 
+def test_cusparselt_pair_times_alg_0_against_the_searched_one_on_the_linear_operands(monkeypatch):
+    """The pair multiplies what ``linear`` multiplies (the compressed weight by the input
+    transposed): the default with ``alg_id`` 0, the other with the id the search returned."""
+    seen = []
+
+    def search(compressed, dense_b):
+        seen.append(("search", compressed, dense_b.shape))
+        return 5
+
+    def matmul(compressed, dense_b, alg_id=0, **kwargs):
+        seen.append(("mm", alg_id))
+        return compressed @ dense_b
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm_search", search)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", matmul)
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    inputs = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    default, searched, best = measure.cusparselt_pair(SimpleNamespace(packed=weight), inputs)
+    assert best == 5 and seen == [("search", weight, (32, 4))]
+    assert torch.allclose(default().t(), torch.nn.functional.linear(inputs, weight))
+    searched()
+    assert seen[1:] == [("mm", 0), ("mm", 5)]
+
+
 def test_searched_algorithm_failure_is_written_in_the_row(gpu_check, stand_ins, tmp_path):
     def broken(packed, inputs):
         raise RuntimeError("CUDA error: cusparseLt search failed")
@@ -500,6 +641,15 @@ def test_a_numba_kernel_that_fails_to_compile_falls_back_to_the_tensor_code(monk
     assert "LoweringError" in cpu_kernel.unusable_reason()
 
 
+def test_the_probe_reports_a_mask_that_fails_to_compute_instead_of_crashing(monkeypatch):
+    def broken(weight):
+        raise RuntimeError("numba: LLVM ERROR: stand-in")
+
+    monkeypatch.setattr(ss.probe, "two_of_four_mask", broken)
+    reason = ss.probe._tiny_check(torch.float16, torch.device("cpu"))
+    assert reason == "RuntimeError: numba: LLVM ERROR: stand-in"
+
+
 def test_a_sticky_cuda_error_in_clean_up_does_not_stop_later_sections(gpu_check, monkeypatch, tmp_path):
     def sticky():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -549,6 +699,7 @@ def run_stand_in_quick(out: Path) -> int:
     patch.setattr(ss.probe, "probe_semi_structured", lambda *a: STAND_IN)
     patch.setattr(ss, "probe_semi_structured", lambda *a: STAND_IN)
     patch.setitem(gpu_check.GRIDS, "quick", gpu_check.Grid(**TINY))
+    install_fake_tensorrt(patch, gpu_check, fake_export=False)  # nmrl's real export, a fake build
     return gpu_check.main(["--quick", "--repeats", "4", "--out", str(out)], hardware=stand_in_hardware(gpu_check))
 
 
@@ -568,7 +719,7 @@ def test_quick_run_writes_a_complete_table_without_gymnasium_or_mujoco(tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     sections = [row["section"] for row in document["timings"]]
     assert sections.count("matmul") == 4 and "td3" in sections and sections.count("actor") == 2
-    assert [s["section"] for s in document["skipped_sections"]] == ["(d) tensorrt"]  # no TensorRT here
+    assert sections.count("tensorrt") == 2 and not document["skipped_sections"]
     with (out / "gpu_check.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:  # every column of every row holds a value
@@ -579,7 +730,7 @@ def test_quick_run_writes_a_complete_table_without_gymnasium_or_mujoco(tmp_path)
     header = document["header"]
     assert header["_FORCE_CUTLASS"] is False and "gpu before" in header and "gpu after" in header
     markdown = (out / "gpu_check.md").read_text()
-    assert "## matmul" in markdown and "## td3" in markdown and "## actor" in markdown
+    assert all(f"## {section}\n" in markdown for section in ("matmul", "td3", "actor", "tensorrt"))
     log = (out / "gpu_check.log").read_text()
     assert "[(a) matmul]" in log and "wrote" in log  # the full log, in the results folder
     files = sorted(path.name for path in out.iterdir())

@@ -178,3 +178,76 @@ def test_the_api_docs_layer_snippets_run():
         if "stable_baselines3" in snippet:
             continue  # run by tests/test_sb3.py's own, larger flow
         exec(compile(snippet, "docs/api.md", "exec"), {})
+
+
+def test_bind_optimizer_keeps_a_fast_path_layers_compressed_weight_fresh(monkeypatch):
+    """A GPU's 2:4 layer multiplies by a compressed copy of its weight. Fused Adam writes weights
+    without moving their version counter and mask_interval 4 keeps the mask for three steps, so only
+    the bound hook tells the layer to recompress (CPU stand-in: the "compressed" copy stays dense)."""
+    import nmrl.sparsity.semi_structured as ss
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense.detach().clone())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32))
+    nmrl.sparsify(model, "2:4", mask_interval=4)
+    layer = model[0]
+    layer.kernel = ss.SemiStructuredKernel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    nmrl.bind_optimizer(optimizer, model)
+    x = torch.randn(8, 32)
+    for step in range(6):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        used = layer.kernel.cache[1]
+        assert torch.equal(used, (layer.weight * layer.mask).detach().bfloat16()), f"stale weight after step {step}"
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    x, y = torch.randn(16, 8), torch.randn(16, 2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def test_an_optimizer_nobody_bound_is_warned_about_once(monkeypatch, caplog):
+    """The trap without bind_optimizer: an Adam made before sparsify steps the replaced layers'
+    parameters; the sparse weights never change and their masks never refresh. nmrl says so."""
+    from nmrl.sparsity import layers as layers_module
+
+    monkeypatch.setattr(layers_module, "UNSTEPPED_PASS_LIMIT", 20)
+    monkeypatch.setattr(layers_module, "_warned_unstepped", False)
+    model = net()
+    stale = torch.optim.Adam(model.parameters(), lr=1e-2)
+    nmrl.sparsify(model, "2:4")
+    weights = [m.weight.detach().clone() for m in model[::2]]
+    with caplog.at_level("WARNING", logger="nmrl.sparsity.layers"):
+        _train(model, stale, 30)
+    assert all(torch.equal(m.weight, w) for m, w in zip(model[::2], weights, strict=True))  # the trap
+    warnings = [r for r in caplog.records if "without a counted optimizer step" in r.getMessage()]
+    assert len(warnings) == 1 and "nmrl.bind_optimizer" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("setting", ["2:4", "0.75"])
+def test_a_bound_optimizer_or_a_hand_made_layer_is_not_warned_about(monkeypatch, caplog, setting):
+    from nmrl.sparsity import layers as layers_module
+
+    monkeypatch.setattr(layers_module, "UNSTEPPED_PASS_LIMIT", 20)
+    monkeypatch.setattr(layers_module, "_warned_unstepped", False)
+    model = net()
+    nmrl.sparsify(model, setting)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    nmrl.bind_optimizer(optimizer, model)
+    own = nn.Sequential(NMLinear(8, 2, TWO_FOUR))  # built by hand: its owner steps it as it likes
+    with caplog.at_level("WARNING", logger="nmrl.sparsity.layers"):
+        _train(model, optimizer, 30)
+        _train(own, torch.optim.SGD(own.parameters(), lr=1e-2), 30)
+        with torch.no_grad():  # acting and targets record no gradients
+            for _ in range(30):
+                model(torch.randn(4, 8))
+    assert not [r for r in caplog.records if "without a counted optimizer step" in r.getMessage()]

@@ -111,13 +111,16 @@ TINY += ["--hidden", "16", "16", "--eval-every", "300", "--eval-episodes", "1", 
 
 
 # ---- data loss and corruption -----------------------------------------------------------------
-def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path):
-    # a run killed before its first checkpoint: config and metrics, no checkpoints/last.pt
+@pytest.mark.parametrize("holds", ["checkpoints/last.pt", "checkpoints/best.pt", "notes.txt"])
+def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path, holds):
+    # a run with a checkpoint, or a folder with a file nmrl did not write (a run without any
+    # checkpoint is started again: test_reliability_rundir.py)
     config = tiny_config(tmp_path, total_steps=300)
     run_dir = tmp_path / "runs" / "tiny"
-    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir(parents=True)
     config.save(run_dir / "config.json")
     (run_dir / "metrics.jsonl").write_text('{"kind": "eval", "step": 100, "return_mean": 5.0}\n')
+    (run_dir / holds).write_bytes(b"kept")
     before = snapshot(run_dir)
     with pytest.raises(NmrlError, match="already holds a run"):
         train(config)
@@ -307,7 +310,7 @@ def test_zero_or_negative_episodes_are_one_line(run_copy, capsys, tmp_path_facto
     assert "--episodes" in one_line_error(capsys, "eval", str(run_copy), "--episodes", "0")
     # deploy eval on a real exported file
     actor = run_copy.parent / "actor.onnx"
-    from nmrl.export.onnx_export import export_run
+    from nmrl.export.pipeline import export_run
 
     export_run(run_copy, output=actor, parity_samples=8)
     for episodes in ("0", "-1"):
@@ -381,7 +384,7 @@ def test_a_config_without_its_env_is_refused_not_defaulted(tmp_path_factory, cap
 
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_an_nm_packed_file_given_to_deploy_eval_is_named(tmp_path_factory, capsys):
-    from nmrl.export.onnx_export import export_run
+    from nmrl.export.pipeline import export_run
 
     packed = tmp_path_factory.mktemp("packed") / "actor.nm.npz"
     export_run(tiny_run(tmp_path_factory), output=packed, fmt="nm-packed", parity_samples=8)

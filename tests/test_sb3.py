@@ -30,7 +30,13 @@ def assert_nm(policy: torch.nn.Module) -> None:
         assert check_nm(layer.effective_weight(), TWO_FOUR) == [], name
 
 
-def test_sb3_td3_trains_nm_saves_loads_and_exports(tmp_path):
+def test_sb3_td3_trains_nm_saves_loads_and_exports(tmp_path, monkeypatch, caplog):
+    from nmrl.sparsity import layers as layers_module
+
+    # every optimizer SB3 steps is bound: not one layer goes 4 training passes without a counted step
+    monkeypatch.setattr(layers_module, "UNSTEPPED_PASS_LIMIT", 4)
+    monkeypatch.setattr(layers_module, "_warned_unstepped", False)
+    caplog.set_level("WARNING", logger="nmrl.sparsity.layers")
     env = gym.make(ENV)
     model = sb3.TD3("MlpPolicy", env, learning_starts=50, batch_size=32, policy_kwargs=SMALL, seed=0, device="cpu")
     nmrl_sb3.sparsify(model, "2:4")
@@ -67,6 +73,7 @@ def test_sb3_td3_trains_nm_saves_loads_and_exports(tmp_path):
     assert not torch.equal(first.weight, weights)
     assert torch.equal(first.mask, nm_mask(first.weight, TWO_FOUR))
     assert_nm(loaded.policy)
+    assert not [r for r in caplog.records if "without a counted optimizer step" in r.getMessage()]
 
     onnx_path = tmp_path / "actor.onnx"
     result = nmrl_sb3.export_actor(loaded, onnx_path, episodes=1)

@@ -155,3 +155,22 @@ def test_fp16_updates_are_loss_scaled(tmp_path, algo, compressed):
     resumed = _agent(tmp_path, algo, semi_structured=True, semi_structured_dtype="float16")
     resumed.load_state_dict(agent.state_dict())
     assert resumed.sparse.scaler.get_scale() == agent.sparse.scaler.get_scale() < 2.0**16
+
+
+@pytest.mark.parametrize("sparsity", ["2:4", "0.75"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_nmrls_own_updates_never_trip_the_unbound_optimizer_warning(tmp_path, algo, sparsity, monkeypatch, caplog):
+    """Every layer nmrl.sparsify makes warns after a few training passes with no counted optimizer
+    step (the user's trap); nmrl's own algorithms bind every optimizer, so they never warn, even
+    with the TD3 actor updated every other step."""
+    from nmrl.sparsity import layers as layers_module
+
+    monkeypatch.setattr(layers_module, "UNSTEPPED_PASS_LIMIT", 4)
+    monkeypatch.setattr(layers_module, "_warned_unstepped", False)
+    agent = _agent(tmp_path, algo, sparsity=sparsity)
+    assert all(layer.watch_steps for _, layer in _sparse_layers(agent) if layer.weight.requires_grad)
+    generator = torch.Generator().manual_seed(1)
+    with caplog.at_level("WARNING", logger="nmrl.sparsity.layers"):
+        for _ in range(12):
+            agent.update(_batch(generator))
+    assert not [r for r in caplog.records if "without a counted optimizer step" in r.getMessage()]

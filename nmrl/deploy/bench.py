@@ -28,8 +28,12 @@ import numpy as np
 
 from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
+from nmrl.files import format_bytes, physical_memory
 
 INPUT_POOL = 8
+# Copies of one synthetic actor's weights alive while it is benched, per dtype: torch module and
+# dense twin, their ONNX exports (in memory and as files read back) and a runtime session of each.
+WEIGHT_COPIES = 8
 # The reference precision of the "relative to fp32" ratios.
 REFERENCE_DTYPE = "fp32"
 
@@ -58,6 +62,29 @@ class Timing:
         return self.batch / (self.p50_us * 1e-6)
 
 
+def memory_needed(batch: int, obs_dim: int, act_dim: int, widths: list[int], dtypes: int = 1) -> int:
+    """Bytes a bench needs at least (float32): the input pool at ``batch``, and per synthetic width
+    its weights (:data:`WEIGHT_COPIES` of them per dtype) and two layers of activations."""
+    needed = INPUT_POOL * batch * obs_dim * 4
+    for width in widths:
+        weights = obs_dim * width + width * width + width * act_dim
+        needed += WEIGHT_COPIES * dtypes * weights * 4 + 4 * batch * width * 4
+    return needed
+
+
+def check_memory(batch: int, obs_dim: int, act_dim: int, widths: list[int], dtypes: int = 1) -> None:
+    """:class:`NmrlError` when a bench of this size cannot fit in this machine's memory, before
+    anything is allocated (``--batch 100000000000`` was a MemoryError, ``--widths 10000000`` an
+    allocation error deep in PyTorch)."""
+    needed, available = memory_needed(batch, obs_dim, act_dim, widths, dtypes), physical_memory()
+    if needed > available:
+        sizes = f"batch {batch:,}" + (f", widths up to {max(widths):,}" if widths else "")
+        raise NmrlError(
+            f"a bench at {sizes} needs at least {format_bytes(needed)}, more than the "
+            f"{format_bytes(available)} of memory here: choose a smaller --batch or --widths"
+        )
+
+
 def time_policies(
     policies: dict[Key, Policy],
     batch: int,
@@ -77,8 +104,11 @@ def time_policies(
     slow spell of the machine (other processes, frequency changes) hits all of them alike instead
     of whichever happened to run at the time.
     """
+    if calls < 1 or warmup < 0 or not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise NmrlError(f"calls >= 1, warmup >= 0 and a finite max_seconds > 0, got {calls}, {warmup}, {max_seconds}")
     rng = np.random.default_rng(seed)
     obs_dim = next(iter(policies.values())).obs_dim
+    check_memory(batch, obs_dim, 0, [])
     pool = [rng.standard_normal((batch, obs_dim)).astype(np.float32) for _ in range(INPUT_POOL)]
     counts = {}
     for name, policy in policies.items():
@@ -87,7 +117,7 @@ def time_policies(
             policy.act(pool[i % INPUT_POOL])
         per_call_s = (time.perf_counter_ns() - start) * 1e-9 / max(warmup, 1)
         budget_calls = int(max_seconds / per_call_s) if per_call_s > 0 else calls
-        counts[name] = max(min_calls, min(calls, budget_calls))
+        counts[name] = min(calls, max(min_calls, budget_calls))  # never more calls than asked
     latencies = {name: np.empty(count, dtype=np.int64) for name, count in counts.items()}
     done = dict.fromkeys(policies, 0)
     for round_index in range(rounds):

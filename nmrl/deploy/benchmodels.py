@@ -14,6 +14,7 @@ from rich.table import Table
 from nmrl.deploy.bench import REFERENCE_DTYPE, BenchModel, Timing, ratios, relative_to_fp32
 from nmrl.deploy.policy import BACKENDS, Policy, accepted_options, build_for, load_policy
 from nmrl.errors import NmrlError
+from nmrl.export.report import untrusted
 
 if TYPE_CHECKING:  # onnx_export pulls in torch and onnx: imported where a model is built
     from nmrl.export.onnx_export import DType
@@ -109,7 +110,7 @@ def _module_models(
         # Each pair: the fp32 actor and its fp32 dense twin, quantized as `nmrl export --dtype int8
         # --int8-target T` does, calibrated on the same unit-scale Gaussian observations (latency
         # does not depend on the calibration; accuracy is export's job).
-        from nmrl.export.onnx_export import random_observations
+        from nmrl.export.observations import random_observations
         from nmrl.export.quantize import quantize_int8
 
         calibration = random_observations(obs_dim, 1024, 0, scale=1.0)
@@ -182,7 +183,7 @@ def build_models(
         if target.suffix == ".onnx":
             models += _onnx_file_models(target, backends, options, models_dir, console, dtypes)
         else:
-            from nmrl.export.onnx_export import run_metadata
+            from nmrl.export.pipeline import run_metadata
             from nmrl.sparsity.spec import nm_pattern
             from nmrl.train.run import load_trained_actor as load_run
 
@@ -254,7 +255,7 @@ def _onnx_file_models(
         )
     warning = claim_warning(path)
     if warning:
-        console.print(f"[yellow]{warning}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]{untrusted(warning, None)}[/]", highlight=False, soft_wrap=True)
     skipped = [b for b in backends if BACKENDS[b].takes == "run"]
     if skipped:
         console.print(
@@ -327,7 +328,7 @@ def print_table(timings: list[Timing], console: Console) -> None:
         dense = by_key.get((t.model, "dense", t.dtype, t.backend, t.batch))
         speedup = speedups.get((t.model, t.dtype, t.backend, t.batch))
         table.add_row(
-            t.model,
+            untrusted(t.model, 120),  # a file's name, or a run's env id and settings
             t.dtype,
             t.backend,
             str(t.batch),
@@ -372,5 +373,7 @@ def print_dtype_table(timings: list[Timing], console: Console) -> None:
             for dtype in others
             for variant in ("sparse", "dense")
         ]
-        table.add_row(t.model, t.backend, str(t.batch), *("-" if c is None else f"{c:.2f}x" for c in cells))
+        table.add_row(
+            untrusted(t.model, 120), t.backend, str(t.batch), *("-" if c is None else f"{c:.2f}x" for c in cells)
+        )
     console.print(table)

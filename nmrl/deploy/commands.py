@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, cast
@@ -39,6 +41,41 @@ def _int_list(text: str, what: str) -> list[int]:
 BENCH_DTYPES = ("fp32", "fp16", "int8")
 
 
+def _check_threads(threads: int) -> None:
+    """--threads is 0 (the runtime's default) up to this machine's cores: -1 was passed on to ONNX
+    Runtime as is ("-1 threads"), 100000000 made it start threads until the command hung."""
+    cores = os.cpu_count() or 1
+    if not 0 <= threads <= cores:
+        raise NmrlError(f"--threads must be 0 (the runtime's default) to {cores} (the cores here), got {threads}")
+
+
+def _check_bench_numbers(calls: int, warmup: int, max_seconds: float, threads: int, obs_dim: int, act_dim: int) -> None:
+    """Every number bench times with is in range: NaN seconds made the budget arithmetic fail, and
+    --calls 0 still printed a latency table of 10 calls."""
+    _check_threads(threads)
+    if calls < 1:
+        raise NmrlError(f"--calls must be at least 1, got {calls}")
+    if warmup < 0:
+        raise NmrlError(f"--warmup must be 0 or more, got {warmup}")
+    if not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise NmrlError(f"--max-seconds must be a finite number of seconds above 0, got {max_seconds}")
+    if obs_dim < 1 or act_dim < 1:
+        raise NmrlError(f"--obs-dim and --act-dim must be at least 1, got {obs_dim} and {act_dim}")
+
+
+def _check_output_folder(out: Path) -> None:
+    """--out names a folder nmrl can create or write into (not a file such as /etc/passwd)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out and not out.is_dir():
+        raise NmrlError(f"--out {out} is a file, not a folder")
+    if not existing.is_dir():
+        raise NmrlError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NmrlError(f"--out {out}: {existing} is not writable")
+
+
 def _dtype_list(text: str) -> list[DType]:
     """``--dtype fp32,fp16,int8`` -> the precisions in the order given, each once."""
     dtypes = list(dict.fromkeys(_csv_list(text, "dtype")))
@@ -70,7 +107,7 @@ def deploy_eval(
         episodes: number of episodes.
         seed: seed of the first episode.
         backend: the runtime (a .plan engine runs on its TensorRT flavour).
-        threads: CPU threads of the runtime.
+        threads: CPU threads of the runtime (0 = its default; at most the cores here).
     """
     from nmrl.deploy.policy import load_policy
     from nmrl.envs import confirm_env_id, env_dims, env_id_from_file, make_env
@@ -79,6 +116,9 @@ def deploy_eval(
 
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
+    if seed < 0:  # Gymnasium refuses it, as a traceback after the policy was loaded
+        raise NmrlError(f"--seed must be 0 or more, got {seed}")
+    _check_threads(threads)
     confirm_env_id(env)  # typed by the user: a run directory naming the same id may use it
     if model.suffix == ".plan" and backend == "ort":  # ONNX Runtime cannot read an engine file
         from nmrl.deploy.tensorrt import engine_flavour
@@ -148,7 +188,7 @@ def bench(
         widths: comma-separated hidden widths of synthetic 2-hidden-layer actors.
         pattern: N:M pattern of the synthetic actors (default: the run's, or 2:4).
         dtype: precision(s), comma-separated: fp32, fp16, int8 (e.g. fp32,fp16,int8).
-        threads: CPU threads per runtime.
+        threads: CPU threads per runtime (0 = its default; at most the cores here).
         warmup: untimed calls per cell.
         calls: timed calls per cell (fewer when they would exceed --max-seconds).
         max_seconds: time budget of the timed calls per cell and variant.
@@ -162,10 +202,11 @@ def bench(
 
     confirm_env_id(env)
 
-    from nmrl.deploy.bench import plot, ratios, run_bench, verdict, write_csv
+    from nmrl.deploy.bench import check_memory, plot, ratios, run_bench, verdict, write_csv
     from nmrl.deploy.benchmodels import build_models, print_table
     from nmrl.deploy.policy import unavailable_reason
     from nmrl.export.report import console as report_console
+    from nmrl.export.report import untrusted
 
     backend_list = _csv_list(backends, "backends")
     batches = _int_list(batch, "batch")
@@ -173,6 +214,9 @@ def bench(
     width_list = _int_list(widths, "widths") if widths else []
     if target is None and not width_list:
         raise NmrlError("give a run directory or .onnx file to time, or --widths for synthetic actors")
+    _check_bench_numbers(calls, warmup, max_seconds, threads, obs_dim, act_dim)
+    # A target's sizes are known once it is loaded (time_policies checks its batch again then).
+    check_memory(max(batches), obs_dim if width_list else 1, act_dim, width_list, len(dtypes))
     console = report_console()
     usable = []
     for backend in backend_list:
@@ -185,6 +229,7 @@ def bench(
         raise NmrlError("none of the requested backends can run here")
     if out is None:
         out = Path(target) / "bench" if target is not None and Path(target).is_dir() else Path("bench_results")
+    _check_output_folder(out)
     models = build_models(
         target,
         width_list,
@@ -210,7 +255,7 @@ def bench(
             on_result=lambda t: status.update(
                 f"timed {t.model} {t.variant} {t.dtype} {t.backend} batch {t.batch}: p50 {t.p50_us:.1f} µs"
             ),
-            on_skip=lambda reason: console.print(f"[yellow]{reason}[/]", highlight=False),
+            on_skip=lambda reason: console.print(f"[yellow]{untrusted(reason, None)}[/]", highlight=False),
         )
     if not timings:
         raise NmrlError("nothing was timed (no model runs on the requested backends)")

@@ -24,6 +24,7 @@ def export(
     pad_k: bool = False,
     calibration: Path | None = None,
     int8_target: Literal["ort", "tensorrt"] = "ort",
+    int8_first_layer: Literal["measure", "fp32", "int8"] = "measure",
 ) -> None:
     """Export a run's actor to ONNX (runs/<run>/actor.onnx), verified.
 
@@ -39,8 +40,10 @@ def export(
     per-channel weights with the N:M zeros kept zero, activations calibrated on the policy's own
     observations or --calibration), fp32 input/output, checked like every precision. --int8-target
     ort (default) quantizes hidden layers' outputs as uint8, which ONNX Runtime runs as integer
-    GEMMs on a CPU; --int8-target tensorrt uses the settings TensorRT builds sparse int8 engines from
-    (signed activations, fp32 Gemm outputs), which ONNX Runtime runs slower than fp32.
+    GEMMs on a CPU, its first layer (K = the observation width) int8 or fp32 as measured for the
+    policy (--int8-first-layer fixes it); --int8-target tensorrt uses the settings TensorRT builds
+    sparse int8 engines from (signed activations, fp32 Gemm outputs), which ONNX Runtime runs slower
+    than fp32.
     --format nm-packed writes actor.nm.npz: N:M values plus in-group indices, as sparse tensor
     cores store them, with a loader that rebuilds the exact model (with --dtype int8: int8 values,
     their sizes reported against dense int8 and dense fp32).
@@ -64,9 +67,11 @@ def export(
         calibration: int8 calibration observations, an .npy [count, obs_dim] (default: rollouts of the
             run's own policy in its env, seeds 1000.., plus random-action states).
         int8_target: the runtime the int8 file is for: ort (ONNX Runtime CPU) or tensorrt.
+        int8_first_layer: measure (ort: quantize it both ways, time both at batch 256 under ONNX
+            Runtime and keep int8 only if clearly faster and as accurate; tensorrt: int8), fp32, or int8.
     """
     from nmrl.envs import confirm_env_id
-    from nmrl.export.onnx_export import default_output, export_run
+    from nmrl.export.pipeline import default_output, export_run
     from nmrl.export.report import console as report_console
     from nmrl.export.report import print_report
 
@@ -88,6 +93,7 @@ def export(
             pad_k=pad_k,
             calibration=calibration,
             int8_target=int8_target,
+            int8_first_layer=int8_first_layer,
         )
     print_report(result.check, console)
     for line in result.verification.lines():

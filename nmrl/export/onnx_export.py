@@ -9,9 +9,9 @@ The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript; t
 exporter is deprecated since torch 2.9). The batch dimension is dynamic; action scaling is part of
 the policy module, hence of the graph.
 
-Longer than most modules (~430 lines): tracing, the graph's finishing passes (metadata, fp16, K
-padding) and the one ``export_run`` that orders them with the verification belong together, since
-each pass must leave a graph that the next one and ``nmrl inspect`` can read.
+This module builds graphs: tracing and the graph's finishing passes (metadata, fp16), each of
+which leaves a graph that the next one and ``nmrl inspect`` can read. The run-to-file pipeline that
+orders them with quantization, verification and writing is :mod:`nmrl.export.pipeline`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import copy
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -32,15 +32,13 @@ from torch import nn
 
 import nmrl
 from nmrl.errors import NmrlError
+from nmrl.export.twin import fill_zeros
 from nmrl.export.verify import ModelCheck, inspect_model
 from nmrl.files import atomic_write_bytes
 from nmrl.policy_file import FORMAT, INPUT_NAME, OUTPUT_NAME, claims_of, write_claims
 from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
-
-if TYPE_CHECKING:  # quantize imports ONNX Runtime's quantization tools: loaded only for --dtype int8
-    from nmrl.export.quantize import Int8Target
 
 DType = Literal["fp32", "fp16", "int8"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
@@ -316,141 +314,8 @@ def export_policy(
     return ExportResult(path, check, model)
 
 
-def run_metadata(loaded: Any) -> dict[str, Any]:
-    """Metadata describing a run's policy (``loaded``: nmrl.train.run.LoadedPolicy)."""
-    return {
-        "env_id": loaded.env_id,
-        "action_low": [float(x) for x in loaded.action_low],
-        "action_high": [float(x) for x in loaded.action_high],
-        "algo": loaded.config.algo,
-        "step": loaded.step,
-        "checkpoint": loaded.checkpoint.name,
-        "config": loaded.config.to_dict(),
-    }
-
-
-def random_observations(obs_dim: int, count: int, seed: int = 0, scale: float = 3.0) -> np.ndarray:
-    """Gaussian observations, wider than typical normalised inputs, to exercise every layer."""
-    return (np.random.default_rng(seed).standard_normal((count, obs_dim)) * scale).astype(np.float32)
-
-
-@dataclass
-class RunExport:
-    """What :func:`export_run` wrote and checked."""
-
-    path: Path
-    check: ModelCheck
-    verification: Any
-    """nmrl.export.parity.Verification: on-policy parity, wide random inputs, closed loop."""
-    packed: Any = None
-    """nmrl.export.packed.PackedReport for --format nm-packed."""
-    warnings: list[str] = field(default_factory=list)
-    quantization: Any = None
-    """nmrl.export.quantize.QuantizationReport for --dtype int8."""
-
-
-def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
-    stem = "actor" if dtype == "fp32" else f"actor.{dtype}"
-    return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.nm.npz")
-
-
-def export_run(
-    run_dir: Path,
-    dtype: DType = "fp32",
-    io_dtype: DType | None = None,
-    which: str = "last",
-    output: Path | None = None,
-    fmt: Literal["onnx", "nm-packed"] = "onnx",
-    parity_samples: int = 256,
-    episodes: int | None = None,
-    return_margin: float | None = None,
-    allow_worse_return: bool = False,
-    pad_k: bool = False,
-    calibration: Path | None = None,
-    int8_target: Int8Target = "ort",
-) -> RunExport:
-    """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
-    policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
-    closed-loop returns on the same seeds), then write ``actor[.fp16|.int8].onnx`` (or the nm-packed
-    file). ``dtype="int8"`` quantizes the fp32 graph (:mod:`nmrl.export.quantize`), calibrated on the
-    policy's own observations or on ``calibration`` (.npy), with the recipe of ``int8_target``
-    (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds); ``pad_k``
-    pads the first layer's K to a multiple of 4 inside the graph.
-
-    Nothing is written when verification fails (:class:`NmrlError`).
-    """
-    from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
-    from nmrl.sparsity.spec import nm_pattern
-    from nmrl.train.run import load_trained_actor
-
-    loaded = load_trained_actor(Path(run_dir), which)
-    claimed = nm_pattern(loaded.config.spec)
-    if fmt != "onnx" and claimed is None:
-        raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
-    traced = "fp32" if dtype == "int8" else dtype
-    model, check = build_policy_onnx(
-        loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), traced, io_dtype
-    )
-    extra: dict[str, Any] = {}
-    if pad_k:
-        from nmrl.export.quantize import pad_first_gemm_k
-
-        extra["pad_k"] = pad_first_gemm_k(model)
-    quantization = None
-    if dtype == "int8":
-        from nmrl.export.quantize import load_calibration, policy_observations, quantize_int8
-
-        if calibration is not None:
-            observations, source = load_calibration(calibration, loaded.obs_dim), str(calibration)
-        else:
-            observations = policy_observations(loaded.policy, loaded.env_id)
-            source = f"the policy's own {loaded.env_id} episodes + random-action states"
-        model, quantization = quantize_int8(model, observations, source, int8_target)
-        extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
-    if extra:
-        check = finish_graph(model, claimed, extra)
-    verification = verify_export(
-        loaded.policy,
-        model,
-        dtype,
-        loaded.obs_dim,
-        loaded.act_dim,
-        loaded.env_id,
-        loaded.action_low,
-        loaded.action_high,
-        episodes=CHECK_EPISODES if episodes is None else episodes,
-        margin=RETURN_MARGIN if return_margin is None else return_margin,
-        random_count=parity_samples,
-    )
-    warnings = enforce(verification, allow_worse_return)
-    path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
-    packed = None
-    if fmt == "onnx":
-        save_onnx(model, path)
-    else:
-        from nmrl.export.packed import load_packed, write_packed
-
-        assert claimed is not None  # an nm-packed export without a claimed pattern was refused above
-        packed = write_packed(model, path, claimed)
-        # The file is only useful if it gives the model back exactly: check before reporting.
-        rebuilt = {init.name: init for init in load_packed(path).graph.initializer}
-        for init in model.graph.initializer:
-            back = rebuilt.get(init.name)
-            if (
-                back is None
-                or back.data_type != init.data_type
-                or not np.array_equal(onnx.numpy_helper.to_array(back), onnx.numpy_helper.to_array(init))
-            ):
-                path.unlink(missing_ok=True)
-                raise NmrlError(f"nm-packed round trip changed {init.name}; nothing written")
-    check.path = path
-    return RunExport(path, check, verification, packed, warnings, quantization)
-
-
 def dense_twin_module(policy: nn.Module, seed: int = 0) -> nn.Module:
     """:func:`materialize`-d copy of ``policy`` whose Linear weights have no zeros."""
-    from nmrl.export.twin import fill_zeros
-
     twin = materialize(policy)
     rng = np.random.default_rng(seed)
     with torch.no_grad():

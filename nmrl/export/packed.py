@@ -21,16 +21,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist, printable
 from nmrl.export.verify import inspect_model
-from nmrl.files import atomic_write_bytes
+from nmrl.files import atomic_write_bytes, read_npy_header
 from nmrl.policy_file import PACKED_FORMAT
 from nmrl.sparsity.nm_core import grouped, nm_violations
 from nmrl.sparsity.pattern import NMPattern
@@ -171,20 +174,116 @@ def write_packed(model: onnx.ModelProto, path: Path, pattern: NMPattern) -> Pack
 
 
 def load_packed(path: Path) -> onnx.ModelProto:
-    """Rebuild the ONNX model of an nm-packed file, with its exact weights."""
+    """Rebuild the ONNX model of an nm-packed file, with its exact weights.
+
+    The file is untrusted: every entry is checked against the others (sizes, types, positions
+    inside the group) before it is used, and each way it can be wrong is one :class:`NmrlError`."""
+    path = Path(path)
+
+    def refuse(reason: str) -> NmrlError:
+        return NmrlError(f"{path}: not an nm-packed file ({reason})")
+
     try:
-        archive = np.load(Path(path), allow_pickle=False)
-        meta = json.loads(archive["meta"].tobytes())
-    except (OSError, ValueError, KeyError) as error:
-        raise NmrlError(f"{path}: not an nm-packed file ({type(error).__name__})") from None
-    if meta.get("format") != PACKED_FORMAT:
-        raise NmrlError(f"{path}: not an nm-packed file (format {meta.get('format')!r})")
-    pattern = NMPattern.parse(meta["pattern"])
-    model = onnx.ModelProto()
-    model.ParseFromString(archive["model"].tobytes())
-    for entry in meta["weights"]:
-        values = archive[f"values_{entry['key']}"]
-        indices = _unpack_bits(archive[f"indices_{entry['key']}"], index_bits(pattern.m), entry["count"])
-        packed = PackedWeight(values, indices.reshape(values.shape), tuple(entry["shape"]), entry["k_axis"], pattern)
-        model.graph.initializer.append(numpy_helper.from_array(unpack_weight(packed), entry["name"]))
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise refuse(type(error).__name__) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise refuse("a single numpy array, not an .npz archive")
+    with archive:
+        meta = _packed_meta(archive, refuse)
+        pattern, entries = meta["pattern"], meta["weights"]
+        model, model_bytes = onnx.ModelProto(), _member(archive, "model", refuse, np.uint8).tobytes()
+        try:
+            model.ParseFromString(model_bytes)
+        except Exception:  # protobuf's DecodeError (and friends) for bytes that are not a model
+            raise refuse("its model entry is not an ONNX model") from None
+        for entry in entries:
+            packed = _packed_weight(archive, entry, pattern, refuse)
+            model.graph.initializer.append(numpy_helper.from_array(unpack_weight(packed), entry["name"]))
     return model
+
+
+def _member(
+    archive: np.lib.npyio.NpzFile,
+    name: str,
+    refuse: Callable[[str], NmrlError],
+    dtype: type | None = None,
+) -> np.ndarray:
+    """One array of the archive, its header checked before numpy allocates what it declares
+    (:func:`nmrl.files.read_npy_header`): real numbers, of ``dtype`` when given."""
+    if name not in archive.files:
+        raise refuse(f"no {name} entry")
+    assert archive.zip is not None  # open until the `with archive` block of load_packed ends
+    info = archive.zip.getinfo(f"{name}.npy")
+    try:
+        with archive.zip.open(info) as member:
+            _, declared = read_npy_header(member, info.file_size)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise refuse(f"entry {name}: {gist(error, 1, 160)}") from None
+    if declared.kind not in "biuf" or declared.fields is not None or (dtype is not None and declared != dtype):
+        raise refuse(f"entry {name} holds {declared} values")
+    try:
+        return archive[name]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise refuse(f"entry {name}: {gist(error, 1, 100)}") from None
+
+
+def _packed_meta(archive: np.lib.npyio.NpzFile, refuse: Callable[[str], NmrlError]) -> dict[str, Any]:
+    """The archive's ``meta`` entry, checked: format tag, an N:M pattern, a list of weight entries."""
+    try:
+        meta = json.loads(_member(archive, "meta", refuse, np.uint8).tobytes())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise refuse("its meta entry is not JSON") from None
+    if not isinstance(meta, dict):
+        raise refuse("its meta entry is not a JSON object")
+    if meta.get("format") != PACKED_FORMAT:
+        raise refuse(f"format {printable(meta.get('format'), 80)!r}")
+    try:
+        pattern = NMPattern.parse(meta.get("pattern"))  # type: ignore[arg-type]
+    except NmrlError as error:
+        raise refuse(f"pattern: {error}") from None
+    if pattern.is_dense:
+        raise refuse("a dense pattern")
+    weights = meta.get("weights")
+    if not isinstance(weights, list) or not weights:
+        raise refuse("no list of packed weights")
+    for entry in weights:
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        valid = (
+            isinstance(shape, list)
+            and len(shape) >= 2
+            and all(_whole(d) and d >= 1 for d in shape)
+            and isinstance(entry.get("name"), str)
+            and all(_whole(entry.get(field)) for field in ("key", "k_axis", "count"))
+            and 0 <= entry["k_axis"] < len(shape)
+        )
+        if not valid:
+            raise refuse(f"a weight entry without name, key, shape, k_axis and count: {printable(entry, 120)}")
+    return {"pattern": pattern, "weights": weights}
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _packed_weight(
+    archive: np.lib.npyio.NpzFile, entry: dict[str, Any], pattern: NMPattern, refuse: Callable[[str], NmrlError]
+) -> PackedWeight:
+    """One weight entry's values and in-group positions, checked against its shape and the pattern."""
+    shape, k_axis, key = tuple(entry["shape"]), entry["k_axis"], entry["key"]
+    values = _member(archive, f"values_{key}", refuse)
+    k = shape[k_axis]
+    rows, groups = math.prod(shape) // k, -(-k // pattern.m)
+    if values.shape != (rows, groups, pattern.n) or entry["count"] != values.size:
+        raise refuse(
+            f"weight {printable(entry['name'], 80)!r}: values of shape {list(values.shape)} do not fit "
+            f"{list(shape)} as {pattern} along axis {k_axis}"
+        )
+    bits = index_bits(pattern.m)
+    packed_indices = _member(archive, f"indices_{key}", refuse, np.uint8)
+    if packed_indices.ndim != 1 or packed_indices.size * 8 < values.size * bits:
+        raise refuse(f"weight {printable(entry['name'], 80)!r}: too few in-group positions")
+    indices = _unpack_bits(packed_indices, bits, values.size).reshape(values.shape)
+    if indices.size and int(indices.max()) >= pattern.m:
+        raise refuse(f"weight {printable(entry['name'], 80)!r}: an in-group position past M = {pattern.m}")
+    return PackedWeight(values, indices, shape, k_axis, pattern)

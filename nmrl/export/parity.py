@@ -1,6 +1,9 @@
 """Does the exported file act as the torch policy acts? One verification for every precision.
 
-Three checks, run on the ONNX model in memory before anything is written:
+Three checks, run before anything is written, on two deployed policies (:class:`~nmrl.deploy.policy.Policy`):
+the file as its backend runs it (the ONNX model in memory under ONNX Runtime, or any other backend's
+loader) against the torch fp32 policy. Parity runs nothing of its own: what it compares is what
+``nmrl deploy eval`` would run.
 
 1. **On-policy parity** (blocking). Observations from the torch policy's own deterministic episodes
    in its environment (the states a deployed policy visits), plus states of a random-action rollout
@@ -47,19 +50,14 @@ numbers measured on trained policies:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
-import torch
-from torch import nn
 
+from nmrl.deploy.policy import Policy
 from nmrl.errors import NmrlError
-from nmrl.export.onnx_export import random_observations
-from nmrl.policy_file import INPUT_NAME
+from nmrl.export.observations import env_observations, random_observations
 
 
 @dataclass(frozen=True)
@@ -102,63 +100,6 @@ def tolerance_for(precision: str) -> Tolerance:
     if precision not in TOLERANCES:
         raise NmrlError(f"no parity tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
     return TOLERANCES[precision]
-
-
-# ------------------------------------------------------------------------------------------
-# Observations
-
-
-def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` observations from random-action episodes of ``env_id`` (reset when one ends)."""
-    from nmrl.envs import make_env
-
-    env = make_env(env_id, seed=seed)
-    try:
-        obs, _ = env.reset(seed=seed)
-        env.action_space.seed(seed)
-        collected = []
-        for _ in range(count):
-            collected.append(np.asarray(obs, dtype=np.float32))
-            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                obs, _ = env.reset()
-        return np.stack(collected)
-    finally:
-        env.close()
-
-
-# ------------------------------------------------------------------------------------------
-# Running both sides
-
-
-def onnx_actor(model: onnx.ModelProto | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """``obs [batch, obs_dim] -> actions`` (float64) of an ONNX policy under ONNX Runtime CPU, 1 thread."""
-    import onnxruntime as ort
-
-    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(payload, sess_options=options, providers=["CPUExecutionProvider"])
-    input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        feed = np.ascontiguousarray(np.asarray(obs, dtype=np.float32).reshape(-1, obs.shape[-1]), dtype=input_type)
-        return np.asarray(session.run(None, {INPUT_NAME: feed})[0], dtype=np.float64)
-
-    return act
-
-
-def torch_actor(policy: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """``obs [batch, obs_dim] -> actions`` (float64) of the fp32 torch policy on the CPU."""
-    policy = policy.cpu().eval()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            batch = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1, obs.shape[-1]))
-            return policy(batch).double().numpy()
-
-    return act
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,17 +156,22 @@ def action_range(action_low: list[float] | None, action_high: list[float] | None
     return np.where(np.isfinite(span) & (span > 0), span, 2.0)
 
 
+def actions(policy: Policy, observations: np.ndarray) -> np.ndarray:
+    """``policy``'s actions for a batch, in float64 (errors are measured without float32 rounding)."""
+    return np.asarray(policy.act(observations), dtype=np.float64)
+
+
 def measure_parity(
-    reference: Callable[[np.ndarray], np.ndarray],
-    candidate: Callable[[np.ndarray], np.ndarray],
+    reference: Policy,
+    candidate: Policy,
     observations: np.ndarray,
     span: np.ndarray,
     precision: str,
     source: str,
     blocking: bool = True,
 ) -> ParityResult:
-    """Run ``observations`` through both actors and measure the largest action difference."""
-    error = np.abs(candidate(observations) - reference(observations))
+    """Run ``observations`` through both policies and measure the largest action difference."""
+    error = np.abs(actions(candidate, observations) - actions(reference, observations))
     per_state = (error / span).max(axis=1)
     return ParityResult(
         source,
@@ -310,8 +256,8 @@ class ClosedLoopResult:
 
 
 def closed_loop(
-    reference: Callable[[np.ndarray], np.ndarray],
-    candidate: Callable[[np.ndarray], np.ndarray],
+    reference: Policy,
+    candidate: Policy,
     env_id: str,
     episodes: int,
     seed: int,
@@ -326,10 +272,10 @@ def closed_loop(
 
     def reference_step(obs: np.ndarray) -> np.ndarray:
         visited.append(obs)
-        return reference(obs[None])[0]
+        return reference.act(obs)
 
     torch_result = evaluate(reference_step, env_id, episodes, seed)
-    file_result = evaluate(lambda obs: candidate(obs[None])[0], env_id, episodes, seed)
+    file_result = evaluate(candidate.act, env_id, episodes, seed)
     result = ClosedLoopResult(
         env_id,
         seed,
@@ -353,25 +299,26 @@ class Verification:
 
     parity: tuple[ParityResult, ...]
     closed_loop: ClosedLoopResult | None
+    reference: str = "torch fp32"
+    candidate: str = "the file under ONNX Runtime"
+    """What ran each side (:meth:`Policy.describe`)."""
 
     @property
     def parity_failures(self) -> list[ParityResult]:
         return [result for result in self.parity if result.blocking and not result.passed]
 
     def lines(self) -> list[str]:
-        lines = ["parity (ONNX Runtime CPU vs torch fp32):", *(f"  {result}" for result in self.parity)]
+        lines = [f"parity ({self.candidate} vs {self.reference}):", *(f"  {result}" for result in self.parity)]
         if self.closed_loop is not None:
-            lines.append("closed loop (same seeds, torch fp32 vs the file under ONNX Runtime):")
+            lines.append(f"closed loop (same seeds, {self.reference} vs {self.candidate}):")
             lines += [f"  {line}" for line in self.closed_loop.summary_lines()]
         return lines
 
 
 def verify_export(
-    policy: nn.Module,
-    model: onnx.ModelProto | Path,
+    reference: Policy,
+    candidate: Policy,
     precision: str,
-    obs_dim: int,
-    act_dim: int,
     env_id: str | None,
     action_low: list[float] | None = None,
     action_high: list[float] | None = None,
@@ -380,15 +327,21 @@ def verify_export(
     margin: float = RETURN_MARGIN,
     random_count: int = 256,
 ) -> Verification:
-    """Run the three checks of this module (closed loop and env states only when ``env_id`` is known).
+    """Run the three checks of this module on two deployed policies (closed loop and env states only
+    when ``env_id`` is known): ``candidate`` (the file, as a backend runs it, e.g.
+    :class:`~nmrl.deploy.ort_backend.OrtPolicy` of the serialized model) against ``reference`` (the
+    torch fp32 policy, :class:`~nmrl.deploy.torch_backend.TorchPolicy`).
 
     Returns the :class:`Verification`; :func:`enforce` decides whether it refuses the export.
     """
     tolerance_for(precision)
-    if episodes < 1:
-        raise NmrlError(f"the closed-loop check needs at least 1 episode, got {episodes}")
-    reference, candidate = torch_actor(policy), onnx_actor(model)
-    span = action_range(action_low, action_high, act_dim)
+    check_closed_loop_settings(episodes, margin)
+    if (candidate.obs_dim, candidate.act_dim) != (reference.obs_dim, reference.act_dim):
+        raise NmrlError(
+            f"cannot compare policies of different sizes: obs {candidate.obs_dim} -> act {candidate.act_dim} "
+            f"vs obs {reference.obs_dim} -> act {reference.act_dim}"
+        )
+    span = action_range(action_low, action_high, reference.act_dim)
     results: list[ParityResult] = []
     loop = None
     if env_id:
@@ -397,9 +350,19 @@ def verify_export(
         results.append(
             measure_parity(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env")
         )
-    wide = random_observations(obs_dim, random_count, seed)
+    wide = random_observations(reference.obs_dim, random_count, seed)
     results.append(measure_parity(reference, candidate, wide, span, precision, "random", blocking=env_id is None))
-    return Verification(tuple(results), loop)
+    return Verification(tuple(results), loop, reference.describe(), candidate.describe())
+
+
+def check_closed_loop_settings(episodes: int, margin: float) -> None:
+    """:class:`NmrlError` unless the closed-loop check can refuse something: at least one episode,
+    and a finite margin in [0, 1] (NaN compares false with every shortfall, so ``--return-margin nan``
+    once passed every file; a margin past 1 accepts a return of the opposite sign)."""
+    if episodes < 1:
+        raise NmrlError(f"the closed-loop check needs at least 1 episode, got {episodes}")
+    if not (math.isfinite(margin) and 0 <= margin <= 1):
+        raise NmrlError(f"--return-margin must be a fraction between 0 and 1, got {margin}")
 
 
 def enforce(verification: Verification, allow_worse_return: bool = False) -> list[str]:

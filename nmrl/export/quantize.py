@@ -60,6 +60,7 @@ wrong error, and the states come from the policy's own distribution, not from a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,17 +71,28 @@ import onnx
 from onnx import helper, numpy_helper
 
 from nmrl.errors import NmrlError
-from nmrl.export.verify import inspect_model
+from nmrl.export.verify import ModelCheck, inspect_model
+from nmrl.policy_file import metadata_of, read_claims
 
-CALIBRATION_SEED = 1000
-"""Calibration episodes start at this seed, away from the verification's seeds (0..)."""
 CALIBRATION_METHOD = "minmax"
-CALIBRATION_EPISODES = 10
 PRE_TANH_RANGE = 3.0
 """The ``ort`` recipe quantizes the pre-tanh action on at most [-3, 3] (see the module docstring)."""
 
 Int8Target = Literal["ort", "tensorrt"]
 INT8_TARGETS: tuple[str, ...] = ("ort", "tensorrt")
+FirstLayer = Literal["measure", "fp32", "int8"]
+FIRST_LAYER_CHOICES: tuple[str, ...] = ("measure", "fp32", "int8")
+
+CHOICE_BATCH = 256
+"""The batch the ``ort`` recipe times its two first-layer candidates at (a vectorized env's step)."""
+CHOICE_SPEEDUP = 1.10
+"""The int8 first layer must be at least this much faster than the fp32 one to be chosen: below it,
+the two are within the timing noise of a shared machine and fp32 (never less accurate) stays."""
+CHOICE_ERROR_BUDGET = 0.05
+"""... and its mean action error against the fp32 graph (fraction of the action range) at most this:
+half the int8 parity tolerance, so the choice never spends the verification's margin."""
+CHOICE_ERROR_RATIO = 2.0
+"""... and at most this many times the fp32-first candidate's mean error."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,9 @@ class Int8Recipe:
     """7-bit weights: no int16 saturation in u8 x s8 kernels of x86 CPUs without VNNI."""
     first_layer_fp32: bool
     """The first layer (K = the observation width) stays fp32 and the observations unquantized."""
+    first_layer_measured: bool = False
+    """Whether the first layer's precision is chosen per policy (:func:`choose_first_layer`), with
+    ``first_layer_fp32`` the default that stays unless int8 measures clearly faster and as accurate."""
 
     def describe(self) -> dict[str, str]:
         activations = "uint8 asymmetric per tensor" if self.unsigned_activations else "int8 symmetric per tensor"
@@ -106,6 +121,8 @@ class Int8Recipe:
         )
         weights = "int8 symmetric per output channel" + (" (7-bit range)" if self.reduce_range else "")
         layers = "all but the first (fp32, observations unquantized)" if self.first_layer_fp32 else "all"
+        if self.first_layer_measured:
+            layers += "; the first layer's precision measured for this policy"
         return {
             "target": self.target,
             "int8 layers": layers,
@@ -117,7 +134,12 @@ class Int8Recipe:
 
 RECIPES: dict[str, Int8Recipe] = {
     "ort": Int8Recipe(
-        "ort", unsigned_activations=True, quantize_outputs=True, reduce_range=True, first_layer_fp32=True
+        "ort",
+        unsigned_activations=True,
+        quantize_outputs=True,
+        reduce_range=True,
+        first_layer_fp32=True,
+        first_layer_measured=True,
     ),
     "tensorrt": Int8Recipe(
         "tensorrt", unsigned_activations=False, quantize_outputs=False, reduce_range=False, first_layer_fp32=False
@@ -138,6 +160,9 @@ class QuantizationReport:
     """Weights that were exactly 0 in fp32 and are 0 in int8 (all of them, or quantization fails)."""
     rounded_to_zero: int
     """Nonzero fp32 weights smaller than half a quantization step: int8 zeros now (more zeros keep N:M)."""
+    first_layer: FirstLayerChoice | None = None
+    """How the ``ort`` recipe chose the first layer's precision (None: the recipe fixes it, or the
+    caller did)."""
 
     def to_metadata(self) -> dict[str, object]:
         return {
@@ -146,6 +171,7 @@ class QuantizationReport:
             "method": self.method,
             "calibration": self.calibration,
             "calibration_count": self.count,
+            **({"first layer": self.first_layer.to_metadata()} if self.first_layer is not None else {}),
         }
 
     def __str__(self) -> str:
@@ -153,41 +179,86 @@ class QuantizationReport:
             f"int8 Q/DQ for {self.recipe.target} ({self.method} calibration on {self.count} observations: "
             f"{self.calibration}); "
             f"{self.zeros_kept} zero weights kept zero, {self.rounded_to_zero} small weights rounded to zero"
+            + ("" if self.first_layer is None else f"; {self.first_layer}")
         )
 
 
-def policy_observations(
-    policy, env_id: str, episodes: int = CALIBRATION_EPISODES, seed: int = CALIBRATION_SEED
-) -> np.ndarray:
-    """Observations of ``policy``'s deterministic episodes (seeds ``seed..``) plus a random-action
-    rollout of as many steps: the states the deployed policy sees, and the first ones off its path."""
-    from nmrl.export.parity import env_observations, torch_actor
-    from nmrl.train.evaluate import evaluate
+@dataclass(frozen=True)
+class FirstLayerChoice:
+    """The ``ort`` recipe's two candidates for one policy, as measured, and the one kept."""
 
-    act = torch_actor(policy)
-    visited: list[np.ndarray] = []
+    chosen: str
+    """``fp32`` or ``int8``."""
+    latency_us: dict[str, float]
+    """Median ONNX Runtime CPU latency (1 thread, batch :data:`CHOICE_BATCH`) of the fp32 graph and
+    of each candidate (``first fp32`` / ``first int8``)."""
+    mean_error: dict[str, float]
+    """Each candidate's mean (over the calibration states) of the largest action error against the
+    fp32 graph, as a fraction of the action range."""
+    reason: str
 
-    def step(obs: np.ndarray) -> np.ndarray:
-        visited.append(obs)
-        return act(obs[None])[0]
+    def to_metadata(self) -> dict[str, object]:
+        return {
+            "chosen": self.chosen,
+            "latency_us_batch_256": {k: round(v, 1) for k, v in self.latency_us.items()},
+            "mean_error": {k: round(v, 5) for k, v in self.mean_error.items()},
+            "reason": self.reason,
+        }
 
-    evaluate(step, env_id, episodes, seed)
-    random_states = env_observations(env_id, min(len(visited), 1000), seed)
-    return np.concatenate([np.stack(visited), random_states]).astype(np.float32)
+    def __str__(self) -> str:
+        fp32 = self.latency_us["fp32"]
+        speed = ", ".join(f"{name} {fp32 / self.latency_us[name]:.2f}x" for name in ("first fp32", "first int8"))
+        return (
+            f"first layer {self.chosen} (measured at batch {CHOICE_BATCH} vs the fp32 file: {speed}; mean error "
+            f"{self.mean_error['first fp32']:.4f} / {self.mean_error['first int8']:.4f}: {self.reason})"
+        )
 
 
-def load_calibration(path: Path, obs_dim: int) -> np.ndarray:
-    """A user's calibration observations: an ``.npy`` of shape [count, obs_dim]."""
-    path = Path(path)
+def pick_first_layer(latency_us: dict[str, float], mean_error: dict[str, float]) -> tuple[str, str]:
+    """The rule of :func:`choose_first_layer` on its measurements (keys ``first fp32`` and
+    ``first int8``): the precision kept and why."""
+    speedup = latency_us["first fp32"] / latency_us["first int8"]
+    error = mean_error["first int8"]
+    if speedup < CHOICE_SPEEDUP:
+        return "fp32", f"int8 first runs {speedup:.2f}x the fp32-first speed, under {CHOICE_SPEEDUP:g}x"
+    if error > CHOICE_ERROR_BUDGET:
+        return "fp32", f"int8 first errs {error:.4f} of the range, over {CHOICE_ERROR_BUDGET:g}"
+    if error > CHOICE_ERROR_RATIO * mean_error["first fp32"]:
+        return "fp32", f"int8 first errs over {CHOICE_ERROR_RATIO:g}x the fp32-first error"
+    return "int8", f"int8 first is {speedup:.2f}x faster and as accurate"
+
+
+def choose_first_layer(
+    fp32: onnx.ModelProto, first_fp32: onnx.ModelProto, first_int8: onnx.ModelProto, observations: np.ndarray
+) -> FirstLayerChoice:
+    """Time both candidates against the fp32 graph (interleaved, under the ``ort`` backend nmrl
+    deploys with) and measure their action error on ``observations``; keep the int8 first layer only
+    when it is :data:`CHOICE_SPEEDUP` faster and within :data:`CHOICE_ERROR_BUDGET` and
+    :data:`CHOICE_ERROR_RATIO` of the fp32-first error."""
+    from nmrl.deploy.bench import time_policies
+    from nmrl.deploy.ort_backend import OrtPolicy
+    from nmrl.deploy.policy import Policy
+
+    models = {"fp32": fp32, "first fp32": first_fp32, "first int8": first_int8}
+    policies: dict[str, Policy] = {
+        name: OrtPolicy(model.SerializeToString(), threads=1) for name, model in models.items()
+    }
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise NmrlError(f"{path}: not a numpy .npy array ({str(error).splitlines()[0][:120]})") from None
-    if data.ndim != 2 or data.shape[1] != obs_dim or len(data) == 0:
-        raise NmrlError(f"{path}: calibration observations must be [count, {obs_dim}], got {list(data.shape)}")
-    if not np.isfinite(data).all():
-        raise NmrlError(f"{path}: calibration observations hold NaN or inf")
-    return data.astype(np.float32)
+        latencies = time_policies(policies, CHOICE_BATCH, warmup=10, calls=100, max_seconds=0.5)
+        latency = {name: float(np.median(values)) / 1e3 for name, values in latencies.items()}
+        reference = policies["fp32"].act(observations).astype(np.float64)
+        bounds = read_claims(metadata_of(fp32)).action_bounds
+        span = np.full(reference.shape[1], 2.0) if bounds is None else np.subtract(bounds[1], bounds[0])
+        span = np.where(np.isfinite(span) & (span > 0), span, 2.0)
+        error = {
+            name: float((np.abs(policies[name].act(observations) - reference) / span).max(axis=1).mean())
+            for name in ("first fp32", "first int8")
+        }
+    finally:
+        for policy in policies.values():
+            policy.close()
+    chosen, reason = pick_first_layer(latency, error)
+    return FirstLayerChoice(chosen, latency, error, reason)
 
 
 def pad_first_gemm_k(model: onnx.ModelProto, multiple: int = 4) -> int:
@@ -301,24 +372,65 @@ def pre_tanh_range(model: onnx.ModelProto, observations: np.ndarray) -> tuple[st
 
 
 def quantize_int8(
-    model: onnx.ModelProto, observations: np.ndarray, calibration: str, target: Int8Target = "ort"
+    model: onnx.ModelProto,
+    observations: np.ndarray,
+    calibration: str,
+    target: Int8Target = "ort",
+    first_layer: FirstLayer = "measure",
 ) -> tuple[onnx.ModelProto, QuantizationReport]:
     """The int8 Q/DQ form of an fp32 policy graph for ``target`` (a :data:`RECIPES` key: ``ort`` runs
     fast in ONNX Runtime on a CPU, ``tensorrt`` builds in TensorRT), calibrated (MinMax) on
     ``observations``.
 
+    ``first_layer``: ``measure`` lets the recipe decide (``ort`` quantizes the graph both ways and
+    keeps what :func:`choose_first_layer` measures for this policy; ``tensorrt`` makes it int8);
+    ``fp32`` or ``int8`` fix it (``tensorrt`` refuses ``fp32``: sparse int8 tensor cores need every
+    GEMM int8).
+
     Raises :class:`NmrlError` when a zero weight did not stay zero. The graph's metadata is kept.
     """
+    if target not in RECIPES:
+        raise NmrlError(f"unknown int8 target {target!r}: one of {', '.join(INT8_TARGETS)}")
+    if first_layer not in FIRST_LAYER_CHOICES:
+        raise NmrlError(f"unknown first-layer precision {first_layer!r}: one of {', '.join(FIRST_LAYER_CHOICES)}")
+    recipe = RECIPES[target]
+    if first_layer == "fp32" and not recipe.first_layer_fp32 and not recipe.first_layer_measured:
+        raise NmrlError(
+            f"the {target} recipe quantizes every GEMM (sparse int8 kernels need each one int8); "
+            "a fp32 first layer is for --int8-target ort"
+        )
+    before = inspect_model(model)
+    if any(layer.dtype != "float32" for layer in before.layers):
+        raise NmrlError("int8 quantization starts from the fp32 graph")
+
+    def with_first(fp32: bool) -> Int8Recipe:
+        return dataclasses.replace(recipe, first_layer_fp32=fp32)
+
+    if first_layer != "measure":
+        recipe = dataclasses.replace(with_first(first_layer == "fp32"), first_layer_measured=False)
+        quantized, zeros_kept, rounded = _quantize(model, before, observations, recipe)
+        choice = None
+    elif recipe.first_layer_measured:
+        candidates = {fp32: _quantize(model, before, observations, with_first(fp32)) for fp32 in (True, False)}
+        choice = choose_first_layer(model, candidates[True][0], candidates[False][0], observations)
+        recipe = with_first(choice.chosen == "fp32")
+        quantized, zeros_kept, rounded = candidates[recipe.first_layer_fp32]
+    else:
+        quantized, zeros_kept, rounded = _quantize(model, before, observations, recipe)
+        choice = None
+    report = QuantizationReport(calibration, recipe, len(observations), CALIBRATION_METHOD, zeros_kept, rounded, choice)
+    return quantized, report
+
+
+def _quantize(
+    model: onnx.ModelProto, before: ModelCheck, observations: np.ndarray, recipe: Int8Recipe
+) -> tuple[onnx.ModelProto, int, int]:
+    """:func:`quantize_int8` with one concrete recipe: the Q/DQ graph, the zero weights kept and
+    the small weights rounded to zero."""
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in RECIPES:
-        raise NmrlError(f"unknown int8 target {target!r}: one of {', '.join(INT8_TARGETS)}")
-    recipe = RECIPES[target]
-    before = inspect_model(model)
-    if any(layer.dtype != "float32" for layer in before.layers):
-        raise NmrlError("int8 quantization starts from the fp32 graph")
     model = copy.deepcopy(model)
     first = next(node for node in model.graph.node if node.op_type == "Gemm")
     if recipe.first_layer_fp32 and not first.name:
@@ -380,5 +492,4 @@ def quantize_int8(
         rounded += int(((fp32 != 0) & (int8 == 0)).sum())
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
-    report = QuantizationReport(calibration, recipe, len(observations), CALIBRATION_METHOD, zeros_kept, rounded)
-    return quantized, report
+    return quantized, zeros_kept, rounded

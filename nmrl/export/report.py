@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, printable
 from nmrl.export.verify import ModelCheck, claim_status
 from nmrl.policy_file import PolicyClaims, read_claims
 
@@ -17,6 +18,12 @@ REPORT_WIDTH = 140
 def short_dtype(name: str) -> str:
     """``float16`` -> ``fp16`` (the names nmrl's --dtype options use); other names unchanged."""
     return _SHORT_DTYPES.get(name, name)
+
+
+def untrusted(text: object, limit: int | None = 300) -> str:
+    """Text read from a file, ready for a rich console: control characters escaped
+    (:func:`nmrl.errors.printable`) and rich markup (``[red]``) shown as typed, never applied."""
+    return escape(printable(text, limit))
 
 
 def console() -> Console:
@@ -34,7 +41,7 @@ def layer_table(check: ModelCheck) -> Table:
         verdict = "[green]yes[/]" if layer.eligible_2of4 else "[red]no[/]"
         detail = "; ".join(layer.reasons) if layer.reasons else "; ".join(layer.notes)
         table.add_row(
-            layer.weight_name,
+            untrusted(layer.weight_name, 80),
             layer.op,
             "x".join(map(str, layer.shape)) + f" (K: axis {layer.k_axis})",
             str(layer.k),
@@ -42,7 +49,7 @@ def layer_table(check: ModelCheck) -> Table:
             f"{layer.density:.3f}",
             str(layer.finest) if layer.finest else "dense",
             verdict,
-            detail,
+            untrusted(detail, None),
         )
     return table
 
@@ -58,24 +65,25 @@ def summary_lines(check: ModelCheck) -> list[str]:
         # The training config names unstructured runs too ("0.9"); nmrl.sparsity holds only N:M claims.
         trained = (claims.config or {}).get("sparsity")
         trained_text = f"{trained} (N:M claim: {claims.sparsity})" if trained else str(claims.sparsity)
-        lines.append(
+        line = (
             f"nmrl policy: env {claims.env_id or '?'}, obs {claims.obs_dim} -> act {claims.act_dim}, "
             f"{claims.algo or '?'} trained with sparsity {trained_text}, dtype {claims.dtype} "
             f"(I/O {claims.io_dtype}), opset {check.opset}"
         )
+        lines.append(untrusted(line, 1000))  # every value in it is the file's
         if unreadable is not None:
-            lines.append(f"[red]{unreadable}[/]")
+            lines.append(f"[red]{untrusted(unreadable, None)}[/]")
     else:
         lines.append(f"not an nmrl file (no nmrl metadata); opset {check.opset}")
     status = claim_status(check)
     if check.is_nmrl or status.verdict != "none":
-        for line in status.lines:
-            lines.append(f"[red]{line}[/]" if status.failed else line)
+        for line in status.lines:  # they name the file's weights
+            lines.append(f"[red]{untrusted(line, None)}[/]" if status.failed else untrusted(line, None))
     quantized = [layer.weight_name for layer in check.layers if layer.dtype in ("int8", "uint8")]
     if quantized:
         lines.append(
             f"int8 layers (weights behind DequantizeLinear or integer GEMMs): {len(quantized)} "
-            f"({', '.join(quantized)}); N:M is judged on the quantized values, zero = the zero point"
+            f"({untrusted(', '.join(quantized), None)}); N:M is judged on the quantized values, zero = the zero point"
         )
     eligible = sum(layer.eligible_2of4 for layer in check.layers)
     lines.append(f"{eligible} of {len(check.layers)} GEMM layers eligible for 2:4 sparse tensor cores")

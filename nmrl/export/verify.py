@@ -22,14 +22,15 @@ QLinearMatMul) is most of it, and each pattern is small.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist, printable
 from nmrl.policy_file import FORMAT, read_value
 from nmrl.sparsity.nm_core import finest_nm, nm_violations
 from nmrl.sparsity.pattern import NMPattern
@@ -150,7 +151,10 @@ def claim_status(check: ModelCheck) -> ClaimStatus:
     """Judge the file's claims: the run's pattern (``nmrl.sparsity``) over every GEMM weight, and each
     per-layer entry of ``nmrl.layers`` against the weight it names. A claim holds only if there was
     something to check: a claim over a graph with no readable GEMM weight is unverifiable."""
-    claimed = check.claimed
+    try:
+        claimed = check.claimed
+    except NmrlError as error:  # a file's nmrl.sparsity that is no sparsity setting claims nothing checkable
+        return ClaimStatus("unverifiable", (f"claim UNVERIFIABLE: nmrl.sparsity is not a sparsity setting ({error})",))
     layer_claims = _layer_claims(check)
     if claimed is None and not any(pattern for pattern in layer_claims.values()):
         return ClaimStatus("none", ("no N:M claim to verify",))
@@ -206,7 +210,7 @@ def claim_warning(path: Path) -> str | None:
     if not status.failed:
         return None
     failures = [line for line in status.lines if line.startswith("claim ")]
-    return f"warning: running {path} although `nmrl inspect` fails it: {'; '.join(failures)}"
+    return printable(f"warning: running {path} although `nmrl inspect` fails it: {'; '.join(failures)}", None)
 
 
 def _layer_claims(check: ModelCheck) -> dict[str, NMPattern | None]:
@@ -233,13 +237,29 @@ def claimed_pattern(sparsity: str) -> NMPattern | None:
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    values = {init.name: _constant_array(init) for init in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
                 if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
+                    values[node.output[0]] = _constant_array(attr.t)
+    return {name: array for name, array in values.items() if array is not None}
+
+
+def _constant_array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """A constant's values; None for one that holds no numbers (strings: no weight of a GEMM).
+    :class:`NmrlError` when its data do not fill the shape it declares (truncated, or no data at
+    all behind a huge shape): such a file is broken, and numpy's reshape error would be a traceback."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, KeyError) as error:  # a short/long buffer, an unknown data type
+        shape = "x".join(map(str, tensor.dims)) or "scalar"
+        raise NmrlError(
+            f"constant {printable(tensor.name, 80)!r} does not hold the values of its declared shape "
+            f"{printable(shape, 80)} ({gist(error, 1, 120)})"
+        ) from None
 
 
 def _dtype_name(array: np.ndarray) -> str:
@@ -288,7 +308,9 @@ def _resolve_constant(
         if node is None:
             return None
         if node.op_type == "Cast" and dtype is None:
-            to = next(a.i for a in node.attribute if a.name == "to")
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to not in onnx.helper.get_all_tensor_dtypes() or to == onnx.TensorProto.STRING:
+                return None  # a Cast without a numeric target type: nothing a GEMM multiplies
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to)).name
         elif node.op_type == "DequantizeLinear" and dtype is None:
             # A Q/DQ weight: the kernel runs in the quantized type of the stored constant.
@@ -328,7 +350,10 @@ def inspect_model(model: onnx.ModelProto | str | Path) -> ModelCheck:
         path = Path(model)
         model = load_onnx(path)
     graph = model.graph
-    constants = _constants(graph)
+    try:
+        constants = _constants(graph)
+    except NmrlError as error:
+        raise NmrlError(f"{path}: {error}" if path is not None else str(error)) from None
     producers = {out: node for node in graph.node for out in node.output}
     layers: list[LayerCheck] = []
     weights: dict[str, np.ndarray] = {}
@@ -390,11 +415,56 @@ def _check_layer(
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file; :class:`NmrlError` when it is missing or not ONNX."""
+    """Load an ONNX file; :class:`NmrlError` when it is missing, not ONNX, or its external data is
+    refused (outside the model's folder, an absolute path, not a regular file) or missing: each says which."""
     path = Path(path)
     if not path.is_file():
         raise NmrlError(f"{path}: no such file")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and friends for foreign files
         raise NmrlError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+    folder = str(path.parent)
+    for tensor in _all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        try:
+            # onnx's own loader, one tensor at a time: it refuses locations outside the folder,
+            # absolute paths, symlinks and files that are not regular, and bounds offsets and lengths
+            external_data_helper.load_external_data_for_tensor(tensor, folder)
+        except Exception as error:  # onnx raises ValidationError (paths) or ValueError (bounds)
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+            name = printable(tensor.name, 80)
+            candidate = Path(folder, location)
+            inside = not Path(location).is_absolute() and ".." not in Path(location).parts
+            if location and inside and not candidate.exists() and not candidate.is_symlink():
+                raise NmrlError(
+                    f"{path}: the external data file {printable(location, 120)!r} of tensor {name!r} is missing "
+                    f"(it must lie in {folder} beside the model)"
+                ) from None
+            raise NmrlError(f"{path}: external data of tensor {name!r} refused: {gist(error, 1, 200)}") from None
+    return model
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model that can hold external data: initializers and node attributes,
+    in subgraphs and functions too (as onnx.load looks for them)."""
+
+    def in_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for graph in [attr.g] if attr.HasField("g") else []:
+                    yield from in_graph(graph)
+                for graph in attr.graphs:
+                    yield from in_graph(graph)
+
+    def in_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)

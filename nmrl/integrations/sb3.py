@@ -262,12 +262,15 @@ def export_actor(
     on env states and on wide random inputs, and its closed-loop return matches. Nothing is
     written when a check fails (:class:`NmrlError`). ``env_id`` defaults to the model's env's id
     (without one, only the random-input parity runs). Returns the
-    :class:`~nmrl.export.onnx_export.RunExport`.
+    :class:`~nmrl.export.pipeline.RunExport`.
     """
     import stable_baselines3
 
-    from nmrl.export.onnx_export import RunExport, build_policy_onnx, save_onnx
+    from nmrl.deploy.ort_backend import OrtPolicy
+    from nmrl.deploy.torch_backend import TorchPolicy
+    from nmrl.export.onnx_export import build_policy_onnx, save_onnx
     from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
+    from nmrl.export.pipeline import RunExport
 
     policy = deployed_actor(model)
     env_id = env_id or _env_id(model)
@@ -287,11 +290,9 @@ def export_actor(
     }
     onnx_model, check = build_policy_onnx(policy, obs_dim, act_dim, claimed, metadata)
     verification = verify_export(
-        policy,
-        onnx_model,
+        TorchPolicy(policy, obs_dim, act_dim, threads=None, env_id=env_id),
+        OrtPolicy(onnx_model.SerializeToString()),
         "fp32",
-        obs_dim,
-        act_dim,
         env_id,
         action_low,
         action_high,

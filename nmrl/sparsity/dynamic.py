@@ -162,6 +162,7 @@ class UnstructuredLinear(MaskedLinear):
         self.dense_grad = grad.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.note_training_pass()
         weight = self.weight * self.mask
         if weight.requires_grad and self._wants_dense_grad():
             weight.register_hook(self._store_dense_grad)

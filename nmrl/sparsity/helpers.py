@@ -11,7 +11,9 @@ Three calls put nmrl's layers into any PyTorch training loop (CleanRL's, Stable-
   Adam writes parameters without advancing their version counter, so a cache keyed on versions
   alone would keep multiplying by the old weight). It refuses an optimizer that does not hold the
   layers' weights: one created *before* ``sparsify`` holds the replaced layers' parameters, and
-  stepping it would leave the sparse weights unchanged forever, silently;
+  stepping it would leave the sparse weights unchanged forever, silently. A layer ``sparsify``
+  made that runs :data:`~nmrl.sparsity.layers.UNSTEPPED_PASS_LIMIT` training passes with no
+  counted step (its optimizer was never bound) logs one warning saying so;
 - :func:`bind_target` keeps a target network's masks following its own weights: before each of
   its forward passes it re-selects every mask from the current (Polyak-averaged) weights, whatever
   code did the averaging.
@@ -64,6 +66,7 @@ def sparsify(
     *,
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
+    gradient: str = "ste",
     skip: Iterable[str] = (),
     **unstructured: Any,
 ) -> list[LayerReport]:
@@ -78,6 +81,7 @@ def sparsify(
             stays dense unless the spec says ``layers="all"``). ``"dense"``: nothing changes.
         mask_interval: N:M only: recompute the masks every this many optimizer steps.
         srste_decay: N:M only: SR-STE's decay of the pruned weights (0 = plain straight-through).
+        gradient: N:M only: ``"ste"`` (every shadow weight learns) or ``"active"`` (only kept ones).
         skip: qualified names of Linears to keep dense.
         **unstructured: unstructured only: the topology schedule of
             :func:`nmrl.sparsity.dynamic.sparsify_unstructured` (``interval``, ``drop_fraction``,
@@ -89,17 +93,23 @@ def sparsify(
     spec = as_sparsity(sparsity)
     if unstructured and not isinstance(spec, UnstructuredSparsity):
         raise NmrlError(f"{', '.join(sorted(unstructured))}: options of unstructured sparsity, not of {spec}")
+    before = {id(layer) for _, layer in masked_layers(module)}
     if isinstance(spec, NMSparsity):
-        return sparsify_nm(module, spec.pattern, mask_interval, srste_decay, skip)
-    if isinstance(spec, UnstructuredSparsity):
+        reports = sparsify_nm(module, spec.pattern, mask_interval, srste_decay, skip, gradient=gradient)
+    elif isinstance(spec, UnstructuredSparsity):
         skipped = set(skip)
         if spec.layers == "hidden":
             linears = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
             skipped |= set(linears[-1:])
-        return sparsify_unstructured(
+        reports = sparsify_unstructured(
             module, spec.fraction, spec.allocation, skip=skipped, topology=spec.topology, **unstructured
         )
-    return layer_report(module)
+    else:
+        return layer_report(module)
+    for _, layer in masked_layers(module):
+        if id(layer) not in before:  # the new layers: warn if no optimizer step is ever counted for them
+            layer.watch_steps = True
+    return reports
 
 
 def sparse_layers(networks: nn.Module | Iterable[nn.Module]) -> list[tuple[str, MaskedLinear]]:

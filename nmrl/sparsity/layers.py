@@ -22,6 +22,7 @@ sparse layer also loads a dense-form dict: its masks are then recomputed from th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,13 @@ from torch import nn
 
 from nmrl.sparsity.mask import nm_mask
 from nmrl.sparsity.pattern import NMPattern
+
+log = logging.getLogger(__name__)
+
+UNSTEPPED_PASS_LIMIT = 1000
+"""Training passes (forwards that record gradients) of a layer made by ``nmrl.sparsify`` with no
+counted optimizer step between them, after which nmrl warns that no optimizer is bound to it."""
+_warned_unstepped = False
 
 
 def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
@@ -47,6 +55,10 @@ def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) 
         # grad + decay * (1 - mask) * weight, on its way back to ``weight``
         effective.register_hook(lambda grad: grad.sub(pruned_negated, alpha=decay))
     return effective
+
+
+# Which shadow weights an NMLinear's gradient reaches (see NMLinear's ``gradient``).
+NM_GRADIENTS = ("ste", "active")
 
 
 class LayerKernel(Protocol):
@@ -70,9 +82,9 @@ class MaskedDenseKernel:
     name = "masked dense"
 
     def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and layer.weight.requires_grad:
+        if torch.is_grad_enabled() and layer.weight.requires_grad and layer.gradient == "ste":
             weight = _sparse_refined_ste(layer.weight, layer.mask, layer.srste_decay)
-        else:  # target networks, acting, and critics frozen for the actor loss
+        else:  # gradient="active" (only kept weights learn), targets, acting, frozen critics
             weight = layer.weight * layer.mask
         return nn.functional.linear(x, weight, layer.bias)
 
@@ -99,6 +111,29 @@ class MaskedLinear(nn.Linear):
     """
 
     mask: torch.Tensor
+    # Set by nmrl.sparsify on the layers it makes. An optimizer that nobody bound (or one created
+    # before sparsify, holding the replaced layers' parameters) never counts a step, so the masks
+    # would never be refreshed (and, in the second case, the weights never change) without a word:
+    # count the training passes since the last counted step and warn once.
+    watch_steps: bool = False
+    passes_since_step: int = 0
+
+    def note_training_pass(self) -> None:
+        """Count one forward pass that records gradients (subclasses' ``forward`` calls this)."""
+        # This runs every pass: _parameters and __dict__ directly, as nn.Module's __getattr__ and
+        # __setattr__ cost about a microsecond each.
+        if not (self.watch_steps and torch.is_grad_enabled() and self._parameters["weight"].requires_grad):  # type: ignore[union-attr]
+            return
+        passes = self.__dict__["passes_since_step"] = self.passes_since_step + 1
+        global _warned_unstepped
+        if passes >= UNSTEPPED_PASS_LIMIT and not _warned_unstepped:
+            _warned_unstepped = True
+            log.warning(
+                "a sparse layer ran %d training passes without a counted optimizer step: its masks are never "
+                "refreshed; bind the optimizer that trains it with nmrl.bind_optimizer(optimizer, model) (it "
+                "refuses an optimizer created before nmrl.sparsify, whose steps leave the sparse weights unchanged)",
+                passes,
+            )
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with: ``weight * mask`` (exact zeros where pruned)."""
@@ -150,6 +185,9 @@ class NMLinear(MaskedLinear):
         pattern: the N:M pattern; groups run along ``in_features``.
         mask_interval: recompute the mask every this many optimizer steps (see :meth:`step_mask`).
         srste_decay: SR-STE ``lambda_w``; 0 gives plain STE.
+        gradient: which shadow weights the gradient reaches: ``"ste"`` every one (straight-through,
+            with SR-STE's decay on the pruned ones), ``"active"`` only the kept ones (the pruned
+            weights stay where they were until a refresh selects them; ``srste_decay`` unused).
     """
 
     mask: torch.Tensor
@@ -164,6 +202,7 @@ class NMLinear(MaskedLinear):
         bias: bool = True,
         mask_interval: int = 1,
         srste_decay: float = 2e-4,
+        gradient: str = "ste",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -172,9 +211,12 @@ class NMLinear(MaskedLinear):
             raise ValueError(f"mask_interval must be >= 1, got {mask_interval}")
         if srste_decay < 0:
             raise ValueError(f"srste_decay must be >= 0, got {srste_decay}")
+        if gradient not in NM_GRADIENTS:
+            raise ValueError(f"gradient must be one of {', '.join(NM_GRADIENTS)}, got {gradient!r}")
         self.pattern = pattern
         self.mask_interval = mask_interval
         self.srste_decay = srste_decay
+        self.gradient = gradient
         self.register_buffer("mask", nm_mask(self.weight, pattern))
         # Optimizer steps since the mask was last recomputed; saved with the state so that a
         # resumed run refreshes on the same schedule.
@@ -202,12 +244,13 @@ class NMLinear(MaskedLinear):
         return str(self.pattern)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.note_training_pass()
         return self.kernel.forward(self, x)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, pattern={self.pattern}, mask_interval={self.mask_interval}, "
-            f"srste_decay={self.srste_decay}, kernel={self.kernel.name}"
+            f"srste_decay={self.srste_decay}, gradient={self.gradient}, kernel={self.kernel.name}"
         )
 
 
@@ -249,6 +292,7 @@ def refresh_masks(layers: nn.Module | Iterable[MaskedLinear], now: bool = False)
     if isinstance(layers, nn.Module):
         layers = [layer for _, layer in masked_layers(layers)]
     for layer in layers:
+        layer.__dict__["passes_since_step"] = 0  # a counted step (see MaskedLinear.note_training_pass)
         if now:
             layer.update_mask()
         else:
@@ -296,6 +340,7 @@ def sparsify_nm(
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
     skip: Iterable[str] = (),
+    gradient: str = "ste",
 ) -> list[LayerReport]:
     """Replace, in place, every ``nn.Linear`` of ``module`` (except names in ``skip``) by an
     NMLinear with the same weights; returns the per-layer report. A dense pattern leaves the
@@ -313,6 +358,7 @@ def sparsify_nm(
                 bias=linear.bias is not None,
                 mask_interval=mask_interval,
                 srste_decay=srste_decay,
+                gradient=gradient,
                 device=linear.weight.device,
                 dtype=linear.weight.dtype,
             )

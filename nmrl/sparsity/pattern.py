@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from nmrl.errors import NmrlError
 
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+MAX_M = 256
+"""The largest group: nm-packed stores in-group positions in 8 bits, and sparse kernels use M of 2
+to 16. A larger M (``1:99999999999999999999`` from a file or a flag) is refused here, not in the
+array code it would reach (numpy's pad width, numba's integer range)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -23,8 +27,8 @@ class NMPattern:
     def __post_init__(self) -> None:
         if not (isinstance(self.n, int) and isinstance(self.m, int)):
             raise NmrlError(f"N:M pattern needs integers, got n={self.n!r}, m={self.m!r}")
-        if self.m < 1:
-            raise NmrlError(f"N:M pattern {self.n}:{self.m}: M must be at least 1")
+        if not 1 <= self.m <= MAX_M:
+            raise NmrlError(f"N:M pattern {self.n}:{self.m}: M must be between 1 and {MAX_M}")
         if not 1 <= self.n <= self.m:
             raise NmrlError(f"N:M pattern {self.n}:{self.m}: N must be between 1 and M")
 
@@ -38,7 +42,10 @@ class NMPattern:
         match = _PATTERN_RE.match(text)
         if match is None:
             raise NmrlError(f"invalid N:M pattern {text!r}: expected 'N:M' (e.g. '2:4') or 'dense'")
-        return cls(int(match.group(1)), int(match.group(2)))
+        n, m = match.groups()
+        if max(len(n), len(m)) > 9:  # int() of thousands of digits is a ValueError of its own
+            raise NmrlError(f"N:M pattern {text.strip()[:40]!r}: M must be between 1 and {MAX_M}")
+        return cls(int(n), int(m))
 
     @property
     def is_dense(self) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 
 from nmrl.envs import env_id_from_file
 from nmrl.errors import NmrlError
-from nmrl.files import remove_stale_temp_files
+from nmrl.files import check_name_lengths, remove_stale_temp_files
 from nmrl.sparsity.spec import Dense, NMSparsity, Sparsity, UnstructuredSparsity
 from nmrl.train.callbacks import BaseCallback, CallbackList, as_callback
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
@@ -252,6 +252,7 @@ class OffPolicyAgent:
         :meth:`load` continues from it exactly. ``path`` must be new, empty, or a run directory
         (then its config and last checkpoint are replaced; its metrics stay). Returns ``path``."""
         run_dir = Path(path)
+        check_name_lengths(run_dir, "the save path")
         if not self._recreatable:
             logger.warning(
                 "%s: saved with env %r, which Gymnasium cannot make: verbs that run the env need it registered",
@@ -273,7 +274,7 @@ class OffPolicyAgent:
         return self.trainer.checkpoint_state()
 
     def _write(self, run_dir: Path, state: dict[str, Any]) -> None:
-        save_checkpoint(run_dir / LAST_CHECKPOINT, state)
+        save_checkpoint(run_dir / LAST_CHECKPOINT, state, inside=run_dir)
         if not (run_dir / COSTS_FILE).exists():
             log_costs(run_dir, self.algorithm.networks(), lambda record: None)
         self.config.save(run_dir / CONFIG_FILE)  # last: a folder with a config holds a run

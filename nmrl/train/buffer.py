@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from nmrl.errors import NmrlError, gist
-from nmrl.files import format_bytes
+from nmrl.files import format_bytes, physical_memory
 
 
 class Batch(NamedTuple):
@@ -31,7 +30,7 @@ class ReplayBuffer:
         if device.type == "cuda":
             available = torch.cuda.get_device_properties(device).total_memory
         else:
-            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            available = physical_memory()
         if needed > available:
             raise NmrlError(
                 f"--buffer-size {capacity:,} needs {format_bytes(needed)} for this env, more than the "

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from nmrl.errors import NmrlError
-from nmrl.files import write_error
+from nmrl.files import append_text
 from nmrl.sparsity import layer_report
 from nmrl.train.checkpoint import save_checkpoint
 from nmrl.train.evaluate import EvalResult, evaluate
+from nmrl.train.events import EventsWriter
 
 if TYPE_CHECKING:
     from nmrl.train.trainer import Trainer
@@ -178,8 +179,9 @@ class EvalCallback(BaseCallback):
     :data:`EVAL_SEED_OFFSET`). ``eval_env``: a Gymnasium id (made afresh for each evaluation) or an
     env object (reset with those seeds); by default the agent's (:meth:`nmrl.TD3.eval_env`). Each result is
     an ``eval`` record; a new best mean return saves :meth:`Trainer.best_state` to
-    ``best_checkpoint`` when given. ``callback_after_eval`` runs after each evaluation (e.g.
-    :class:`StopTrainingOnReturn`).
+    ``best_checkpoint`` when given (``inside``: a folder holding it, below which no symbolic link
+    is followed, as :mod:`nmrl.files` has it). ``callback_after_eval`` runs after each evaluation
+    (e.g. :class:`StopTrainingOnReturn`).
     """
 
     def __init__(
@@ -190,12 +192,13 @@ class EvalCallback(BaseCallback):
         seed: int | None = None,
         best_checkpoint: Path | None = None,
         callback_after_eval: BaseCallback | None = None,
+        inside: Path | None = None,
     ) -> None:
         super().__init__()
         if eval_freq < 1 or n_eval_episodes < 1:
             raise NmrlError(f"eval_freq and n_eval_episodes must be at least 1, got {eval_freq}, {n_eval_episodes}")
         self.eval_env, self.eval_freq, self.n_eval_episodes, self.seed = eval_env, eval_freq, n_eval_episodes, seed
-        self.best_checkpoint = best_checkpoint
+        self.best_checkpoint, self.inside = best_checkpoint, inside
         self.callback_after_eval = callback_after_eval
         self.last_result: EvalResult | None = None
 
@@ -246,19 +249,20 @@ class EvalCallback(BaseCallback):
         if result.mean > state.best_eval:
             state.best_eval = result.mean
             if self.best_checkpoint is not None:
-                save_checkpoint(self.best_checkpoint, trainer.best_state())
+                save_checkpoint(self.best_checkpoint, trainer.best_state(), inside=self.inside)
         return result
 
 
 class CheckpointCallback(BaseCallback):
     """Saves :meth:`Trainer.checkpoint_state` to ``path`` (atomically) every ``save_freq`` steps
-    and when training ends; only from finite networks (else the run stops, the last good file kept)."""
+    and when training ends; only from finite networks (else the run stops, the last good file kept).
+    ``inside``: a folder holding ``path``, below which no symbolic link is followed."""
 
-    def __init__(self, path: Path, save_freq: int = 50_000) -> None:
+    def __init__(self, path: Path, save_freq: int = 50_000, inside: Path | None = None) -> None:
         super().__init__()
         if save_freq < 1:
             raise NmrlError(f"save_freq must be at least 1, got {save_freq}")
-        self.path, self.save_freq = Path(path), save_freq
+        self.path, self.save_freq, self.inside = Path(path), save_freq, inside
         self._saved_at = -1
 
     def _on_step(self) -> bool:
@@ -274,7 +278,7 @@ class CheckpointCallback(BaseCallback):
         trainer = self._trainer
         kept = f"the last good checkpoint ({self.path}) is kept" if self.path.exists() else "no checkpoint was written"
         trainer.refuse_nonfinite(kept)
-        save_checkpoint(self.path, trainer.checkpoint_state())
+        save_checkpoint(self.path, trainer.checkpoint_state(), inside=self.inside)
         self._saved_at = trainer.state.step
 
 
@@ -284,23 +288,23 @@ class MetricsCallback(BaseCallback):
     sparsity after every evaluation) in ``folder``.
 
     ``purge_step``: a resumed run's step, so that TensorBoard drops what a killed run logged after
-    its last checkpoint.
+    its last checkpoint. Both files are written without following a symbolic link planted under
+    their names (``inside``: a folder holding ``folder``, below which no link is followed); the
+    event file is created at the first number (:class:`~nmrl.train.events.EventsWriter`).
     """
 
-    def __init__(self, folder: Path, purge_step: int | None = None) -> None:
+    def __init__(self, folder: Path, purge_step: int | None = None, inside: Path | None = None) -> None:
         super().__init__()
-        self.folder, self.purge_step = Path(folder), purge_step
+        self.folder, self.purge_step, self.inside = Path(folder), purge_step, inside
         self.path = self.folder / "metrics.jsonl"
-        self.writer: Any = None
+        self.writer: EventsWriter | None = None
 
     def _on_training_start(self) -> None:
         self._open_writer()
 
-    def _open_writer(self) -> Any:
+    def _open_writer(self) -> EventsWriter:
         if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder), purge_step=self.purge_step)
+            self.writer = EventsWriter(self.folder, purge_step=self.purge_step, inside=self.inside)
         return self.writer
 
     def _on_record(self, record: dict[str, Any]) -> None:
@@ -311,12 +315,7 @@ class MetricsCallback(BaseCallback):
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` to ``metrics.jsonl`` and its numbers to TensorBoard."""
-        line = json.dumps(record) + "\n"
-        try:
-            with self.path.open("a") as file:
-                file.write(line)
-        except OSError as error:
-            raise write_error(self.path, error, len(line), "a resume drops a torn last line") from None
+        append_text(self.path, json.dumps(record) + "\n", self.inside, outcome="a resume drops a torn last line")
         self._scalars(record["kind"], record, record)
         if record["kind"] == "eval":
             self._sparsity(record["step"])
@@ -334,7 +333,6 @@ class MetricsCallback(BaseCallback):
                 writer.add_scalar(f"sparsity/{net_name}/{report.name}", 1 - report.density, step)
 
     def _close(self) -> None:
-        # An open writer writes its file again at exit (recreating a folder a failed start removed).
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -21,11 +21,12 @@ from nmrl.files import atomic_write_bytes
 CHECKPOINT_FORMAT = "nmrl-checkpoint-v1"
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (tensors, numbers, strings, containers) atomically, tagged as ours."""
+def save_checkpoint(path: Path, state: dict[str, Any], inside: Path | None = None) -> None:
+    """Save ``state`` (tensors, numbers, strings, containers) atomically, tagged as ours;
+    ``inside``: the run directory, below which no link is followed (``nmrl.files``)."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), inside)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

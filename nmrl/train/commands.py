@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,9 +21,9 @@ def train(
     """Train an agent. Every network is N:M sparse (--sparsity 2:4, the default) or dense.
 
     With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
-    (only --total-steps may be given again, to extend it); other options are then ignored, except
-    --env, which confirms a 'module:Env' id saved in the run (nmrl never imports a module named
-    only by a file).
+    (only --total-steps may be given again, to extend or shorten it); other options are then ignored,
+    and named in a notice, except --env, which must be the run's and confirms a 'module:Env' id saved
+    in the run (nmrl never imports a module named only by a file).
 
     Args:
         resume: a run directory to continue from its checkpoints/last.pt.
@@ -33,10 +34,18 @@ def train(
 
     if resume is not None:
         defaults = TrainConfig()
-        if config.env != defaults.env:
-            confirm_env_id(config.env)
+        given = config.env if config.env != defaults.env else None
+        if given is not None:
+            confirm_env_id(given)
+        ignored = [
+            f"--{name.replace('_', '-')}"
+            for name, value in config.flat_settings().items()
+            if name not in ("env", "total_steps") and value != defaults.flat_settings()[name]
+        ]
+        if ignored:  # a flag that changes nothing must say so
+            print(f"--resume keeps the run's saved settings; ignored: {', '.join(ignored)}", file=sys.stderr)
         extend = config.total_steps if config.total_steps != defaults.total_steps else None
-        run_dir = resume_run(resume, total_steps=extend)
+        run_dir = resume_run(resume, total_steps=extend, env=given)
     else:
         run_dir = train_run(config)
     print(f"run directory: {run_dir}")

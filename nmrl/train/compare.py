@@ -21,6 +21,7 @@ Methods (all on ``--algo``, td3 or sac):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.spec import UnstructuredSparsity, parse_sparsity
 from nmrl.train.compare_report import MethodResult, write_results, write_summary
@@ -227,9 +228,7 @@ def run_grid(cells: Sequence[Cell], grid_file: Path, settings: EngineSettings) -
     jobs = [CellJob(cell.label, cell.config, cell.log_path) for cell in todo]
     with GridProgress(jobs, finished_before=len(cells) - len(todo), total_cells=len(cells)) as progress:
         if settings.engine == "ray":
-            outcome = run_ray(
-                jobs, grid_file, settings.address, settings.workers, settings.retries, settings.cell_gpus, progress
-            )
+            outcome = run_ray(jobs, grid_file, settings.workers, settings.retries, settings.cell_gpus, progress)
         else:
             outcome = run_local(jobs, grid_file, settings.workers, settings.retries, progress)
     if outcome.failures:
@@ -271,53 +270,71 @@ def default_out(base: SharedConfig, envs: Sequence[str]) -> Path:
     return Path(base.runs_dir) / f"compare__{'+'.join(envs)}__{base.algo}"
 
 
+# compare's defaults for what a grid is made of: --report-only tells a flag given from one left out
+DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_FIRST_SEED = "dense,2:4,ds-0.5", 3, 1
+GRID_FILE = "grid.json"
+
+
 def run_comparison(
     base: SharedConfig,
     methods: str,
-    seeds: int = 3,
-    first_seed: int = 1,
+    seeds: int = DEFAULT_SEEDS,
+    first_seed: int = DEFAULT_FIRST_SEED,
     envs: str = "",
     out: Path | None = None,
     report_only: bool = False,
     settings: EngineSettings | None = None,
 ) -> Path:
-    """Train (or continue) the grid, then write the results; returns the output folder."""
+    """Train (or continue) the grid, then write the results; returns the output folder.
+
+    With ``report_only``, the grid in ``out`` is reported with the settings its ``grid.json``
+    holds (never rewritten); a flag given that differs from them is refused."""
     settings = settings or EngineSettings()
     if seeds < 1 or settings.workers < 1 or settings.retries < 0:
         raise NmrlError("--seeds and --workers must be at least 1, --retries at least 0")
     if settings.engine not in ENGINES:
         raise NmrlError(f"unknown --engine {settings.engine!r}: choose {' or '.join(ENGINES)}")
-    if settings.engine == "ray" and not report_only:
+    if report_only:
+        return report_grid(base, methods, seeds, first_seed, envs, out)
+    if settings.engine == "ray":
         from nmrl.train.engines import import_ray
 
         import_ray()  # one line, before anything is written, when Ray is not installed
     env_ids = parse_envs(envs, base.env)
     method_list = parse_methods(methods)
     out = Path(out) if out is not None else default_out(base, env_ids)
-    if report_only and not out.is_dir():
-        raise NmrlError(f"--report-only: {out} does not exist (no grid folder to report on)")
     refuse_single_env_layout(out, env_ids)
     cells = build_grid(base, env_ids, method_list, seeds, first_seed, out)
-    out.mkdir(parents=True, exist_ok=True)
-    grid_file = out / "grid.json"
-    atomic_write_text(
-        grid_file,
-        json.dumps(
-            {
-                "envs": env_ids,
-                "methods": [m.name for m in method_list],
-                "seeds": list(range(first_seed, first_seed + seeds)),
-                "base_config": base.to_dict(),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    if not report_only:
+    with _engine_session(settings, cells):  # Ray: connected (or refused) before anything is written
+        out.mkdir(parents=True, exist_ok=True)
+        grid_file = out / GRID_FILE
+        grid = {
+            "envs": env_ids,
+            "methods": [m.name for m in method_list],
+            "seeds": list(range(first_seed, first_seed + seeds)),
+            "base_config": base.to_dict(),
+        }
+        atomic_write_text(grid_file, json.dumps(grid, indent=2) + "\n")
         run_grid(cells, grid_file, settings)
+    write_reports(cells, env_ids, method_list, out, base)
+    return out
+
+
+def _engine_session(settings: EngineSettings, cells: Sequence[Cell]) -> contextlib.AbstractContextManager:
+    if settings.engine != "ray":
+        return contextlib.nullcontext()
+    from nmrl.train.engines import ray_session
+
+    return ray_session(settings.address, settings.workers * max(cell.config.threads for cell in cells))
+
+
+def write_reports(
+    cells: Sequence[Cell], env_ids: Sequence[str], methods: Sequence[Method], out: Path, base: SharedConfig
+) -> None:
+    """Per env results.md/.csv, curves.csv/.png, and the summary over envs, from the cells' runs."""
     per_env = {}
     for env in env_ids:
-        per_env[env] = collect([c for c in cells if c.env == env], method_list)
+        per_env[env] = collect([c for c in cells if c.env == env], methods)
         folder = env_folder(out, env)
         folder.mkdir(parents=True, exist_ok=True)
         print(write_results(per_env[env], folder, env, base))
@@ -326,14 +343,83 @@ def run_comparison(
         print(summary)
     files = [env_folder(out, env) / name for env in env_ids for name in ("results.md", "curves.png")]
     print("results: " + ", ".join(str(f) for f in ([out / "summary.md"] if summary else []) + files))
+
+
+# Settings that do not change what a grid's report says (how and where it was run).
+NOT_REPORTED = frozenset({"threads", "progress", "device", "runs_dir"})
+
+
+def report_grid(base: SharedConfig, methods: str, seeds: int, first_seed: int, envs: str, out: Path | None) -> Path:
+    """``--report-only``: rebuild a grid's results from its runs, with the settings of its
+    ``grid.json``; flags that differ from them are refused, as a resume refuses them."""
+    named_envs = [part.strip() for part in envs.split(",") if part.strip()] or [base.env]
+    out = Path(out) if out is not None else default_out(base, named_envs)
+    if not out.is_dir():
+        raise NmrlError(f"--report-only: {out} does not exist (no grid folder to report on)")
+    grid = read_grid(out / GRID_FILE)
+    defaults = SharedConfig().flat_settings()
+    given = {key: value for key, value in base.flat_settings().items() if value != defaults[key]}
+    saved = grid["base"].flat_settings()
+    differ = [
+        f"--{key.replace('_', '-')} {value} (the grid's: {saved[key]})"
+        for key, value in given.items()
+        if key not in NOT_REPORTED and value != saved[key] and not (key == "env" and envs)
+    ]
+    if methods != DEFAULT_METHODS and [m.name for m in parse_methods(methods)] != grid["methods"]:
+        differ.append(f"--methods {methods} (the grid's: {','.join(grid['methods'])})")
+    if envs and named_envs != grid["envs"]:
+        differ.append(f"--envs {envs} (the grid's: {','.join(grid['envs'])})")
+    wanted_seeds = list(range(first_seed, first_seed + seeds))
+    if (seeds, first_seed) != (DEFAULT_SEEDS, DEFAULT_FIRST_SEED) and wanted_seeds != grid["seeds"]:
+        differ.append(f"--seeds {seeds} --seed {first_seed} (the grid's: seeds {grid['seeds']})")
+    if differ:
+        raise NmrlError(
+            f"--report-only: {out} was run with other settings: {'; '.join(differ)}; leave those flags out "
+            "(the report uses the grid's own settings)"
+        )
+    method_list = parse_methods(",".join(grid["methods"]))
+    cells = build_grid(grid["base"], grid["envs"], method_list, len(grid["seeds"]), grid["seeds"][0], out)
+    write_reports(cells, grid["envs"], method_list, out, grid["base"])
     return out
+
+
+def read_grid(path: Path) -> dict[str, Any]:
+    """A grid's ``grid.json``: envs, methods, seeds and its base config, each checked (a grid folder
+    may come from anyone: an env id there only names a folder, it is never imported)."""
+    from nmrl.train.loop import check_run_name
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NmrlError(f"--report-only: {path} is missing (not a grid written by nmrl compare)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NmrlError(f"{path}: not a grid file ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        envs, methods, seeds = data["envs"], data["methods"], data["seeds"]
+        if not (
+            envs and all(isinstance(e, str) for e in envs) and methods and all(isinstance(m, str) for m in methods)
+        ):
+            raise ValueError("envs and methods must be lists of names")
+        if (
+            not seeds
+            or any(type(seed) is not int for seed in seeds)
+            or seeds != list(range(seeds[0], seeds[0] + len(seeds)))
+        ):
+            raise ValueError("seeds must be consecutive integers")
+        for env in envs:
+            check_run_name(env)  # a folder of the grid: never a path out of it
+        base = SharedConfig.from_dict(data["base_config"])
+        parse_methods(",".join(methods))
+    except (KeyError, TypeError, ValueError, NmrlError) as error:
+        raise NmrlError(f"{path}: not a grid file ({gist(error, 1)})") from None
+    return {"envs": envs, "methods": methods, "seeds": seeds, "base": base}
 
 
 def compare(
     config: Annotated[SharedConfig, tyro.conf.arg(name="")],
-    methods: str = "dense,2:4,ds-0.5",
-    seeds: int = 3,
-    seed: int = 1,
+    methods: str = DEFAULT_METHODS,
+    seeds: int = DEFAULT_SEEDS,
+    seed: int = DEFAULT_FIRST_SEED,
     envs: str = "",
     engine: Literal["local", "ray"] = "local",
     workers: int = 2,
@@ -365,7 +451,8 @@ def compare(
         retries: Times a cell whose worker (or node) died is run again, resuming from its last checkpoint.
         cell_gpus: Ray: the GPU fraction each cell asks for with --device cuda (0.25: four cells per GPU).
         out: Output folder, on storage every Ray node reaches (default: <runs-dir>/compare__<envs>__<algo>).
-        report_only: Only rebuild the tables and plots from the runs already in --out.
+        report_only: Only rebuild the tables and plots from the runs already in --out, with the grid's own
+            settings (its grid.json); flags that differ from them are refused.
     """
     settings = EngineSettings(engine, workers, address, retries, cell_gpus)
     run_comparison(

@@ -36,6 +36,11 @@ class MethodResult:
     costs: dict[str, Any]
 
     @property
+    def cells(self) -> int:
+        """The grid's cells of this method (one per seed), finished or not."""
+        return len(self.curves)
+
+    @property
     def mean(self) -> float:
         return float(np.mean(self.finals)) if self.finals else math.nan
 
@@ -52,6 +57,7 @@ TABLE_COLUMNS = (
     "return_mean",
     "return_std",
     "seeds",
+    "cells",
     "sparsity",
     "actor_params",
     "agent_params",
@@ -87,6 +93,7 @@ def table_rows(results: Sequence[MethodResult]) -> list[dict[str, Any]]:
                 "return_mean": result.mean,
                 "return_std": result.std,
                 "seeds": len(result.finals),
+                "cells": result.cells,
                 **cost_columns(result.costs),
             }
         )
@@ -99,6 +106,23 @@ def _count(value: float) -> str:
     return "-" if isinstance(value, float) and math.isnan(value) else format_count(value)
 
 
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def finished_note(results: Sequence[MethodResult]) -> list[str]:
+    """A line saying how many cells finished, for a grid that is not done ([] when it is): its
+    returns are over the finished cells only."""
+    finished, cells = sum(len(r.finals) for r in results), sum(r.cells for r in results)
+    if finished == cells:
+        return []
+    return [
+        f"{finished} of {cells} cells finished: returns are over finished cells only (the same nmrl compare "
+        "command trains the rest)",
+        "",
+    ]
+
+
 def _ratio(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}x"
 
@@ -107,20 +131,24 @@ def _interval(centre: float, low: float, high: float, fmt: str = ".1f") -> str:
     return "-" if math.isnan(centre) else f"{centre:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], env: str, algo: str, total_steps: int) -> str:
+def markdown_table(
+    rows: Sequence[dict[str, Any]], env: str, algo: str, total_steps: int, note: Sequence[str] = ()
+) -> str:
     lines = [
         f"{env}, {algo}, {total_steps:,} steps: final evaluation return over seeds, IQM [95% bootstrap CI] "
         "and mean ± std",
         "",
+        *note,
         "| method | return IQM [95% CI] | mean ± std | seeds | sparsity | actor params | agent params "
         "| training FLOPs | actor FLOPs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         mean = "-" if math.isnan(row["return_mean"]) else f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
+        seeds = f"{row['seeds']}" if row["seeds"] == row["cells"] else f"{row['seeds']} of {row['cells']}"
         lines.append(
             f"| {row['method']} | {_interval(row['return_iqm'], row['return_ci_low'], row['return_ci_high'])} "
-            f"| {mean} | {row['seeds']} | {row['sparsity']:.1%} | {_count(row['actor_params'])} "
+            f"| {mean} | {seeds} | {_percent(row['sparsity'])} | {_count(row['actor_params'])} "
             f"| {_count(row['agent_params'])} | {_ratio(row['training_flops_vs_dense'])} "
             f"| {_ratio(row['inference_flops_vs_dense'])} |"
         )
@@ -176,7 +204,7 @@ def write_results(results: Sequence[MethodResult], folder: Path, env: str, base:
         for step, ret in curve
     ]
     write_csv(folder / "curves.csv", ("method", "seed", "step", "return_mean"), curve_rows)
-    markdown = markdown_table(rows, env, base.algo, base.total_steps)
+    markdown = markdown_table(rows, env, base.algo, base.total_steps, finished_note(results))
     atomic_write_text(folder / "results.md", markdown)
     plot_curves(results, folder / "curves.png", f"{env} ({base.algo})")
     return markdown
@@ -231,16 +259,19 @@ def summary_rows(per_env: dict[str, list[MethodResult]], reference: str = "dense
     return rows
 
 
-def summary_markdown(rows: Sequence[dict[str, Any]], envs: Sequence[str], algo: str, total_steps: int) -> str:
+def summary_markdown(
+    rows: Sequence[dict[str, Any]], envs: Sequence[str], algo: str, total_steps: int, note: Sequence[str] = ()
+) -> str:
     lines = [
         f"{', '.join(envs)}; {algo}, {total_steps:,} steps: final return normalised by dense (per env: mean over "
         "seeds / dense mean; all: IQM over envs x seeds [95% stratified-bootstrap CI]); costs vs dense, mean over envs",
         "",
+        *note,
         "| method | " + " | ".join(envs) + " | all: IQM [95% CI] | runs | params | training FLOPs | actor FLOPs |",
         "|---|" + "---:|" * (len(envs) + 5),
     ]
     for row in rows:
-        per_env = " | ".join("-" if math.isnan(row[env]) else f"{row[env]:.1%}" for env in envs)
+        per_env = " | ".join(_percent(row[env]) for env in envs)
         total = (
             "-"
             if math.isnan(row["normalised_iqm"])
@@ -260,6 +291,7 @@ def write_summary(per_env: dict[str, list[MethodResult]], out: Path, base: Share
     rows = summary_rows(per_env)
     envs = list(per_env)
     write_csv(out / "summary.csv", (SUMMARY_COLUMNS[0], *envs, *SUMMARY_COLUMNS[1:]), rows)
-    markdown = summary_markdown(rows, envs, base.algo, base.total_steps)
+    note = finished_note([result for results in per_env.values() for result in results])
+    markdown = summary_markdown(rows, envs, base.algo, base.total_steps, note)
     atomic_write_text(out / "summary.md", markdown)
     return markdown

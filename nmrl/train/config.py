@@ -27,7 +27,7 @@ from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
-from nmrl.train.networks import ACTIVATIONS
+from nmrl.train.activations import ACTIVATION_NAMES
 
 ALGORITHM_MODULES: dict[str, str] = {"td3": "nmrl.train.td3", "sac": "nmrl.train.sac"}
 """The algorithms --algo offers, each by the module whose ``@register`` makes it (imported only
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     ActivationName = str
 else:
     AlgoName = Literal[tuple(ALGORITHM_MODULES)]
-    ActivationName = Literal[tuple(ACTIVATIONS)]
+    ActivationName = Literal[ACTIVATION_NAMES]
 
 
 @dataclass
@@ -72,6 +72,9 @@ class NMOptions:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
+    gradient: Literal["ste", "active"] = "ste"
+    """Which shadow weights learn: ste = all (straight-through + SR-STE), active = only the kept
+    ones (docs/baselines.md, "Why 2:4 fell behind dense on HalfCheetah")."""
 
 
 @dataclass
@@ -204,6 +207,12 @@ class SharedConfig:
         data["hidden"] = list(self.hidden)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The settings a saved dict describes (nested or flat); :class:`NmrlError` for unknown
+        settings and values of the wrong type (a saved file is untrusted input)."""
+        return _checked(cls, _nested(data))
+
     def flat_settings(self) -> dict[str, Any]:
         """Every setting by its flag name (``policy_delay``, not ``td3``), groups flattened."""
         data = self.to_dict()
@@ -271,8 +280,8 @@ class TrainConfig(SharedConfig):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
             raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
-        if self.activation not in ACTIVATIONS:
-            raise NmrlError(f"unknown --activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise NmrlError(f"unknown --activation {self.activation!r}; choose from {', '.join(ACTIVATION_NAMES)}")
         if self.threads < 0:
             raise NmrlError(f"--threads must be >= 0 (0 = torch's default), got {self.threads}")
 
@@ -296,6 +305,8 @@ class TrainConfig(SharedConfig):
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         spec = self.spec
+        if self.nm.gradient != "ste":
+            raise NmrlError("--semi-structured trains with straight-through gradients only; drop --gradient active")
         if isinstance(spec, UnstructuredSparsity):
             raise NmrlError(
                 f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
@@ -347,7 +358,7 @@ class TrainConfig(SharedConfig):
         missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
         if missing:
             raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
-        return _checked(cls, _nested(data))
+        return super().from_dict(data)
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

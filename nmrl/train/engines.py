@@ -39,7 +39,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, cast
 
-from nmrl.errors import NmrlError
+from nmrl.errors import NmrlError, gist
 from nmrl.files import LOCK_FILE, hold_lock
 from nmrl.train.config import TrainConfig
 
@@ -269,33 +269,105 @@ def import_ray() -> Any:
     return ray
 
 
+# How long nmrl waits to reach a Ray head before saying so (Ray itself retries for minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str) -> tuple[str, int] | None:
+    """``host:port`` (or ``ray://host:port``) as (host, port); None for ``auto``; one-line
+    :class:`NmrlError` for anything else (Ray's own answer is a ValueError traceback)."""
+    if address == "auto":
+        return None
+    text = address.removeprefix("ray://")
+    host, separator, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address: [::1]:6379
+    elif ":" in host:
+        host = ""
+    labels = host.split(".")
+    if not (separator and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise NmrlError(
+            f"invalid --address {address[:80]!r}: expected host:port of the Ray head (10.0.0.5:6379) or auto"
+        )
+    if len(host) > 253 or (":" not in host and any(not 0 < len(label) <= 63 for label in labels)):
+        raise NmrlError(f"invalid --address: the host name {host[:40]!r}... is not a valid host name (too long)")
+    return host, int(port)
+
+
+def _not_a_ray_head(endpoint: tuple[str, int]) -> str | None:
+    """Why ``endpoint`` is not a Ray head (None: it answers as one). A Ray head (GCS) and a Ray
+    Client server are gRPC servers: sent HTTP/2's client preface, they answer with a SETTINGS
+    frame. Ray itself, given a port that is closed or accepts connections but is not Ray, retries
+    for minutes. With TLS (RAY_USE_TLS) only the TCP connection is checked."""
+    try:
+        with socket.create_connection(endpoint, timeout=CONNECT_TIMEOUT_S) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return None
+            connection.sendall(HTTP2_PREFACE)
+            frame = connection.recv(9)
+    except TimeoutError:
+        return "no answer"
+    except OSError as error:
+        return error.strerror or str(error)
+    if len(frame) < 9 or frame[3] != 0x04:  # HTTP/2 frame header: length (3 bytes), type 4 = SETTINGS
+        return "it answers, but not as a Ray head (no gRPC)"
+    return None
+
+
+# HTTP/2's client connection preface (RFC 9113, 3.4): the magic string and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+@contextlib.contextmanager
+def ray_session(address: str, num_cpus: int) -> Iterator[Any]:
+    """Ray, connected to ``address`` (or RAY_ADDRESS; neither: a private instance of ``num_cpus``
+    CPUs on this machine) for the block, and shut down after it if this call started it.
+
+    An address is checked, and its head reached over TCP within :data:`CONNECT_TIMEOUT_S`, before
+    Ray is asked: a malformed or unreachable address is one line, before the grid writes anything."""
+    ray = import_ray()
+    if ray.is_initialized():  # a caller's own Ray (a driver script, the tests)
+        yield ray
+        return
+    target = address or os.environ.get("RAY_ADDRESS", "")
+    endpoint = check_ray_address(target) if target else None
+    if endpoint is not None:
+        reason = _not_a_ray_head(endpoint)
+        if reason:
+            raise NmrlError(
+                f"cannot reach the Ray cluster at {target[:80]}: {reason} (waited at most {CONNECT_TIMEOUT_S:.0f} s)"
+            )
+    # With no address, a private instance on this machine, sized so that --workers still bounds
+    # how many cells train at once, as on the local engine.
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if address:
+        options["address"] = address
+    elif not target:
+        options["num_cpus"] = num_cpus
+    try:
+        ray.init(**options)
+    except (ConnectionError, ValueError) as error:
+        raise NmrlError(
+            f"cannot reach the Ray cluster at {target}: {gist(error, 1)} (a cluster started with token "
+            "authentication needs RAY_AUTH_MODE=token here too: docs/scale-out.md)"
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 def run_ray(
     jobs: Sequence[CellJob],
     grid_file: Path,
-    address: str,
     workers: int,
     retries: int,
     cell_gpus: float,
     progress: Any,
 ) -> Outcome:
-    """Train ``jobs`` as Ray core tasks (see docs/scale-out.md for why core rather than Tune)."""
+    """Train ``jobs`` as Ray core tasks on the Ray that :func:`ray_session` connected (see
+    docs/scale-out.md for why core rather than Tune)."""
     ray = import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        # With no --address (and no RAY_ADDRESS), a private instance on this machine, sized so that
-        # --workers still bounds how many cells train at once, as on the local engine.
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-        if address:
-            options["address"] = address
-        elif not os.environ.get("RAY_ADDRESS"):
-            options["num_cpus"] = workers * max(job.config.threads for job in jobs)
-        try:
-            ray.init(**options)
-        except ConnectionError as error:
-            raise NmrlError(
-                f"cannot reach the Ray cluster at {address or os.environ['RAY_ADDRESS']}: {error} (a cluster "
-                "started with token authentication needs RAY_AUTH_MODE=token here too: docs/scale-out.md)"
-            ) from None
     task = ray.remote(run_cell)
     refs: dict[Any, CellJob] = {}
     for job in jobs:
@@ -310,29 +382,25 @@ def run_ray(
         refs[task.options(**options).remote(job.config.to_dict(), str(job.log_path), str(grid_file))] = job
         progress.queued(job)
     outcome, pending, cancelled = Outcome(), list(refs), False
-    try:
-        with interrupt_requests() as request:
-            while pending:
-                if request["signal"] is not None and not cancelled:
-                    for ref in pending:  # a KeyboardInterrupt in the task: the loop checkpoints and stops
-                        ray.cancel(ref)
-                    cancelled = True
-                done, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
-                for ref in done:
-                    job = refs[ref]
-                    try:
-                        ray.get(ref)
-                        progress.ended(job, failed=False)
-                    except Exception as error:
-                        if not cancelled:
-                            outcome.failures.append(f"{job.label}: {_ray_error_text(error)}")
-                        progress.ended(job, failed=not cancelled)
-                progress.refresh()
-        if request["signal"] is not None:
-            raise_interrupted(request)
-    finally:
-        if started_here:
-            ray.shutdown()
+    with interrupt_requests() as request:
+        while pending:
+            if request["signal"] is not None and not cancelled:
+                for ref in pending:  # a KeyboardInterrupt in the task: the loop checkpoints and stops
+                    ray.cancel(ref)
+                cancelled = True
+            done, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+            for ref in done:
+                job = refs[ref]
+                try:
+                    ray.get(ref)
+                    progress.ended(job, failed=False)
+                except Exception as error:
+                    if not cancelled:
+                        outcome.failures.append(f"{job.label}: {_ray_error_text(error)}")
+                    progress.ended(job, failed=not cancelled)
+            progress.refresh()
+    if request["signal"] is not None:
+        raise_interrupted(request)
     return outcome
 
 

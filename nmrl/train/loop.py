@@ -5,7 +5,7 @@
 a run directory needs: metrics (``metrics.jsonl`` + TensorBoard), evaluation with the best
 checkpoint and ``--stop-at-return``, the last checkpoint, the progress bar, and a stop on
 SIGINT/SIGTERM that saves first. The run-directory protocol itself (lock, clean failed starts,
-truncated metrics on resume, signals) is :mod:`nmrl.train.rundir`.
+links refused, truncated metrics on resume, signals) is :mod:`nmrl.train.rundir`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nmrl.envs import env_id_from_file
 from nmrl.errors import NmrlError
-from nmrl.files import remove_stale_temp_files
+from nmrl.files import check_name_lengths, remove_stale_temp_files
 from nmrl.train.api import OffPolicyAgent, agent_class
 from nmrl.train.callbacks import (
     EVAL_SEED_OFFSET,
@@ -73,7 +73,7 @@ def run_callbacks(
     config: TrainConfig, run_dir: Path, stop: StopFlag | None = None, purge_step: int | None = None
 ) -> tuple[MetricsCallback, list[BaseCallback]]:
     """The callbacks of ``nmrl train`` (the metrics one first, also returned on its own)."""
-    metrics = MetricsCallback(run_dir, purge_step=purge_step)
+    metrics = MetricsCallback(run_dir, purge_step=purge_step, inside=run_dir)
     stop_at = None if config.stop_at_return is None else StopTrainingOnReturn(config.stop_at_return)
     callbacks: list[BaseCallback] = [
         metrics,
@@ -84,8 +84,9 @@ def run_callbacks(
             seed=config.seed + EVAL_SEED_OFFSET,
             best_checkpoint=run_dir / BEST_CHECKPOINT,
             callback_after_eval=stop_at,
+            inside=run_dir,
         ),
-        CheckpointCallback(run_dir / LAST_CHECKPOINT, config.checkpoint_every),
+        CheckpointCallback(run_dir / LAST_CHECKPOINT, config.checkpoint_every, inside=run_dir),
     ]
     if config.progress:
         callbacks.append(ProgressCallback(f"{config.algo} {config.sparsity} {config.env}"))
@@ -105,22 +106,23 @@ def train(config: TrainConfig) -> Path:
     name = config.run_name or default_run_name(config.env, config.algo, config.sparsity, config.seed)
     check_run_name(name)
     run_dir = Path(config.runs_dir) / name
+    check_name_lengths(run_dir, "the run directory's path (--runs-dir / --run-name)")
     with log_to_stderr(), stop_on_signals() as stop, new_run_dir(run_dir):
         agent = agent_class(config.algo).from_config(config)
         try:
             stop.raise_if_set("while starting: stopped, nothing saved")
-            config.save(run_dir / CONFIG_FILE)
             metrics, callbacks = run_callbacks(config, run_dir, stop)
             log_costs(run_dir, agent.algorithm.networks(), metrics.write)  # params and FLOPs vs dense
+            config.save(run_dir / CONFIG_FILE)  # last: a folder with a config and no checkpoint is an unstarted run
             _learn(agent, config.total_steps, callbacks, run_dir, stop)
         finally:
             agent.trainer.close()
     return run_dir
 
 
-def resume(run_dir: Path, total_steps: int | None = None) -> Path:
+def resume(run_dir: Path, total_steps: int | None = None, env: str | None = None) -> Path:
     """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it,
-    or shorten it down to the checkpoint's step).
+    or shorten it down to the checkpoint's step; ``env``, when given, must be the run's).
 
     The run directory is locked first; ``config.json`` is rewritten only once the extended config
     has been checked and the checkpoint loaded.
@@ -128,10 +130,16 @@ def resume(run_dir: Path, total_steps: int | None = None) -> Path:
     run_dir = Path(run_dir)
     with log_to_stderr(), stop_on_signals() as stop, existing_run_dir(run_dir):
         config = TrainConfig.load(run_dir / CONFIG_FILE)
+        if env is not None and env != config.env:
+            raise NmrlError(f"--env {env} is not this run's environment ({config.env})")
         env_id_from_file(config.env, run_dir / CONFIG_FILE)
         last = run_dir / LAST_CHECKPOINT
         if not last.exists():
-            raise NmrlError(f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing)")
+            raise NmrlError(
+                f"{run_dir}: no checkpoint to resume from ({LAST_CHECKPOINT} is missing: the run stopped before "
+                "its first one); start it again with the nmrl train command that began it, which reuses a run "
+                "folder that holds no checkpoint"
+            )
         changed = total_steps is not None and total_steps != config.total_steps
         saved_total = config.total_steps
         if changed:

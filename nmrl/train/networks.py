@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
+from nmrl.train.activations import ACTIVATION_NAMES
+
+ACTIVATIONS: dict[str, type[nn.Module]] = dict(zip(ACTIVATION_NAMES, (nn.ReLU, nn.LeakyReLU, nn.Tanh), strict=True))
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "relu") -> nn.Sequential:
@@ -26,6 +29,38 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "rel
         layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(widths[-1], out_dim))
     return nn.Sequential(*layers)
+
+
+def mlp_parameters(in_dim: int, out_dim: int, hidden: Sequence[int]) -> int:
+    """Weights and biases of :func:`mlp` with these sizes, counted without building it."""
+    widths = [in_dim, *hidden, out_dim]
+    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in itertools.pairwise(widths))
+
+
+# float32 bytes per weight of an actor-critic in training, at the least: the weight and its target
+# copy, its gradient, Adam's two moments (masks and the 2:4 fast path's copies come on top).
+TRAINING_BYTES_PER_WEIGHT = 5 * 4
+
+
+def check_networks_fit(obs_dim: int, act_dim: int, hidden: Sequence[int], device: torch.device) -> None:
+    """:class:`NmrlError` when an actor and two critics of these widths cannot be trained in the
+    device's memory: checked before they are built, as the replay buffer is, because building them
+    would end in the kernel's OOM kill (no message) or an allocator error."""
+    from nmrl.errors import NmrlError
+    from nmrl.files import format_bytes
+
+    weights = mlp_parameters(obs_dim, 2 * act_dim, hidden) + 2 * mlp_parameters(obs_dim + act_dim, 1, hidden)
+    needed = weights * TRAINING_BYTES_PER_WEIGHT
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise NmrlError(
+            f"--hidden {' '.join(map(str, hidden))}: the actor and critics hold {weights:,} weights and need at "
+            f"least {format_bytes(needed)} to train, more than the {format_bytes(available)} of {device.type} "
+            "memory here"
+        )
 
 
 def register_action_bounds(module: nn.Module, action_low: Sequence[float], action_high: Sequence[float]) -> None:

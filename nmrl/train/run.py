@@ -16,10 +16,13 @@ from torch import nn
 
 from nmrl.envs import env_dims, env_id_from_file, make_env
 from nmrl.errors import NmrlError
+from nmrl.files import LOCK_FILE, TEMP_PREFIX, TEMP_SUFFIX
 from nmrl.train.algorithm import get_algorithm
 from nmrl.train.checkpoint import checkpoint_step, load_checkpoint
 from nmrl.train.config import TrainConfig, check_compatible
+from nmrl.train.events import EVENTS_PREFIX
 from nmrl.train.policy import PolicySpec, policy_from_part, policy_part
+from nmrl.train.sparse import COSTS_FILE
 
 CHECKPOINTS = {"last": "checkpoints/last.pt", "best": "checkpoints/best.pt"}
 
@@ -97,6 +100,37 @@ def _derived_policy_part(state: dict[str, Any], config: TrainConfig, env_id: str
         config.spec,
     )
     return policy_part(spec, modules["actor"])
+
+
+# What a run writes before its first checkpoint (``nmrl.train.loop``): a folder holding only these
+# (and an empty checkpoints/) is a start that was killed, and a new `nmrl train` may reuse it.
+UNSTARTED_RUN_FILES = ("config.json", "metrics.jsonl", COSTS_FILE)
+
+
+def unstarted_run_files(run_dir: Path) -> list[Path] | None:
+    """What a run that never reached its first checkpoint left in ``run_dir`` ([] for an empty
+    folder), or None when the folder holds anything else: a checkpoint, a foreign file or a link."""
+    found = []
+    for child in Path(run_dir).iterdir():
+        if child.is_symlink():
+            return None
+        if child.name == LOCK_FILE:
+            continue
+        if child.name == "checkpoints" and child.is_dir():
+            ours = all(_is_temp_file(grandchild) for grandchild in child.iterdir())  # no checkpoint yet
+        else:
+            names = child.name in UNSTARTED_RUN_FILES or child.name.startswith(EVENTS_PREFIX)
+            ours = child.is_file() and (names or _is_temp_file(child))
+        if not ours:
+            return None
+        found.append(child)
+    return found
+
+
+def _is_temp_file(path: Path) -> bool:
+    """A temp file of an atomic write (``nmrl.files``) that a kill interrupted."""
+    name = path.name
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and path.is_file() and not path.is_symlink()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -6,9 +6,14 @@ networks with shadow weights and masks, optimizers, replay buffer, RNG states, c
 and TensorBoard ``events.*`` files. Its promises:
 
 - one owner at a time (a lock held for the life of the run);
-- nothing left by a refused or failed start (:func:`new_run_dir` removes what it created);
+- nothing left by a refused or failed start (:func:`new_run_dir` removes what it created), and a
+  start killed before its first checkpoint is started again by the next ``nmrl train`` of that
+  name (:func:`~nmrl.train.run.unstarted_run_files`);
+- no write through a symbolic link planted inside it (``inside=`` of :mod:`nmrl.files`; a resume
+  refuses any link there before it writes);
 - checkpoints written atomically and only from finite networks
-  (:class:`~nmrl.train.callbacks.CheckpointCallback`);
+  (:class:`~nmrl.train.callbacks.CheckpointCallback`), and a checkpoint holding NaN/inf is never
+  continued from (:meth:`~nmrl.train.trainer.Trainer.restore`);
 - a resume continues from the last checkpoint and drops what a killed run logged after it
   (:func:`truncate_metrics`);
 - SIGINT/SIGTERM become a flag the run checks, so it saves before it stops
@@ -18,7 +23,9 @@ and TensorBoard ``events.*`` files. Its promises:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,8 +37,10 @@ from pathlib import Path
 from types import FrameType
 
 from nmrl.errors import Interrupted, NmrlError
-from nmrl.files import LOCK_FILE, atomic_write_text, hold_lock
-from nmrl.train.run import CHECKPOINTS, read_metrics
+from nmrl.files import LockHeld, atomic_write_text, hold_lock, refuse_links
+from nmrl.train.run import CHECKPOINTS, read_metrics, unstarted_run_files
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 LAST_CHECKPOINT = CHECKPOINTS["last"]
@@ -91,14 +100,23 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 @contextmanager
 def new_run_dir(run_dir: Path) -> Iterator[Path]:
-    """Create and lock ``run_dir`` for a new run. If the body raises (a failed or interrupted
-    start), what this created is removed; the body marks the start done by writing the config."""
+    """Create and lock ``run_dir`` for a new run (or one that a kill stopped before its first
+    checkpoint: what it left is removed first). If the body raises (a failed or interrupted start),
+    what this created is removed; the body marks the start done by writing the config."""
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
     created = _make_folders(run_dir)
-    with hold_lock(run_dir, "run"):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(hold_lock(run_dir, "run"))
+        except LockHeld:
+            raise  # the folder is another process's now: not ours to remove
+        except BaseException:
+            remove_failed_start(run_dir, created)  # the lock could not be written (a full disk)
+            raise
         try:
             check_new_run_dir(run_dir)  # another process may have started it since the first check
+            _clear_unstarted_run(run_dir)
             yield run_dir
         except BaseException:
             if not (run_dir / CONFIG_FILE).exists():
@@ -108,11 +126,13 @@ def new_run_dir(run_dir: Path) -> Iterator[Path]:
 
 @contextmanager
 def existing_run_dir(run_dir: Path) -> Iterator[Path]:
-    """Lock a run directory that holds a run (to resume it or write into it)."""
+    """Lock a run directory that holds a run (to resume it or write into it); a symbolic link
+    anywhere in it is refused before anything is written (it would redirect a write)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise NmrlError(f"{run_dir}: not an nmrl run directory (no {CONFIG_FILE})")
     with hold_lock(run_dir, "run"):
+        refuse_links(run_dir)
         yield run_dir
 
 
@@ -122,7 +142,9 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [record for record in read_metrics(path) if record.get("step", 0) <= step]
-    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+    text = "".join(json.dumps(record) + "\n" for record in kept)
+    if text != path.read_text(errors="replace"):  # no rewrite (and no space needed) otherwise
+        atomic_write_text(path, text)
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -133,7 +155,7 @@ def check_new_run_dir(run_dir: Path) -> None:
         if not folder.is_dir():
             raise NmrlError(f"cannot create run directory {run_dir}: {folder} is a file, not a folder")
         if folder == run_dir:
-            if any(child.name != LOCK_FILE for child in run_dir.iterdir()):
+            if unstarted_run_files(run_dir) is None:
                 what = "holds a run" if (run_dir / CONFIG_FILE).exists() else "is not empty"
                 raise NmrlError(
                     f"{run_dir} already {what}; resume it with: nmrl train --resume {run_dir}, "
@@ -142,6 +164,18 @@ def check_new_run_dir(run_dir: Path) -> None:
         elif not os.access(folder, os.W_OK | os.X_OK):
             raise NmrlError(f"cannot create run directory {run_dir}: {folder} is not writable")
         return
+
+
+def _clear_unstarted_run(run_dir: Path) -> None:
+    """Remove what a run killed before its first checkpoint left (the lock is held)."""
+    leftovers = unstarted_run_files(run_dir)
+    if leftovers:
+        logger.warning("%s: a run stopped before its first checkpoint; starting it again", run_dir)
+    for path in leftovers or []:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _make_folders(run_dir: Path) -> list[Path]:

@@ -67,7 +67,8 @@ def sparsify_network(module: nn.Module, spec: Sparsity, config: AlgorithmConfig,
     """
     set_leaky_relu_slope(module, config.activation_slope)
     if isinstance(spec, NMSparsity):
-        sparsify(module, spec, mask_interval=config.nm.mask_interval, srste_decay=config.nm.srste_decay)
+        nm = config.nm
+        sparsify(module, spec, mask_interval=nm.mask_interval, srste_decay=nm.srste_decay, gradient=nm.gradient)
     elif isinstance(spec, UnstructuredSparsity):
         end = rigl_end_step(config, spec)
         sparsify_unstructured_network(

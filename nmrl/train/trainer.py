@@ -27,6 +27,7 @@ from nmrl.train.algorithm import Algorithm, get_algorithm
 from nmrl.train.buffer import ReplayBuffer
 from nmrl.train.checkpoint import checkpoint_step, nonfinite_tensors
 from nmrl.train.config import TrainConfig
+from nmrl.train.networks import check_networks_fit
 
 if TYPE_CHECKING:
     from nmrl.train.callbacks import BaseCallback
@@ -79,6 +80,7 @@ class Trainer:
             self.env = check_env(env, config.env, seed=config.seed)
         obs_dim, act_dim, low, high = env_dims(self.env)
         self.action_low, self.action_high = np.array(low, np.float32), np.array(high, np.float32)
+        check_networks_fit(obs_dim, act_dim, config.hidden, self.device)  # before building them: no OOM kill
         algorithm = get_algorithm(config.algo)
         self.algo: Algorithm = algorithm(obs_dim, act_dim, low, high, config.algorithm_config(), self.device)
         self.buffer = ReplayBuffer.allocate(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
@@ -181,12 +183,15 @@ class Trainer:
     def refuse_nonfinite(self, kept: str = "") -> None:
         """Raise :class:`TrainingDiverged` when a weight of any network is NaN/inf (a loss can still
         be finite in the update that broke them); ``kept``: what the error says survives."""
-        broken = nonfinite_tensors({name: net.state_dict() for name, net in self.algo.networks().items()})
+        broken = self._nonfinite_weights()
         if broken:
             raise TrainingDiverged(
                 f"the networks hold NaN/inf at step {self.state.step} ({', '.join(broken[:3])}); stopped"
                 + (f", {kept}" if kept else "")
             )
+
+    def _nonfinite_weights(self) -> list[str]:
+        return nonfinite_tensors({name: net.state_dict() for name, net in self.algo.networks().items()})
 
     # ---- what a checkpoint holds -----------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -220,7 +225,8 @@ class Trainer:
 
     def restore(self, state: dict[str, Any], source: Path) -> None:
         """Continue from a :meth:`checkpoint_state`; ``source`` names it in errors. An episode the
-        checkpoint cut short is not resumed: the next step starts a new one."""
+        checkpoint cut short is not resumed: the next step starts a new one. A checkpoint whose
+        networks hold NaN/inf (written elsewhere: nmrl saves only finite ones) is refused."""
         step = checkpoint_step(state, source)
         if step > self.config.total_steps:
             raise NmrlError(
@@ -241,6 +247,11 @@ class Trainer:
             self._obs, self._episode_return, self._episode_length = None, 0.0, 0
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise NmrlError(f"{source}: does not fit this run ({gist(error)})") from None
+        broken = self._nonfinite_weights()
+        if broken:  # a run cannot go on from it (and would call it "the last good one")
+            raise NmrlError(
+                f"{source}: its networks hold NaN/inf ({', '.join(broken[:3])}); a run cannot continue from it"
+            )
 
     def close(self) -> None:
         self.env.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import MASKED_DENSE, NMLinear
 from nmrl.sparsity.semi_structured.probe import FAST_DTYPES
 
@@ -95,6 +96,8 @@ class SemiStructuredKernel:
         return self.cache[1]
 
     def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
+        if layer.gradient != "ste":
+            raise NmrlError(f"the 2:4 fast path trains straight-through gradients only, not {layer.gradient!r}")
         dtype = _compute_dtype(x)
         if dtype is None:
             return MASKED_DENSE.forward(layer, x)

@@ -1,0 +1,167 @@
+"""The run-to-file pipeline: a training run's checkpoint -> a verified policy file on disk.
+
+The one place that orders export's steps, each defined in its own module:
+
+1. read the run (:func:`nmrl.train.run.load_trained_actor`) and trace the fp32/fp16 graph with its
+   metadata (:mod:`nmrl.export.onnx_export`), enforcing the run's N:M claim;
+2. optionally pad the first layer's K, and quantize to int8 (:mod:`nmrl.export.quantize`) on
+   observations from :mod:`nmrl.export.observations`;
+3. verify the file against the torch policy (:mod:`nmrl.export.parity`), both sides run by their
+   deploy backends (:class:`~nmrl.deploy.torch_backend.TorchPolicy`,
+   :class:`~nmrl.deploy.ort_backend.OrtPolicy` of the model in memory);
+4. write it (atomically) as ONNX or as the nm-packed file (:mod:`nmrl.export.packed`), which is
+   read back and compared before the export reports success.
+
+Imports point one way (pipeline -> the step modules -> verify, policy_file); no step module
+imports this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from onnx import numpy_helper
+
+from nmrl.deploy.ort_backend import OrtPolicy
+from nmrl.deploy.torch_backend import TorchPolicy
+from nmrl.errors import NmrlError
+from nmrl.export.observations import load_calibration, policy_observations
+from nmrl.export.onnx_export import DType, build_policy_onnx, finish_graph, save_onnx
+from nmrl.export.packed import PackedReport, load_packed, write_packed
+from nmrl.export.parity import (
+    CHECK_EPISODES,
+    RETURN_MARGIN,
+    Verification,
+    check_closed_loop_settings,
+    enforce,
+    verify_export,
+)
+from nmrl.export.quantize import FirstLayer, Int8Target, QuantizationReport, pad_first_gemm_k, quantize_int8
+from nmrl.export.verify import ModelCheck
+from nmrl.sparsity.spec import nm_pattern
+from nmrl.train.run import LoadedPolicy, load_trained_actor
+
+
+def run_metadata(loaded: LoadedPolicy) -> dict[str, Any]:
+    """The policy-file claims (:class:`~nmrl.policy_file.PolicyClaims` fields) describing a run's policy."""
+    return {
+        "env_id": loaded.env_id,
+        "action_low": [float(x) for x in loaded.action_low],
+        "action_high": [float(x) for x in loaded.action_high],
+        "algo": loaded.config.algo,
+        "step": loaded.step,
+        "checkpoint": loaded.checkpoint.name,
+        "config": loaded.config.to_dict(),
+    }
+
+
+@dataclass
+class RunExport:
+    """What :func:`export_run` wrote and checked."""
+
+    path: Path
+    check: ModelCheck
+    verification: Verification
+    """On-policy parity, wide random inputs, closed loop."""
+    packed: PackedReport | None = None
+    """For --format nm-packed."""
+    warnings: list[str] = field(default_factory=list)
+    quantization: QuantizationReport | None = None
+    """For --dtype int8."""
+
+
+def default_output(run_dir: Path, dtype: DType, fmt: str) -> Path:
+    stem = "actor" if dtype == "fp32" else f"actor.{dtype}"
+    return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.nm.npz")
+
+
+def export_run(
+    run_dir: Path,
+    dtype: DType = "fp32",
+    io_dtype: DType | None = None,
+    which: str = "last",
+    output: Path | None = None,
+    fmt: Literal["onnx", "nm-packed"] = "onnx",
+    parity_samples: int = 256,
+    episodes: int | None = None,
+    return_margin: float | None = None,
+    allow_worse_return: bool = False,
+    pad_k: bool = False,
+    calibration: Path | None = None,
+    int8_target: Int8Target = "ort",
+    int8_first_layer: FirstLayer = "measure",
+) -> RunExport:
+    """Export a run's policy: verify the claimed N:M pattern, verify that the file acts as the torch
+    policy (:func:`nmrl.export.parity.verify_export`: on-policy parity, wide random inputs reported,
+    closed-loop returns on the same seeds), then write ``actor[.fp16|.int8].onnx`` (or the nm-packed
+    file). ``dtype="int8"`` quantizes the fp32 graph (:mod:`nmrl.export.quantize`), calibrated on the
+    policy's own observations or on ``calibration`` (.npy), with the recipe of ``int8_target``
+    (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds) and the
+    first layer's precision ``int8_first_layer`` (:func:`nmrl.export.quantize.quantize_int8`); ``pad_k``
+    pads the first layer's K to a multiple of 4 inside the graph.
+
+    Nothing is written when verification fails (:class:`NmrlError`).
+    """
+    episodes = CHECK_EPISODES if episodes is None else episodes
+    return_margin = RETURN_MARGIN if return_margin is None else return_margin
+    check_closed_loop_settings(episodes, return_margin)  # before any work: a refused export costs nothing
+    loaded = load_trained_actor(Path(run_dir), which)
+    # a bad calibration file is refused before the export is built
+    calibrated = load_calibration(calibration, loaded.obs_dim) if dtype == "int8" and calibration else None
+    claimed = nm_pattern(loaded.config.spec)
+    if fmt != "onnx" and claimed is None:
+        raise NmrlError(f"--format nm-packed needs an N:M run; this run's sparsity is {loaded.config.sparsity!r}")
+    traced = "fp32" if dtype == "int8" else dtype
+    model, check = build_policy_onnx(
+        loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), traced, io_dtype
+    )
+    reference = TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, threads=None, env_id=loaded.env_id)
+    extra: dict[str, Any] = {}
+    if pad_k:
+        extra["pad_k"] = pad_first_gemm_k(model)
+    quantization = None
+    if dtype == "int8":
+        if calibrated is not None:
+            observations, source = calibrated, str(calibration)
+        else:
+            observations = policy_observations(reference, loaded.env_id)
+            source = f"the policy's own {loaded.env_id} episodes + random-action states"
+        model, quantization = quantize_int8(model, observations, source, int8_target, int8_first_layer)
+        extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
+    if extra:
+        check = finish_graph(model, claimed, extra)
+    verification = verify_export(
+        reference,
+        OrtPolicy(model.SerializeToString()),
+        dtype,
+        loaded.env_id,
+        loaded.action_low,
+        loaded.action_high,
+        episodes=episodes,
+        margin=return_margin,
+        random_count=parity_samples,
+    )
+    warnings = enforce(verification, allow_worse_return)
+    path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
+    packed = None
+    if fmt == "onnx":
+        save_onnx(model, path)
+    else:
+        assert claimed is not None  # an nm-packed export without a claimed pattern was refused above
+        packed = write_packed(model, path, claimed)
+        # The file is only useful if it gives the model back exactly: check before reporting.
+        rebuilt = {init.name: init for init in load_packed(path).graph.initializer}
+        for init in model.graph.initializer:
+            back = rebuilt.get(init.name)
+            if (
+                back is None
+                or back.data_type != init.data_type
+                or not np.array_equal(numpy_helper.to_array(back), numpy_helper.to_array(init))
+            ):
+                path.unlink(missing_ok=True)
+                raise NmrlError(f"nm-packed round trip changed {init.name}; nothing written")
+    check.path = path
+    return RunExport(path, check, verification, packed, warnings, quantization)
