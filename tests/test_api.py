@@ -153,3 +153,18 @@ def test_training_from_a_thread(tmp_path):
     worker.join()
     assert errors == []
     assert (tmp_path / "runs" / "tiny" / LAST_CHECKPOINT).exists()
+
+
+def test_env_kwargs_reach_training_evaluation_and_the_saved_run(tmp_path):
+    # tests/point_mass.py: its episode length has no default, so an env made without them fails
+    own = "point_mass:PointMass-v0"
+    model = nmrl.TD3(own, "2:4", env_kwargs={"length": 9}, learning_starts=32, batch_size=8, buffer_size=200)
+    records = Records()
+    model.learn(64, callback=[records, nmrl.EvalCallback(eval_freq=64, n_eval_episodes=1)])
+    assert {r["length"] for r in records.of("episode")} == {9}
+    assert records.of("eval")[0]["episode_length_mean"] == 9
+    assert model.evaluate(n_eval_episodes=1).lengths == [9]
+    saved = model.save(tmp_path / "own")
+    assert load_checkpoint(saved / LAST_CHECKPOINT)["config"]["env_kwargs"] == {"length": 9}
+    with pytest.raises(NmrlError, match="make the env object with them"):
+        nmrl.TD3(gym.make(ENV), "2:4", env_kwargs={"reset_noise_scale": 0.05})

@@ -4,8 +4,8 @@ HalfCheetah gap to dense, docs/baselines.md)."""
 import pytest
 import torch
 
-from nmrl.errors import NmrlError
-from nmrl.sparsity import sparsify
+from nmrl.sparsity import NMLinear, NMPattern, sparsify
+from nmrl.sparsity.semi_structured import SemiStructuredKernel
 from nmrl.train.config import TrainConfig
 
 
@@ -32,6 +32,17 @@ def test_gradient_setting_reaches_every_network_and_is_validated() -> None:
     assert TrainConfig.from_settings(env="Hopper-v5").nm.gradient == "ste"  # the default, docs/baselines.md says why
     with pytest.raises(ValueError, match="gradient must be one of"):
         sparsify(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4", gradient="all")
-    fast = TrainConfig.from_settings(env="Hopper-v5", sparsity="2:4", gradient="active", semi_structured=True)
-    with pytest.raises(NmrlError, match="straight-through gradients only"):
-        fast.validate()
+
+
+def test_fast_path_kernel_trains_only_kept_weights_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2:4 kernel of --semi-structured honours gradient="active" (the CPU cannot compress: the
+    stand-in hands the dense masked weight to the same autograd function)."""
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda dense: dense)
+    torch.manual_seed(0)
+    layer = NMLinear(16, 8, NMPattern(2, 4), gradient="active")
+    layer.kernel = SemiStructuredKernel()
+    x = torch.randn(5, 16, dtype=torch.bfloat16)  # a fast dtype: the kernel's own backward runs
+    layer(x).float().square().sum().backward()
+    grad = layer.weight.grad
+    assert grad is not None and grad[layer.mask == 1].abs().sum() > 0
+    assert not grad[layer.mask == 0].any()

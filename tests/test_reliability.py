@@ -284,6 +284,7 @@ def test_a_run_config_never_chooses_a_module_to_import(run_copy, capsys):
         (["--activation", "swish9"], "--activation"),
         (["--activation", "gelu"], "--activation"),
         (["--env", "NoSuchEnv-v0"], "cannot make environment"),
+        (["--sparsity", "1:99999999999999999999"], "M must be between 1 and 256"),  # was numba's overflow
     ],
 )
 def test_bad_training_settings_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):

@@ -88,12 +88,12 @@ def test_enabled_module_keeps_state_dict_and_cpu_results():
     assert not any(ss.on_fast_path(layer) for layer in actor.net)
 
 
-@pytest.mark.parametrize("decay", [0.0, 2e-4])
-def test_custom_backward_matches_masked_dense(decay):
+@pytest.mark.parametrize(("decay", "gradient"), [(0.0, "ste"), (2e-4, "ste"), (2e-4, "active")])
+def test_custom_backward_matches_masked_dense(decay, gradient):
     """The fast path's autograd function, fed a dense stand-in for the packed weight (the CPU cannot
-    compress), gives the NMLinear (STE + SR-STE) gradients exactly."""
+    compress), gives the NMLinear gradients exactly: STE + SR-STE, or the kept weights' only."""
     torch.manual_seed(2)
-    reference = NMLinear(64, 32, NMPattern(2, 4), srste_decay=decay)
+    reference = NMLinear(64, 32, NMPattern(2, 4), srste_decay=decay, gradient=gradient)
     with torch.no_grad():
         reference.weight.mul_(3.0)
         reference.update_mask()
@@ -105,17 +105,22 @@ def test_custom_backward_matches_masked_dense(decay):
 
     (reference(x_ref) * upstream).sum().backward()
     stand_in = (fast.weight * fast.mask).detach()
-    out = ss.SemiStructuredLinearFn.apply(x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32)
+    out = ss.SemiStructuredLinearFn.apply(
+        x_fast, fast.weight, fast.mask, fast.bias, decay, stand_in, torch.float32, gradient == "active"
+    )
     (out * upstream).sum().backward()
 
     torch.testing.assert_close(out, reference(x_ref))
     torch.testing.assert_close(x_fast.grad, x_ref.grad)
     torch.testing.assert_close(fast.weight.grad, reference.weight.grad)
     torch.testing.assert_close(fast.bias.grad, reference.bias.grad)
-    # The weight gradient is the plain straight-through one plus decay * shadow on pruned entries.
     straight_through = upstream.reshape(-1, 32).t() @ x_fast.detach().reshape(-1, 64)
-    srste_term = decay * fast.weight.detach() * (1 - fast.mask)
-    torch.testing.assert_close(fast.weight.grad, straight_through + srste_term)
+    if gradient == "active":  # pruned shadow weights get exactly nothing
+        torch.testing.assert_close(fast.weight.grad, straight_through * fast.mask, rtol=0, atol=0)
+        assert not fast.weight.grad[fast.mask == 0].any()
+    else:  # the plain straight-through gradient plus decay * shadow on pruned entries
+        srste_term = decay * fast.weight.detach() * (1 - fast.mask)
+        torch.testing.assert_close(fast.weight.grad, straight_through + srste_term)
 
 
 def test_compressed_weight_is_rebuilt_only_when_weight_or_mask_change(monkeypatch):

@@ -32,6 +32,8 @@ class Policy:
     act_dim: int
     env_id: str | None = None
     """The environment the policy was trained on, when the file says so."""
+    env_kwargs: dict[str, Any] | None = None
+    """That environment's settings (``--env-kwargs``), when the file says them."""
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
@@ -112,6 +114,12 @@ BACKENDS: dict[str, Backend] = {
         "nmrl.deploy.tensorrt:tensorrt_rtx_unavailable_reason",
         "TensorRT for RTX engine (RTX-class GPU to run): a .plan, or an .onnx built with nmrl deploy build",
         build="nmrl.deploy.tensorrt:build_rtx_engine",
+    ),
+    "c": Backend(
+        "nmrl.deploy.c_backend:load_c_policy",
+        "nmrl.deploy.c_backend:c_unavailable_reason",
+        "nmrl's generated C (N:M kernels), compiled by nmrl deploy build --backend c, called via ctypes",
+        build="nmrl.deploy.c_backend:build_c_library",
     ),
     "torch-2:4": Backend(
         "nmrl.deploy.torch_semi_structured:load_torch_semi_structured_policy",

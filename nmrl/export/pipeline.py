@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from nmrl.deploy.ort_backend import OrtPolicy
 from nmrl.deploy.torch_backend import TorchPolicy
+from nmrl.envs import describe_env
 from nmrl.errors import NmrlError
 from nmrl.export.observations import load_calibration, policy_observations
 from nmrl.export.onnx_export import DType, build_policy_onnx, finish_graph, save_onnx
@@ -49,6 +50,7 @@ def run_metadata(loaded: LoadedPolicy) -> dict[str, Any]:
     """The policy-file claims (:class:`~nmrl.policy_file.PolicyClaims` fields) describing a run's policy."""
     return {
         "env_id": loaded.env_id,
+        "env_kwargs": loaded.config.env_kwargs,
         "action_low": [float(x) for x in loaded.action_low],
         "action_high": [float(x) for x in loaded.action_high],
         "algo": loaded.config.algo,
@@ -118,6 +120,7 @@ def export_run(
     model, check = build_policy_onnx(
         loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), traced, io_dtype
     )
+    env_kwargs = loaded.config.env_kwargs
     reference = TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, threads=None, env_id=loaded.env_id)
     extra: dict[str, Any] = {}
     if pad_k:
@@ -127,8 +130,8 @@ def export_run(
         if calibrated is not None:
             observations, source = calibrated, str(calibration)
         else:
-            observations = policy_observations(reference, loaded.env_id)
-            source = f"the policy's own {loaded.env_id} episodes + random-action states"
+            observations = policy_observations(reference, loaded.env_id, env_kwargs=env_kwargs)
+            source = f"the policy's own {describe_env(loaded.env_id, env_kwargs)} episodes + random-action states"
         model, quantization = quantize_int8(model, observations, source, int8_target, int8_first_layer)
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
@@ -143,6 +146,7 @@ def export_run(
         episodes=episodes,
         margin=return_margin,
         random_count=parity_samples,
+        env_kwargs=env_kwargs,
     )
     warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)

@@ -90,7 +90,8 @@ class OffPolicyAgent:
     algorithm. Settings other than the common ones go in ``settings`` by their ``nmrl train`` flag
     names (``policy_delay=3``, ``mask_interval=1``, ``srste_decay=2e-4``, ``alpha=0.2``, ...).
 
-    ``env``: a Gymnasium id, or an env object (trained on as given). ``eval_env``: where
+    ``env``: a Gymnasium id, or an env object (trained on as given); ``env_kwargs``: settings
+    for ``gymnasium.make`` of an id (``nmrl train --env-kwargs``). ``eval_env``: where
     :meth:`evaluate` and an :class:`~nmrl.train.callbacks.EvalCallback` without an env of its
     own evaluate; by default a fresh env made from the id (an env object that cannot be made again
     from an id has no default: evaluating it without ``eval_env`` is refused). ``verbose=1`` shows
@@ -104,6 +105,7 @@ class OffPolicyAgent:
         env: str | gym.Env,
         sparsity: str | float | Sparsity = "2:4",
         *,
+        env_kwargs: dict[str, Any] | None = None,
         topology: str = "auto",
         seed: int = 1,
         learning_starts: int = 25_000,
@@ -123,6 +125,8 @@ class OffPolicyAgent:
         env_object = None if isinstance(env, str) else env
         if env_object is not None and not isinstance(env_object, gym.Env):
             raise NmrlError(f"env must be a Gymnasium id or a gymnasium.Env, got {type(env).__name__}")
+        if env_object is not None and env_kwargs:
+            raise NmrlError("env_kwargs are settings for making an env from its id; make the env object with them")
         if env_object is None:
             env_id = str(env)
             self._recreatable = True
@@ -131,6 +135,7 @@ class OffPolicyAgent:
             self._recreatable = recreatable_id(env_object) is not None
         config = TrainConfig.from_settings(
             env=env_id,
+            env_kwargs=dict(env_kwargs or {}),
             algo=self.algo,
             sparsity=text,
             seed=seed,
@@ -196,6 +201,11 @@ class OffPolicyAgent:
             )
         return self.config.env
 
+    def eval_env_kwargs(self) -> dict[str, Any] | None:
+        """The settings :meth:`eval_env` is made with: the agent's ``env_kwargs`` when it evaluates
+        on its own env id, none for an ``eval_env`` given."""
+        return self.config.env_kwargs if self._eval_env is None else None
+
     # ---- training ----------------------------------------------------------------------------
     def learn(
         self,
@@ -236,7 +246,9 @@ class OffPolicyAgent:
         default the seeds evaluations during training use)."""
         from nmrl.train.callbacks import EvalCallback
 
-        evaluation = EvalCallback(self.eval_env(), n_eval_episodes=n_eval_episodes, seed=seed)
+        evaluation = EvalCallback(
+            self.eval_env(), n_eval_episodes=n_eval_episodes, seed=seed, env_kwargs=self.eval_env_kwargs()
+        )
         evaluation.init_callback(self.trainer, self)
         return evaluation.evaluate(record=False)
 

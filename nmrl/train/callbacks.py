@@ -176,8 +176,9 @@ class EvalCallback(BaseCallback):
     """Deterministic evaluation every ``eval_freq`` steps and at the last step of a :meth:`learn`.
 
     Episode ``i`` of every evaluation starts from seed ``seed + i`` (by default the run's seed +
-    :data:`EVAL_SEED_OFFSET`). ``eval_env``: a Gymnasium id (made afresh for each evaluation) or an
-    env object (reset with those seeds); by default the agent's (:meth:`nmrl.TD3.eval_env`). Each result is
+    :data:`EVAL_SEED_OFFSET`). ``eval_env``: a Gymnasium id (made afresh for each evaluation, with
+    the settings ``env_kwargs``) or an env object (reset with those seeds); by default the agent's
+    (:meth:`nmrl.TD3.eval_env`, with the agent's ``env_kwargs``). Each result is
     an ``eval`` record; a new best mean return saves :meth:`Trainer.best_state` to
     ``best_checkpoint`` when given (``inside``: a folder holding it, below which no symbolic link
     is followed, as :mod:`nmrl.files` has it). ``callback_after_eval`` runs after each evaluation
@@ -193,12 +194,13 @@ class EvalCallback(BaseCallback):
         best_checkpoint: Path | None = None,
         callback_after_eval: BaseCallback | None = None,
         inside: Path | None = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if eval_freq < 1 or n_eval_episodes < 1:
             raise NmrlError(f"eval_freq and n_eval_episodes must be at least 1, got {eval_freq}, {n_eval_episodes}")
         self.eval_env, self.eval_freq, self.n_eval_episodes, self.seed = eval_env, eval_freq, n_eval_episodes, seed
-        self.best_checkpoint, self.inside = best_checkpoint, inside
+        self.best_checkpoint, self.inside, self.env_kwargs = best_checkpoint, inside, env_kwargs
         self.callback_after_eval = callback_after_eval
         self.last_result: EvalResult | None = None
 
@@ -207,6 +209,8 @@ class EvalCallback(BaseCallback):
             if self.model is None:
                 raise NmrlError("EvalCallback needs an eval_env when the run has no agent to take it from")
             self.eval_env = self.model.eval_env()
+            if self.env_kwargs is None:
+                self.env_kwargs = self.model.eval_env_kwargs()
         if self.callback_after_eval is not None:
             self.callback_after_eval.init_callback(self._trainer, self.model)
 
@@ -230,7 +234,7 @@ class EvalCallback(BaseCallback):
                 return policy(torch.as_tensor(obs, device=device).unsqueeze(0))[0].cpu().numpy()
 
         seed = trainer.config.seed + EVAL_SEED_OFFSET if self.seed is None else self.seed
-        result = evaluate(act, self.eval_env, self.n_eval_episodes, seed=seed)
+        result = evaluate(act, self.eval_env, self.n_eval_episodes, seed, self.env_kwargs)
         if not record:
             return result
         self.last_result = result

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
+from tyro.constructors import PrimitiveConstructorSpec
 
+from nmrl.envs import parse_env_kwargs
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
@@ -40,6 +42,18 @@ if TYPE_CHECKING:
 else:
     AlgoName = Literal[tuple(ALGORITHM_MODULES)]
     ActivationName = Literal[ACTIVATION_NAMES]
+
+EnvKwargs = Annotated[
+    dict[str, Any],
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="JSON",
+        instance_from_str=lambda args: parse_env_kwargs(args[0]),
+        is_instance=lambda value: isinstance(value, dict),
+        str_from_instance=lambda value: [json.dumps(value)],
+    ),
+]
+"""--env-kwargs on the command line: a JSON object; in config.json: that object."""
 
 
 @dataclass
@@ -141,7 +155,9 @@ class SharedConfig:
     Defaults reproduce the published TD3 setup (Fujimoto et al. 2018, as in CleanRL/SB3)."""
 
     env: str = "Hopper-v5"
-    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
+    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite), or module:EnvId for your own."""
+    env_kwargs: EnvKwargs = field(default_factory=dict)
+    """Settings of the env, as a JSON object for gymnasium.make: '{"ctrl_cost_weight": 0.05}'."""
     algo: AlgoName = "td3"
     """Algorithm."""
     total_steps: int = 1_000_000
@@ -305,8 +321,6 @@ class TrainConfig(SharedConfig):
         from nmrl.sparsity.semi_structured import probe_semi_structured
 
         spec = self.spec
-        if self.nm.gradient != "ste":
-            raise NmrlError("--semi-structured trains with straight-through gradients only; drop --gradient active")
         if isinstance(spec, UnstructuredSparsity):
             raise NmrlError(
                 f"--semi-structured: unstructured sparsity (--sparsity {self.sparsity}) has no 2:4 fast path; "
@@ -445,7 +459,7 @@ def _checked(cls: type, data: dict[str, Any]) -> Any:
 
 def _fits_type(value: Any, hint: Any) -> bool:
     """Whether a JSON value can stand for a field annotated ``hint`` (int, float, str, bool, Path,
-    Literal[...], X | None, tuple[int, ...])."""
+    Literal[...], X | None, tuple[int, ...], dict[str, Any])."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         return value in args
@@ -455,6 +469,10 @@ def _fits_type(value: Any, hint: Any) -> bool:
         return value is None
     if origin is tuple:
         return isinstance(value, list | tuple) and all(_fits_type(item, args[0]) for item in value)
+    if origin is Annotated:
+        return _fits_type(value, args[0])
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

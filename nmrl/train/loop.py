@@ -85,6 +85,7 @@ def run_callbacks(
             best_checkpoint=run_dir / BEST_CHECKPOINT,
             callback_after_eval=stop_at,
             inside=run_dir,
+            env_kwargs=config.env_kwargs,
         ),
         CheckpointCallback(run_dir / LAST_CHECKPOINT, config.checkpoint_every, inside=run_dir),
     ]

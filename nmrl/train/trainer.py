@@ -75,7 +75,7 @@ class Trainer:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         if env is None:
-            self.env = make_env(config.env, seed=config.seed)
+            self.env = make_env(config.env, seed=config.seed, kwargs=config.env_kwargs)
         else:
             self.env = check_env(env, config.env, seed=config.seed)
         obs_dim, act_dim, low, high = env_dims(self.env)

@@ -8,8 +8,9 @@ weight, the mask or the dtype changed, or after :meth:`SemiStructuredKernel.drop
 
 The backward pass is exact: the input gradient uses the masked weight densely (a 1-D N:M mask
 is 2:4 along ``in`` only, and the input-gradient GEMM reduces over ``out``, so sparse tensor
-cores cannot run it); the weight gradient is dense and gets the same straight-through + SR-STE
-treatment as on CPU. Inputs that are not fp16/bf16 (CPU, fp32) run the masked-dense kernel.
+cores cannot run it); the weight gradient is dense and gets the same treatment as on CPU: the
+straight-through + SR-STE gradient for ``gradient="ste"``, the kept entries' gradient only for
+``gradient="active"``. Inputs that are not fp16/bf16 (CPU, fp32) run the masked-dense kernel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nmrl.errors import NmrlError
 from nmrl.sparsity.layers import MASKED_DENSE, NMLinear
 from nmrl.sparsity.semi_structured.probe import FAST_DTYPES
 
@@ -26,17 +26,18 @@ class SemiStructuredLinearFn(torch.autograd.Function):
     """``y = x @ (W*mask)^T + b`` with the forward GEMM on sparse tensor cores.
 
     Backward (exact): grad_x = grad_y @ (W*mask) densely; grad_W = grad_y^T @ x, plus SR-STE's decay
-    on the pruned entries (as ``NMLinear``'s SR-STE); grad_b = sum of grad_y.
+    on the pruned entries (as ``NMLinear``'s SR-STE), or times the mask when ``active`` (only the
+    kept weights learn, as ``NMLinear(gradient="active")``); grad_b = sum of grad_y.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, mask, bias, decay, packed, compute_dtype):
+    def forward(ctx, x, weight, mask, bias, decay, packed, compute_dtype, active):
         x_c = x.to(compute_dtype)
         bias_c = None if bias is None else bias.to(compute_dtype)
         flat = x_c.reshape(-1, x_c.shape[-1])
         out = nn.functional.linear(flat, packed, bias_c).reshape(*x_c.shape[:-1], -1)
         ctx.save_for_backward(x_c, weight, mask)
-        ctx.decay, ctx.has_bias, ctx.x_dtype = decay, bias is not None, x.dtype
+        ctx.decay, ctx.active, ctx.has_bias, ctx.x_dtype = decay, active, bias is not None, x.dtype
         return out
 
     @staticmethod
@@ -50,11 +51,13 @@ class SemiStructuredLinearFn(torch.autograd.Function):
             grad_x = (grad_flat @ effective).reshape(*x_c.shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             grad_w = (grad_flat.t() @ x_flat).to(weight.dtype)
-            if ctx.decay:
+            if ctx.active:
+                grad_w = grad_w * mask
+            elif ctx.decay:
                 grad_w = torch.addcmul(grad_w, weight.detach(), 1.0 - mask, value=ctx.decay)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_flat.sum(dim=0).to(weight.dtype)
-        return grad_x, grad_w, None, grad_b, None, None, None
+        return grad_x, grad_w, None, grad_b, None, None, None, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -96,14 +99,19 @@ class SemiStructuredKernel:
         return self.cache[1]
 
     def forward(self, layer: NMLinear, x: torch.Tensor) -> torch.Tensor:
-        if layer.gradient != "ste":
-            raise NmrlError(f"the 2:4 fast path trains straight-through gradients only, not {layer.gradient!r}")
         dtype = _compute_dtype(x)
         if dtype is None:
             return MASKED_DENSE.forward(layer, x)
         with torch.autocast(x.device.type, enabled=False):
             return SemiStructuredLinearFn.apply(
-                x, layer.weight, layer.mask, layer.bias, layer.srste_decay, self.packed_weight(layer, dtype), dtype
+                x,
+                layer.weight,
+                layer.mask,
+                layer.bias,
+                layer.srste_decay,
+                self.packed_weight(layer, dtype),
+                dtype,
+                layer.gradient == "active",
             )
 
     def __repr__(self) -> str:
