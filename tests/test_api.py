@@ -168,3 +168,29 @@ def test_env_kwargs_reach_training_evaluation_and_the_saved_run(tmp_path):
     assert load_checkpoint(saved / LAST_CHECKPOINT)["config"]["env_kwargs"] == {"length": 9}
     with pytest.raises(NmrlError, match="make the env object with them"):
         nmrl.TD3(gym.make(ENV), "2:4", env_kwargs={"reset_noise_scale": 0.05})
+
+
+def test_the_api_docs_training_snippets_run(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    section = text.split("## Training from Python", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippets) == 3
+    for snippet in snippets:
+        exec(compile(snippet, "docs/api.md", "exec"), {})
+
+
+def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("### Use nmrl from Python", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(snippet, "README.md", "exec"), {})
+    assert load_checkpoint(tmp_path / "runs" / "pendulum" / LAST_CHECKPOINT)["train_state"]["step"] == 2_000
+    assert main(["eval", "runs/pendulum", "--episodes", "1"]) == 0
