@@ -56,6 +56,8 @@ class PolicyClaims:
     """Per GEMM weight: ``weight`` (its name in the graph), ``pattern`` (``N:M`` or ``dense``),
     ``op``, ``shape``, ``k_axis``, ``density``, ``sparse_tensor_core_2of4``."""
     env_id: str | None = None
+    env_kwargs: dict[str, Any] | None = None
+    """The env's settings (``--env-kwargs``): keyword arguments of ``gymnasium.make``."""
     action_low: list[float] | None = None
     action_high: list[float] | None = None
     algo: str | None = None
@@ -167,6 +169,7 @@ _JSON_CHECKS: dict[str, tuple[Any, str]] = {
     "action_high": (_number_list, "a JSON list of numbers"),
     "layers": (_layer_entries, 'a JSON list of {"weight": name, "pattern": text, ...}'),
     "config": (lambda v: isinstance(v, dict), "a JSON object"),
+    "env_kwargs": (lambda v: isinstance(v, dict), "a JSON object of env settings"),
     "quantization": (lambda v: isinstance(v, dict), "a JSON object"),
     "dense_twin": (lambda v: isinstance(v, bool), "true or false"),
 }

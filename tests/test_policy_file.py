@@ -65,6 +65,7 @@ def test_writer_keeps_a_key_in_place_and_appends_new_ones() -> None:
         ("nmrl.layers", '[{"pattern": "2:4"}]', "nmrl.layers must be a JSON list"),
         ("nmrl.quantization", "[]", "nmrl.quantization must be a JSON object"),
         ("nmrl.dense_twin", "yes", "nmrl.dense_twin must be true or false"),
+        ("nmrl.env_kwargs", "[5]", "nmrl.env_kwargs must be a JSON object of env settings"),
     ],
 )
 def test_reader_refuses_a_bad_value_in_one_line(key, text, message) -> None:

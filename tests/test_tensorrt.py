@@ -57,8 +57,11 @@ def _exported(kind: str, dtype: str, hidden: tuple[int, ...]) -> bytes:
     actor, claimed = sparse_actor(kind, hidden)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "actor.onnx"
-        export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5"}, dtype)
+        export_policy(path, actor, OBS_DIM, ACT_DIM, claimed, {"env_id": "Ant-v5", "env_kwargs": SETTINGS}, dtype)
         return path.read_bytes()
+
+
+SETTINGS = {"ctrl_cost_weight": 0.1}  # the env settings the exported file names (nmrl.env_kwargs)
 
 
 def export_actor(path: Path, kind: str = "2:4", dtype: str = "fp32", hidden=(256, 256)) -> Path:
@@ -334,7 +337,11 @@ def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, m
     from nmrl.deploy.tensorrt import loader
 
     opened = []
-    monkeypatch.setattr(loader, "TensorRTPolicy", lambda plan, flavour, env_id: opened.append((plan, flavour, env_id)))
+    monkeypatch.setattr(
+        loader,
+        "TensorRTPolicy",
+        lambda plan, flavour, env_id, env_kwargs: opened.append((plan, flavour, env_id, env_kwargs)),
+    )
     onnx_path = export_actor(tmp_path / "actor.onnx", "2:4", "fp16")
     for name in ("actor.rtx.plan", "actor.rtx.dense.plan", "actor.plan", "actor.dense.plan"):
         (tmp_path / name).write_bytes(b"engine")
@@ -345,10 +352,10 @@ def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, m
     trt_deploy.load_tensorrt_policy(tmp_path / "actor.plan", dense=True)
     trt_deploy.load_tensorrt_policy(tmp_path)  # a run directory: the engine of its actor.onnx
     assert opened == [
-        (tmp_path / "actor.rtx.dense.plan", "tensorrt-rtx", "Ant-v5"),
-        (tmp_path / "actor.rtx.plan", "tensorrt-rtx", "Ant-v5"),
-        (tmp_path / "actor.dense.plan", "tensorrt", "Ant-v5"),
-        (tmp_path / "actor.plan", "tensorrt", "Ant-v5"),
+        (tmp_path / "actor.rtx.dense.plan", "tensorrt-rtx", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.rtx.plan", "tensorrt-rtx", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.dense.plan", "tensorrt", "Ant-v5", SETTINGS),
+        (tmp_path / "actor.plan", "tensorrt", "Ant-v5", SETTINGS),
     ]
     assert trt_deploy.source_onnx(tmp_path / "actor.rtx.dense.plan") == onnx_path
     assert trt_deploy.engine_flavour(tmp_path / "actor.rtx.dense.plan") == "tensorrt-rtx"
@@ -358,7 +365,7 @@ def test_engines_are_found_by_the_naming_rule_and_refused_when_stale(tmp_path, m
         trt_deploy.load_tensorrt_rtx_policy(onnx_path)
     assert trt_deploy.source_onnx(tmp_path / "actor.rtx.plan") is None
     trt_deploy.load_tensorrt_policy(tmp_path / "actor.rtx.plan")
-    assert opened[-1] == (tmp_path / "actor.rtx.plan", "tensorrt-rtx", None)
+    assert opened[-1] == (tmp_path / "actor.rtx.plan", "tensorrt-rtx", None, None)
 
 
 @needs_rtx

@@ -92,8 +92,10 @@ def deploy_eval(
     seed: int = 0,
     backend: BackendName = "ort",
     threads: int = 1,
+    env_kwargs: str = "",
 ) -> None:
-    """Run a deployed policy closed-loop in its environment and print the mean ± std return.
+    """Run a deployed policy closed-loop in its environment, with the env settings it was trained
+    with (the file's nmrl.env_kwargs), and print the mean ± std return.
 
     MODEL is an exported .onnx file (backends ort, ort-cuda, ...) or a run directory (torch, or
     its actor.onnx for the others). --env defaults to the env stored in the file's metadata, unless
@@ -108,9 +110,18 @@ def deploy_eval(
         seed: seed of the first episode.
         backend: the runtime (a .plan engine runs on its TensorRT flavour).
         threads: CPU threads of the runtime (0 = its default; at most the cores here).
+        env_kwargs: other env settings to run under, a JSON object ('': the file's own, when the
+            env is the file's).
     """
     from nmrl.deploy.policy import load_policy
-    from nmrl.envs import confirm_env_id, env_dims, env_id_from_file, make_env
+    from nmrl.envs import (
+        confirm_env_id,
+        describe_env,
+        env_dims,
+        env_id_from_file,
+        make_env,
+        parse_env_kwargs,
+    )
     from nmrl.export.verify import claim_warning
     from nmrl.train.evaluate import evaluate
 
@@ -120,6 +131,7 @@ def deploy_eval(
         raise NmrlError(f"--seed must be 0 or more, got {seed}")
     _check_threads(threads)
     confirm_env_id(env)  # typed by the user: a run directory naming the same id may use it
+    settings = parse_env_kwargs(env_kwargs) if env_kwargs.strip() else None
     if model.suffix == ".plan" and backend == "ort":  # ONNX Runtime cannot read an engine file
         from nmrl.deploy.tensorrt import engine_flavour
 
@@ -133,22 +145,21 @@ def deploy_eval(
         raise NmrlError(f"{model}: the file names no environment; pass --env")
     try:
         env_id = env or env_id_from_file(policy.env_id, model)
-    except NmrlError:
-        policy.close()
-        raise
-    probe = make_env(env_id)
-    obs_dim, act_dim, _, _ = env_dims(probe)
-    probe.close()
-    if (obs_dim, act_dim) != (policy.obs_dim, policy.act_dim):
-        raise NmrlError(
-            f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but {env_id} "
-            f"has {obs_dim} and {act_dim}"
-        )
-    try:
-        result = evaluate(policy.act, env_id, episodes, seed)
+        if settings is None:  # the file's settings belong to the file's env
+            own = env_id == policy.env_id
+            settings = (policy.env_kwargs if own else None) or {}
+        probe = make_env(env_id, kwargs=settings)
+        obs_dim, act_dim, _, _ = env_dims(probe)
+        probe.close()
+        if (obs_dim, act_dim) != (policy.obs_dim, policy.act_dim):
+            raise NmrlError(
+                f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but "
+                f"{describe_env(env_id, settings)} has {obs_dim} and {act_dim}"
+            )
+        result = evaluate(policy.act, env_id, episodes, seed, settings)
     finally:
         policy.close()
-    print(f"{env_id}  {model}  on {policy.describe()}")
+    print(f"{describe_env(env_id, settings)}  {model}  on {policy.describe()}")
     print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
 
@@ -207,6 +218,7 @@ def bench(
     from nmrl.deploy.policy import unavailable_reason
     from nmrl.export.report import console as report_console
     from nmrl.export.report import untrusted
+    from nmrl.extras import install_hint
 
     backend_list = _csv_list(backends, "backends")
     batches = _int_list(batch, "batch")
@@ -264,5 +276,12 @@ def bench(
         console.print(f"  {backend}: {description}")
     console.print(verdict(ratios(timings), described))
     write_csv(timings, out / "bench.csv")
-    plot(timings, out / "bench.png")
-    console.print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")
+    try:
+        plot(timings, out / "bench.png")
+    except ModuleNotFoundError as error:  # matplotlib is the plots extra: the numbers are written anyway
+        hint = install_hint(error.name)
+        if hint is None:
+            raise
+        console.print(f"wrote {out / 'bench.csv'}; bench.png not drawn: {hint}", markup=False, highlight=False)
+    else:
+        console.print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")

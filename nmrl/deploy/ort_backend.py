@@ -54,6 +54,7 @@ class OrtPolicy(Policy):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.claims = read_claims(self.metadata, str(model) if isinstance(model, Path) else "model")
         self.env_id = self.claims.env_id
+        self.env_kwargs = self.claims.env_kwargs
         self.threads = threads
         self.provider = self.session.get_providers()[0]
         self.backend = "ort-cuda" if self.provider == "CUDAExecutionProvider" else "ort"

@@ -32,6 +32,8 @@ class Policy:
     act_dim: int
     env_id: str | None = None
     """The environment the policy was trained on, when the file says so."""
+    env_kwargs: dict[str, Any] | None = None
+    """That environment's settings (``--env-kwargs``), when the file says them."""
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)

@@ -66,4 +66,6 @@ def load_torch_policy(path: Path, which: str = "last", device: str = "cpu", thre
     if Path(path).suffix == ".onnx":
         raise NmrlError(f"{path}: the torch backend loads a run directory's checkpoint, not an ONNX file")
     loaded = load_trained_actor(Path(path), which)
-    return TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, device, threads, loaded.env_id)
+    policy = TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, device, threads, loaded.env_id)
+    policy.env_kwargs = loaded.config.env_kwargs
+    return policy

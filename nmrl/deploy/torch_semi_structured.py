@@ -84,4 +84,6 @@ def load_torch_semi_structured_policy(
     from nmrl.train.run import load_trained_actor
 
     loaded = load_trained_actor(Path(path), which)
-    return SemiStructuredTorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, dtype, not dense, loaded.env_id)
+    policy = SemiStructuredTorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, dtype, not dense, loaded.env_id)
+    policy.env_kwargs = loaded.config.env_kwargs
+    return policy

@@ -17,6 +17,7 @@ A policy here is a deployed :class:`~nmrl.deploy.policy.Policy` (the torch refer
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +35,12 @@ def random_observations(obs_dim: int, count: int, seed: int = 0, scale: float = 
     return (np.random.default_rng(seed).standard_normal((count, obs_dim)) * scale).astype(np.float32)
 
 
-def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` observations from random-action episodes of ``env_id`` (reset when one ends)."""
+def env_observations(env_id: str, count: int, seed: int = 0, env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+    """``count`` observations from random-action episodes of ``env_id`` made with ``env_kwargs``
+    (reset when one ends)."""
     from nmrl.envs import make_env
 
-    env = make_env(env_id, seed=seed)
+    env = make_env(env_id, seed=seed, kwargs=env_kwargs)
     try:
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -54,10 +56,15 @@ def env_observations(env_id: str, count: int, seed: int = 0) -> np.ndarray:
 
 
 def policy_observations(
-    policy: Policy, env_id: str, episodes: int = CALIBRATION_EPISODES, seed: int = CALIBRATION_SEED
+    policy: Policy,
+    env_id: str,
+    episodes: int = CALIBRATION_EPISODES,
+    seed: int = CALIBRATION_SEED,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Observations of ``policy``'s deterministic episodes (seeds ``seed..``) plus a random-action
-    rollout of as many steps: the states the deployed policy sees, and the first ones off its path."""
+    rollout of as many steps: the states the deployed policy sees, and the first ones off its path
+    (the env made with ``env_kwargs``, the run's ``--env-kwargs``)."""
     from nmrl.train.evaluate import evaluate
 
     visited: list[np.ndarray] = []
@@ -66,8 +73,8 @@ def policy_observations(
         visited.append(obs)
         return policy.act(obs)
 
-    evaluate(step, env_id, episodes, seed)
-    random_states = env_observations(env_id, min(len(visited), 1000), seed)
+    evaluate(step, env_id, episodes, seed, env_kwargs)
+    random_states = env_observations(env_id, min(len(visited), 1000), seed, env_kwargs)
     return np.concatenate([np.stack(visited), random_states]).astype(np.float32)
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -263,6 +263,7 @@ def closed_loop(
     seed: int,
     precision: str,
     margin: float,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[ClosedLoopResult, np.ndarray]:
     """Both policies on episodes ``seed .. seed + episodes - 1``; also returns the observations the
     torch policy visited (the on-policy states for parity)."""
@@ -274,8 +275,8 @@ def closed_loop(
         visited.append(obs)
         return reference.act(obs)
 
-    torch_result = evaluate(reference_step, env_id, episodes, seed)
-    file_result = evaluate(candidate.act, env_id, episodes, seed)
+    torch_result = evaluate(reference_step, env_id, episodes, seed, env_kwargs)
+    file_result = evaluate(candidate.act, env_id, episodes, seed, env_kwargs)
     result = ClosedLoopResult(
         env_id,
         seed,
@@ -326,11 +327,13 @@ def verify_export(
     seed: int = CHECK_SEED,
     margin: float = RETURN_MARGIN,
     random_count: int = 256,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> Verification:
     """Run the three checks of this module on two deployed policies (closed loop and env states only
-    when ``env_id`` is known): ``candidate`` (the file, as a backend runs it, e.g.
-    :class:`~nmrl.deploy.ort_backend.OrtPolicy` of the serialized model) against ``reference`` (the
-    torch fp32 policy, :class:`~nmrl.deploy.torch_backend.TorchPolicy`).
+    when ``env_id`` is known, the env made with ``env_kwargs``, the run's ``--env-kwargs``):
+    ``candidate`` (the file, as a backend runs it, e.g. :class:`~nmrl.deploy.ort_backend.OrtPolicy`
+    of the serialized model) against ``reference`` (the torch fp32 policy,
+    :class:`~nmrl.deploy.torch_backend.TorchPolicy`).
 
     Returns the :class:`Verification`; :func:`enforce` decides whether it refuses the export.
     """
@@ -345,10 +348,12 @@ def verify_export(
     results: list[ParityResult] = []
     loop = None
     if env_id:
-        loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin)
+        loop, visited = closed_loop(reference, candidate, env_id, episodes, seed, precision, margin, env_kwargs)
         results.append(measure_parity(reference, candidate, visited, span, precision, "policy"))
         results.append(
-            measure_parity(reference, candidate, env_observations(env_id, 256, seed), span, precision, "env")
+            measure_parity(
+                reference, candidate, env_observations(env_id, 256, seed, env_kwargs), span, precision, "env"
+            )
         )
     wide = random_observations(reference.obs_dim, random_count, seed)
     results.append(measure_parity(reference, candidate, wide, span, precision, "random", blocking=env_id is None))

@@ -35,6 +35,7 @@ from nmrl.deploy.c_backend import compiled_policy
 from nmrl.deploy.ort_backend import OrtPolicy
 from nmrl.deploy.policy import Policy
 from nmrl.deploy.torch_backend import TorchPolicy
+from nmrl.envs import describe_env
 from nmrl.errors import NmrlError
 from nmrl.export.c_source import CSource, generate_c, read_policy_file
 from nmrl.export.observations import load_calibration, policy_observations
@@ -59,6 +60,7 @@ def run_metadata(loaded: LoadedPolicy) -> dict[str, Any]:
     """The policy-file claims (:class:`~nmrl.policy_file.PolicyClaims` fields) describing a run's policy."""
     return {
         "env_id": loaded.env_id,
+        "env_kwargs": loaded.config.env_kwargs,
         "action_low": [float(x) for x in loaded.action_low],
         "action_high": [float(x) for x in loaded.action_high],
         "algo": loaded.config.algo,
@@ -152,6 +154,7 @@ def export_run(
     model, check = build_policy_onnx(
         loaded.policy, loaded.obs_dim, loaded.act_dim, claimed, run_metadata(loaded), traced, io_dtype
     )
+    env_kwargs = loaded.config.env_kwargs
     reference = TorchPolicy(loaded.policy, loaded.obs_dim, loaded.act_dim, threads=None, env_id=loaded.env_id)
     extra: dict[str, Any] = {}
     if pad_k:
@@ -161,8 +164,8 @@ def export_run(
         if calibrated is not None:
             observations, source = calibrated, str(calibration)
         else:
-            observations = policy_observations(reference, loaded.env_id)
-            source = f"the policy's own {loaded.env_id} episodes + random-action states"
+            observations = policy_observations(reference, loaded.env_id, env_kwargs=env_kwargs)
+            source = f"the policy's own {describe_env(loaded.env_id, env_kwargs)} episodes + random-action states"
         model, quantization = quantize_int8(model, observations, source, int8_target, int8_first_layer)
         extra |= {"dtype": "int8", "io_dtype": "fp32", "quantization": quantization.to_metadata()}
     if extra:
@@ -183,6 +186,7 @@ def export_run(
             episodes=episodes,
             margin=return_margin,
             random_count=parity_samples,
+            env_kwargs=env_kwargs,
         )
     warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else default_output(run_dir, dtype, fmt)
@@ -245,6 +249,7 @@ def export_c_file(
             episodes=episodes,
             margin=return_margin,
             random_count=parity_samples,
+            env_kwargs=claims.env_kwargs,
         )
     warnings = enforce(verification, allow_worse_return)
     path = Path(output) if output is not None else c_output_for(policy_file)

@@ -57,8 +57,10 @@ def evaluate(
     checkpoint: Literal["last", "best"] = "last",
     seed: int = 0,
     env: str = "",
+    env_kwargs: str = "",
 ) -> None:
-    """Deterministic evaluation (no exploration noise) of a run's checkpoint.
+    """Deterministic evaluation (no exploration noise) of a run's checkpoint, in the env settings
+    it was trained with (its config's env_kwargs).
 
     Args:
         run_dir: the run directory (runs/<run>).
@@ -67,15 +69,19 @@ def evaluate(
         seed: seed of the first episode.
         env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only
             by a file); must be the run's env.
+        env_kwargs: other env settings to evaluate under, a JSON object ('': the run's own).
     """
-    from nmrl.envs import confirm_env_id
+    from nmrl.envs import confirm_env_id, describe_env, parse_env_kwargs
     from nmrl.train.evaluate import evaluate as run_episodes
     from nmrl.train.run import load_trained_actor
 
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
     confirm_env_id(env)
+    settings = parse_env_kwargs(env_kwargs) if env_kwargs.strip() else None
     loaded = load_trained_actor(run_dir, checkpoint)
+    if settings is None:
+        settings = loaded.config.env_kwargs
     if env and env != loaded.env_id:
         raise NmrlError(f"--env {env} is not this run's environment ({loaded.env_id})")
 
@@ -83,10 +89,10 @@ def evaluate(
         with torch.no_grad():
             return loaded.policy(torch.as_tensor(obs).unsqueeze(0))[0].numpy()
 
-    result = run_episodes(act, loaded.env_id, episodes, seed)
+    result = run_episodes(act, loaded.env_id, episodes, seed, settings)
     print(
-        f"{loaded.env_id}  {loaded.config.algo} {loaded.config.sparsity}  {checkpoint} checkpoint "
-        f"(step {loaded.step:,})"
+        f"{describe_env(loaded.env_id, settings)}  {loaded.config.algo} {loaded.config.sparsity}  "
+        f"{checkpoint} checkpoint (step {loaded.step:,})"
     )
     print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))

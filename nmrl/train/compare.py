@@ -129,15 +129,16 @@ class Cell:
         return f"{self.env} {self.method.name} seed {self.seed}"
 
 
-def parse_envs(text: str, default: str) -> list[str]:
-    """``--envs A,B`` (empty: ``--env``) -> env ids, each known to Gymnasium."""
+def parse_envs(text: str, default: str, env_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """``--envs A,B`` (empty: ``--env``) -> env ids, each known to Gymnasium and taking
+    ``env_kwargs`` (``--env-kwargs``, the settings of every env of the grid)."""
     from nmrl.envs import make_env
 
     envs = [part.strip() for part in text.split(",") if part.strip()] if text else [default]
     if len(set(envs)) != len(envs):
         raise NmrlError(f"--envs lists an env twice: {text}")
     for env_id in envs:
-        make_env(env_id).close()  # NmrlError for an unknown id, before anything is trained
+        make_env(env_id, kwargs=env_kwargs).close()  # NmrlError for a bad id or setting, before anything is trained
     return envs
 
 
@@ -300,7 +301,7 @@ def run_comparison(
         from nmrl.train.engines import import_ray
 
         import_ray()  # one line, before anything is written, when Ray is not installed
-    env_ids = parse_envs(envs, base.env)
+    env_ids = parse_envs(envs, base.env, base.env_kwargs)
     method_list = parse_methods(methods)
     out = Path(out) if out is not None else default_out(base, env_ids)
     refuse_single_env_layout(out, env_ids)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
+from tyro.constructors import PrimitiveConstructorSpec
 
+from nmrl.envs import parse_env_kwargs
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
@@ -40,6 +42,18 @@ if TYPE_CHECKING:
 else:
     AlgoName = Literal[tuple(ALGORITHM_MODULES)]
     ActivationName = Literal[ACTIVATION_NAMES]
+
+EnvKwargs = Annotated[
+    dict[str, Any],
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="JSON",
+        instance_from_str=lambda args: parse_env_kwargs(args[0]),
+        is_instance=lambda value: isinstance(value, dict),
+        str_from_instance=lambda value: [json.dumps(value)],
+    ),
+]
+"""--env-kwargs on the command line: a JSON object; in config.json: that object."""
 
 
 @dataclass
@@ -108,13 +122,42 @@ class FastPathOptions:
     """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
 
 
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """What an algorithm and its :class:`~nmrl.train.sparse_training.SparseTraining` are built from:
+    the networks, their optimization and their sparsity. Where a run is kept, how it is evaluated
+    and shown (``runs_dir``, ``eval_every``, ``progress``, ...) never reaches an algorithm; a
+    :class:`TrainConfig` gives this part with :meth:`TrainConfig.algorithm_config`."""
+
+    sparsity: Sparsity
+    """The typed sparsity setting every network of the algorithm gets."""
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    activation_slope: float = 0.01
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    """The update's batch (the 2:4 fast path measures its kernels at this size)."""
+    planned_updates: int = 1
+    """Gradient updates the run plans (RigL stops moving connections at 75% of them by default)."""
+    td3: TD3Options = field(default_factory=TD3Options)
+    sac: SACOptions = field(default_factory=SACOptions)
+    nm: NMOptions = field(default_factory=NMOptions)
+    unstructured: UnstructuredOptions = field(default_factory=UnstructuredOptions)
+    fast_path: FastPathOptions = field(default_factory=FastPathOptions)
+
+
 @dataclass
 class SharedConfig:
     """Every training setting except sparsity, seed and run name (which a grid sets per cell).
     Defaults reproduce the published TD3 setup (Fujimoto et al. 2018, as in CleanRL/SB3)."""
 
     env: str = "Hopper-v5"
-    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite)."""
+    """Gymnasium environment id (MuJoCo v5 tasks are the reference suite), or module:EnvId for your own."""
+    env_kwargs: EnvKwargs = field(default_factory=dict)
+    """Settings of the env, as a JSON object for gymnasium.make: '{"ctrl_cost_weight": 0.05}'."""
     algo: AlgoName = "td3"
     """Algorithm."""
     total_steps: int = 1_000_000
@@ -299,6 +342,26 @@ class TrainConfig(SharedConfig):
         options = self.unstructured
         return parse_sparsity(self.sparsity, options.topology, options.density_allocation, options.sparse_layers)
 
+    def algorithm_config(self) -> AlgorithmConfig:
+        """The part of this config an algorithm is built from (no run directory, evaluation or display)."""
+        return AlgorithmConfig(
+            sparsity=self.spec,
+            hidden=tuple(self.hidden),
+            activation=self.activation,
+            activation_slope=self.activation_slope,
+            actor_lr=self.actor_lr,
+            critic_lr=self.critic_lr,
+            gamma=self.gamma,
+            tau=self.tau,
+            batch_size=self.batch_size,
+            planned_updates=max(self.total_steps - self.learning_starts, 1),
+            td3=self.td3,
+            sac=self.sac,
+            nm=self.nm,
+            unstructured=self.unstructured,
+            fast_path=self.fast_path,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The config a saved dict describes, nested or flat (nmrl before option groups);
@@ -396,7 +459,7 @@ def _checked(cls: type, data: dict[str, Any]) -> Any:
 
 def _fits_type(value: Any, hint: Any) -> bool:
     """Whether a JSON value can stand for a field annotated ``hint`` (int, float, str, bool, Path,
-    Literal[...], X | None, tuple[int, ...])."""
+    Literal[...], X | None, tuple[int, ...], dict[str, Any])."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         return value in args
@@ -406,6 +469,10 @@ def _fits_type(value: Any, hint: Any) -> bool:
         return value is None
     if origin is tuple:
         return isinstance(value, list | tuple) and all(_fits_type(item, args[0]) for item in value)
+    if origin is Annotated:
+        return _fits_type(value, args[0])
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from nmrl.envs import make_env
@@ -35,15 +37,23 @@ class EvalResult:
         return f"return {self} (seeds {seed}..{last}), mean length {np.mean(self.lengths):.0f}"
 
 
-def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0) -> EvalResult:
-    """Run ``episodes`` episodes of ``env_id`` with ``act_fn`` (one obs -> one action).
+def evaluate(
+    act_fn: Callable[[np.ndarray], np.ndarray],
+    env_id: str | gym.Env,
+    episodes: int = 10,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``) with ``act_fn`` (one obs -> one action).
 
     Episode ``i`` resets with seed ``seed + i``, so two policies evaluated with the same seed see
-    the same initial states.
+    the same initial states. ``env_id`` may be an env object instead (``env_kwargs`` then unused):
+    it is reset with those seeds and left open.
     """
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
-    env = make_env(env_id)
+    given = not isinstance(env_id, str)
+    env = env_id if isinstance(env_id, gym.Env) else make_env(env_id, kwargs=env_kwargs)
     returns, lengths = [], []
     try:
         for episode in range(episodes):
@@ -60,5 +70,6 @@ def evaluate(act_fn: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
             returns.append(episode_return)
             lengths.append(length)
     finally:
-        env.close()
+        if not given:
+            env.close()
     return EvalResult(returns, lengths)

@@ -85,7 +85,7 @@ def _derived_policy_part(state: dict[str, Any], config: TrainConfig, env_id: str
     modules = state.get("algorithm", {}).get("modules") if isinstance(state.get("algorithm"), dict) else None
     if not isinstance(modules, dict) or not isinstance(modules.get("actor"), dict):
         raise NmrlError(f"{path}: holds no policy and no actor weights; not a complete nmrl checkpoint")
-    env = make_env(env_id)
+    env = make_env(env_id, kwargs=config.env_kwargs)
     obs_dim, act_dim, low, high = env_dims(env)
     env.close()
     spec = PolicySpec(

@@ -20,16 +20,23 @@ from nmrl.errors import NmrlError
 from nmrl.policy_file import metadata_of, read_claims
 
 
-def onnx_env_id(onnx_path: Path) -> str | None:
-    """The ``nmrl.env_id`` metadata of an ONNX file, as the file says it (callers check it with
-    :func:`nmrl.envs.env_id_from_file` before making anything); None when it names none."""
+def onnx_env(onnx_path: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The ``nmrl.env_id`` and ``nmrl.env_kwargs`` metadata of an ONNX file, as the file says them
+    (callers check the id with :func:`nmrl.envs.env_id_from_file` before making anything); None
+    where it names none."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError
         raise NmrlError(f"{onnx_path}: not an ONNX model ({error.__class__.__name__})") from error
-    return read_claims(metadata_of(model), str(onnx_path)).env_id
+    claims = read_claims(metadata_of(model), str(onnx_path))
+    return claims.env_id, claims.env_kwargs
+
+
+def onnx_env_id(onnx_path: Path) -> str | None:
+    """The ``nmrl.env_id`` metadata of an ONNX file (see :func:`onnx_env`)."""
+    return onnx_env(onnx_path)[0]
 
 
 def load_tensorrt_policy(
@@ -54,8 +61,8 @@ def load_tensorrt_policy(
         plan = dense_kernels_path(path) if dense and not path.name.endswith(".dense.plan") else path
         flavour = flavour or engine_flavour(plan)
         onnx_path = source_onnx(plan)
-    env_id = onnx_env_id(onnx_path) if onnx_path is not None else None
-    return TensorRTPolicy(plan, flavour=flavour, env_id=env_id)
+    env_id, env_kwargs = onnx_env(onnx_path) if onnx_path is not None else (None, None)
+    return TensorRTPolicy(plan, flavour=flavour, env_id=env_id, env_kwargs=env_kwargs)
 
 
 def load_tensorrt_rtx_policy(path: Path | str, **options: Any) -> TensorRTPolicy:

@@ -10,6 +10,7 @@ Jetson image uses.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +30,16 @@ class TensorRTPolicy(Policy):
             (:func:`nmrl.deploy.tensorrt.engines.engine_flavour`).
         env_id: the environment the policy was trained on, when the caller knows it (the loader
             reads it from the ONNX the engine was built from); engines carry no metadata.
+        env_kwargs: that environment's settings, as that ONNX holds them (``nmrl.env_kwargs``).
     """
 
-    def __init__(self, plan_path: Path | str, flavour: str | None = None, env_id: str | None = None) -> None:
+    def __init__(
+        self,
+        plan_path: Path | str,
+        flavour: str | None = None,
+        env_id: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         plan_path = Path(plan_path)
         if not plan_path.is_file():
             raise NmrlError(f"{plan_path}: no such engine file")
@@ -62,7 +70,7 @@ class TensorRTPolicy(Policy):
         self._context = self._engine.create_execution_context()
         self.backend = self.flavour
         self.plan_path = plan_path
-        self.env_id = env_id
+        self.env_id, self.env_kwargs = env_id, env_kwargs
 
         from polygraphy import cuda
         from polygraphy.datatype import DataType
