@@ -402,7 +402,7 @@ def check_training_step(
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(batch, width, generator=generator).to(device)
     upstream = torch.randn(batch, width, generator=generator).to(device)
-    core = SparseTraining(TrainConfig(), torch.device(device))
+    core = SparseTraining(TrainConfig().algorithm_config(), torch.device(device))
     errors: dict[str, float] = {}
     outputs, grads, after = [], [], []
     for model in (reference, fast):
@@ -644,7 +644,7 @@ def section_td3(
         for fast in (False, True):
             config = TrainConfig(env="Ant-v5", hidden=(width, width), batch_size=batch_size, progress=False)
             torch.manual_seed(SEED)
-            algo = TD3(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [1.0] * ACT_DIM, config, device)
+            algo = TD3(OBS_DIM, ACT_DIM, [-1.0] * ACT_DIM, [1.0] * ACT_DIM, config.algorithm_config(), device)
             if fast:  # every eligible layer on 2:4 kernels, whatever the per-layer selection would keep
                 chosen = [
                     c for net in algo.modules.values() for c in ss.enable_semi_structured(net, support) if c.sparse

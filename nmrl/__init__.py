@@ -12,11 +12,35 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from nmrl.deploy.policy import load_policy
+    from nmrl.errors import NmrlError
     from nmrl.sparsity.helpers import bind_optimizer, bind_target, sparsify
     from nmrl.sparsity.layers import dense_state_dict
+    from nmrl.train.api import SAC, TD3
+    from nmrl.train.callbacks import (
+        BaseCallback,
+        CallbackList,
+        CheckpointCallback,
+        EvalCallback,
+        MetricsCallback,
+        StopTrainingOnReturn,
+    )
+    from nmrl.train.progress import ProgressCallback
 
-# Layers in your own models (docs/api.md).
 _LAZY = {
+    # Training and deployment (docs/api.md).
+    "TD3": "nmrl.train.api",
+    "SAC": "nmrl.train.api",
+    "BaseCallback": "nmrl.train.callbacks",
+    "CallbackList": "nmrl.train.callbacks",
+    "CheckpointCallback": "nmrl.train.callbacks",
+    "EvalCallback": "nmrl.train.callbacks",
+    "MetricsCallback": "nmrl.train.callbacks",
+    "StopTrainingOnReturn": "nmrl.train.callbacks",
+    "ProgressCallback": "nmrl.train.progress",
+    "load_policy": "nmrl.deploy.policy",
+    "NmrlError": "nmrl.errors",
+    # Layers in your own models (docs/api.md).
     "sparsify": "nmrl.sparsity.helpers",
     "bind_optimizer": "nmrl.sparsity.helpers",
     "bind_target": "nmrl.sparsity.helpers",
@@ -30,4 +54,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nmrl' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "bind_optimizer", "bind_target", "dense_state_dict", "sparsify"]
+__all__ = [
+    "SAC",
+    "TD3",
+    "BaseCallback",
+    "CallbackList",
+    "CheckpointCallback",
+    "EvalCallback",
+    "MetricsCallback",
+    "NmrlError",
+    "ProgressCallback",
+    "StopTrainingOnReturn",
+    "__version__",
+    "bind_optimizer",
+    "bind_target",
+    "dense_state_dict",
+    "load_policy",
+    "sparsify",
+]

@@ -179,16 +179,24 @@ def make_env(
         env = _make_with_kwargs(env_id, kwargs, rendering) if kwargs else gym.make(env_id, **rendering)
     except gym.error.Error as error:
         raise NmrlError(f"cannot make environment {env_id!r}: {error}") from None
+    try:
+        return check_env(env, env_id, seed)
+    except NmrlError:
+        env.close()
+        raise
+
+
+def check_env(env: gym.Env, name: str, seed: int | None = None) -> gym.Env:
+    """``env`` (made by :func:`make_env` or given by a user), once its spaces are checked: a flat
+    Box observation and a bounded 1-D Box action. ``name`` names it in errors; ``seed`` seeds its
+    first reset and its action space."""
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
-        env.close()
-        raise NmrlError(f"{env_id}: nmrl needs a 1-D Box action space, got {act_space}")
+        raise NmrlError(f"{name}: nmrl needs a 1-D Box action space, got {act_space}")
     if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
-        env.close()
-        raise NmrlError(f"{env_id}: the action space must be bounded, got {act_space}")
+        raise NmrlError(f"{name}: the action space must be bounded, got {act_space}")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        env.close()
-        raise NmrlError(f"{env_id}: nmrl needs a flat 1-D Box observation space, got {obs_space}")
+        raise NmrlError(f"{name}: nmrl needs a flat 1-D Box observation space, got {obs_space}")
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -11,8 +11,9 @@ import torch
 from helpers import assert_same, tiny_config
 
 from nmrl.errors import NmrlError
+from nmrl.train.api import TD3
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
-from nmrl.train.loop import LAST_CHECKPOINT, Trainer, TrainingDiverged, resume, train
+from nmrl.train.loop import LAST_CHECKPOINT, TrainingDiverged, resume, run_callbacks, train
 from nmrl.train.run import load_trained_actor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +36,14 @@ def test_resume_restores_everything_and_continues(tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
     config.save(run_dir / "config.json")
-    interrupted = Trainer(config, run_dir, resume=False)
-    interrupted.run()
-    at_checkpoint = interrupted.checkpoint_state()
+    interrupted = TD3.from_config(config)
+    interrupted.learn(400, callback=run_callbacks(config, run_dir)[1])
+    at_checkpoint = interrupted.trainer.checkpoint_state()
 
-    resumed = Trainer(config, run_dir, resume=True)
+    resumed = TD3.load(run_dir)
     # networks (shadow weights and masks), optimizers, replay, RNG states, counters: all equal
-    assert_same(at_checkpoint, resumed.checkpoint_state())
-    assert resumed.state.step == 400 and resumed.algo.updates == 200
+    assert_same(at_checkpoint, resumed.trainer.checkpoint_state())
+    assert resumed.num_timesteps == 400 and resumed.algorithm.updates == 200
 
     resume(run_dir, total_steps=600)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -90,7 +91,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
     config.save(run_dir / "config.json")
-    trainer = Trainer(config, run_dir, resume=False)
+    agent = TD3.from_config(config)
+    trainer = agent.trainer
     real_update = trainer.algo.update
 
     def update_then_diverge(batch):
@@ -101,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer.algo, "update", update_then_diverge)
     with pytest.raises(TrainingDiverged, match="NaN"):
-        trainer.run()
+        agent.learn(400, callback=run_callbacks(config, run_dir)[1])
     assert load_checkpoint(run_dir / LAST_CHECKPOINT)["train_state"]["step"] == 250
 
 

@@ -207,7 +207,7 @@ def test_sac_deterministic_actor_exports_with_parity(tmp_path) -> None:
     from nmrl.train.config import TrainConfig
 
     config = TrainConfig(env="Hopper-v5", algo="sac", sparsity="2:4", hidden=(32, 32))
-    algo = get_algorithm("sac")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    algo = get_algorithm("sac")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config.algorithm_config(), torch.device("cpu"))
     policy = algo.policy().eval()
     result = export_policy(tmp_path / "sac.onnx", policy, HOPPER_OBS, 3, NMPattern(2, 4), {"algo": "sac"})
     assert [layer.finest for layer in result.check.layers] == [NMPattern(2, 4)] * 3
@@ -223,7 +223,7 @@ def test_unstructured_actor_exports_its_masked_weights_without_a_claim(tmp_path)
     from nmrl.train.config import TrainConfig
 
     config = TrainConfig(env="Hopper-v5", sparsity="0.9", hidden=(32, 32))
-    algo = get_algorithm("td3")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    algo = get_algorithm("td3")(HOPPER_OBS, 3, [-1.0] * 3, [1.0] * 3, config.algorithm_config(), torch.device("cpu"))
     policy = algo.policy().eval()
     assert masked_layers(policy) and claimed_pattern(config.sparsity) is None
     result = export_policy(tmp_path / "u.onnx", policy, HOPPER_OBS, 3, claimed_pattern(config.sparsity))

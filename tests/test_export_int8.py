@@ -251,3 +251,28 @@ def test_tensorrt_rtx_builds_the_int8_qdq_file_with_sparse_weights(run_dir, tmp_
     assert "fp32 kernels" not in text  # Q/DQ GEMMs are int8, which has sparse kernels
     settings = trt_deploy.build_settings("tensorrt-rtx", report.version, "int8", sparse=True)
     assert settings.sparse_possible and settings.strongly_typed and not settings.note
+
+
+def test_quantizing_leaves_the_applications_root_logger_level_alone(monkeypatch) -> None:
+    # The quantizer's per-call hint is kept quiet without lowering what the application logs.
+    import logging
+
+    import onnxruntime.quantization as ort_quantization
+    from deploy_support import HOPPER_OBS, small_actor
+
+    from nmrl.export.observations import random_observations
+    from nmrl.export.onnx_export import build_policy_onnx
+    from nmrl.export.quantize import quantize_int8
+
+    real, seen = ort_quantization.quantize_static, []
+
+    def recording(*args, **kwargs):
+        seen.append(logging.getLogger().level)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quantization, "quantize_static", recording)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    fp32, _ = build_policy_onnx(small_actor("2:4", hidden=(16, 16)), HOPPER_OBS, 3, NMPattern(2, 4))
+    quantize_int8(fp32, random_observations(HOPPER_OBS, 64, 0, scale=1.0), "test", "ort")
+    assert seen and set(seen) == {logging.INFO} and root.level == logging.INFO and not root.filters

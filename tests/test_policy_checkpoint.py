@@ -34,7 +34,12 @@ def full_algorithm_policy(run_dir, which="last"):
     state = load_checkpoint(run_dir / (LAST_CHECKPOINT if which == "last" else BEST_CHECKPOINT))
     dims = state["policy"]["spec"]
     algo = get_algorithm(config.algo)(
-        dims["obs_dim"], dims["act_dim"], dims["action_low"], dims["action_high"], config, torch.device("cpu")
+        dims["obs_dim"],
+        dims["act_dim"],
+        dims["action_low"],
+        dims["action_high"],
+        config.algorithm_config(),
+        torch.device("cpu"),
     )
     algo.load_state_dict(state["algorithm"], modules_only=True)
     return algo.policy().eval()

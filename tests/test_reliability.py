@@ -29,8 +29,9 @@ from helpers import tiny_config
 import nmrl.envs
 from nmrl.cli import main
 from nmrl.errors import NmrlError
+from nmrl.train.api import TD3
 from nmrl.train.checkpoint import load_checkpoint, save_checkpoint
-from nmrl.train.loop import LAST_CHECKPOINT, Trainer, TrainingDiverged, resume, train
+from nmrl.train.loop import LAST_CHECKPOINT, TrainingDiverged, resume, run_callbacks, train
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILE = ".lock"  # nmrl.files.LOCK_FILE, spelled out so this file also runs against older nmrl
@@ -187,7 +188,8 @@ def test_a_checkpoint_is_written_only_from_finite_networks(tmp_path, monkeypatch
     config = tiny_config(tmp_path, total_steps=400, learning_starts=200, eval_every=400, checkpoint_every=300)
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
-    trainer = Trainer(config, run_dir, resume=False)
+    agent = TD3.from_config(config)
+    trainer = agent.trainer
     real_update = trainer.algo.update
 
     def update_that_breaks_the_critic(batch):
@@ -199,7 +201,7 @@ def test_a_checkpoint_is_written_only_from_finite_networks(tmp_path, monkeypatch
 
     monkeypatch.setattr(trainer.algo, "update", update_that_breaks_the_critic)
     with pytest.raises(TrainingDiverged) as stopped:
-        trainer.run()
+        agent.learn(400, callback=run_callbacks(config, run_dir)[1])
     assert not (run_dir / LAST_CHECKPOINT).exists()
     assert "NaN/inf at step 300" in str(stopped.value)
 

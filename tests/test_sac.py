@@ -49,7 +49,7 @@ def build(config: TrainConfig):
     dims = env_dims(env)
     env.close()
     torch.manual_seed(config.seed)
-    return get_algorithm(config.algo)(*dims, config, torch.device("cpu"))
+    return get_algorithm(config.algo)(*dims, config.algorithm_config(), torch.device("cpu"))
 
 
 def trained(config: TrainConfig):

@@ -223,7 +223,7 @@ def test_train_flag_fails_clearly_without_a_capable_gpu(tmp_path):
 
     config = tiny_config(tmp_path, semi_structured=True)
     with pytest.raises(NmrlError, match="needs a CUDA device"):
-        TD3(4, 1, [-3.0], [3.0], config, torch.device("cpu"))
+        TD3(4, 1, [-3.0], [3.0], config.algorithm_config(), torch.device("cpu"))
     with pytest.raises(NmrlError, match="fits 2:4"):
         tiny_config(tmp_path, semi_structured=True, sparsity="4:8").validate()
     with pytest.raises(NmrlError, match="fits 2:4"):
@@ -270,7 +270,7 @@ def test_gpu_td3_update_with_semi_structured_layers(tmp_path, monkeypatch):
     monkeypatch.setattr(ss, "measure_layers", lambda *args, **kwargs: {})
     config = tiny_config(tmp_path, semi_structured=True, hidden=(256, 256), batch_size=256)
     device = torch.device("cuda")
-    algo = TD3(17, 6, [-1.0] * 6, [1.0] * 6, config, device)
+    algo = TD3(17, 6, [-1.0] * 6, [1.0] * 6, config.algorithm_config(), device)
     assert ss.on_fast_path(algo.critic1.net[2])
     batch = Batch(
         obs=torch.randn(256, 17, device=device),
@@ -439,7 +439,7 @@ def test_training_selection_times_each_shape_once_for_all_networks(monkeypatch, 
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda d: d.clone())
     monkeypatch.setattr(ss.timing, "time_cuda", timer)
     config = tiny_config(tmp_path, semi_structured=True, hidden=(32, 48))
-    TD3(11, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    TD3(11, 3, [-1.0] * 3, [1.0] * 3, config.algorithm_config(), torch.device("cpu"))
     # Six networks, but the only shapes the kernels take are 48x32 (actor and critics' hidden
     # layer): one dense and one 2:4 timing of a training step, for all six networks together.
     assert len(timed) == 2

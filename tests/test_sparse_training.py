@@ -40,7 +40,7 @@ def _agent(tmp_path, algo: str, **overrides):
     torch.manual_seed(0)
     settings = dict(algo=algo, hidden=(32, 32), batch_size=BATCH, mask_interval=4)
     config = tiny_config(tmp_path, **{**settings, **overrides})
-    return get_algorithm(algo)(OBS, ACT, [-1.0] * ACT, [1.0] * ACT, config, torch.device("cpu"))
+    return get_algorithm(algo)(OBS, ACT, [-1.0] * ACT, [1.0] * ACT, config.algorithm_config(), torch.device("cpu"))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from nmrl.train.td3 import TD3
 def _agent(tmp_path, sparsity="2:4", **overrides):
     torch.manual_seed(0)
     config = tiny_config(tmp_path, sparsity=sparsity, hidden=(32, 32), **overrides)
-    return TD3(11, 3, [-1.0] * 3, [1.0] * 3, config, torch.device("cpu"))
+    return TD3(11, 3, [-1.0] * 3, [1.0] * 3, config.algorithm_config(), torch.device("cpu"))
 
 
 def _batch(size=64, obs_dim=11, act_dim=3, terminated=0.0):

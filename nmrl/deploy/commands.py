@@ -228,6 +228,7 @@ def bench(
     from nmrl.deploy.policy import unavailable_reason
     from nmrl.export.report import console as report_console
     from nmrl.export.report import untrusted
+    from nmrl.extras import install_hint
 
     backend_list = _csv_list(backends, "backends")
     batches = _int_list(batch, "batch")
@@ -285,5 +286,12 @@ def bench(
         console.print(f"  {backend}: {description}")
     console.print(verdict(ratios(timings), described))
     write_csv(timings, out / "bench.csv")
-    plot(timings, out / "bench.png")
-    console.print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")
+    try:
+        plot(timings, out / "bench.png")
+    except ModuleNotFoundError as error:  # matplotlib is the plots extra: the numbers are written anyway
+        hint = install_hint(error.name)
+        if hint is None:
+            raise
+        console.print(f"wrote {out / 'bench.csv'}; bench.png not drawn: {hint}", markup=False, highlight=False)
+    else:
+        console.print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")

@@ -448,9 +448,14 @@ def _quantize(
         extra_options["TensorQuantOverrides"] = {pre_tanh: [{"rmin": np.float32(low), "rmax": np.float32(high)}]}
     else:
         extra_options["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
+    # The quantizer logs a pre-processing hint on the root logger at every call: a filter on that
+    # logger drops its records below ERROR without changing the level the application set.
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on every call
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    root.addFilter(quiet)
     try:
         with tempfile.TemporaryDirectory(prefix="nmrl-quantize-") as scratch:
             source, output = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
@@ -472,7 +477,7 @@ def _quantize(
             )
             quantized = onnx.load(str(output))
     finally:
-        root.setLevel(level)
+        root.removeFilter(quiet)
     after = inspect_model(quantized)
     expected = ["float32" if index == 0 and recipe.first_layer_fp32 else "int8" for index in range(len(before.layers))]
     if [layer.dtype for layer in after.layers] != expected:

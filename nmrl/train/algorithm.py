@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nmrl.train.buffer import Batch
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import AlgorithmConfig
 from nmrl.train.policy import PolicySpec, policy_part
 from nmrl.train.sparse_training import SparseTraining
 
@@ -20,7 +20,7 @@ class Algorithm:
     Subclasses build their networks and optimizers in ``__init__`` through ``self.sparse`` (the
     :class:`~nmrl.train.sparse_training.SparseTraining` that keeps every sparse-training rule),
     list them in ``self.modules`` / ``self.optimizers`` (name -> object), call
-    ``self.sparse.enable_fast_path(self.modules)`` last, and implement :meth:`learn`;
+    ``self.sparse.enable_fast_path(self.modules)`` last, and implement :meth:`train_step`;
     checkpointing and sparsity logging come from the two dicts. ``modules["actor"]`` is the
     network of the evaluated policy, saved on its own as the checkpoint's policy part, which
     :func:`nmrl.train.policy.build_policy` rebuilds as ``policy_kind`` says.
@@ -34,7 +34,7 @@ class Algorithm:
         act_dim: int,
         action_low: Sequence[float],
         action_high: Sequence[float],
-        config: TrainConfig,
+        config: AlgorithmConfig,
         device: torch.device,
     ) -> None:
         self.obs_dim, self.act_dim, self.config, self.device = obs_dim, act_dim, config, device
@@ -51,13 +51,14 @@ class Algorithm:
         raise NotImplementedError
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient update; returns losses as 0-d tensors (read them only when logging)."""
+        """One gradient update; returns losses as 0-d tensors (read them only when logging).
+        (A whole run is :meth:`nmrl.TD3.learn`; this is one step of it.)"""
         with self.sparse.autocast():
-            return self.learn(batch)
+            return self.train_step(batch)
 
-    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The algorithm's update, as its paper writes it (:meth:`update` runs it in the fast
-        path's precision)."""
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The algorithm's update on one batch, as its paper writes it (:meth:`update` runs it in
+        the fast path's precision)."""
         raise NotImplementedError
 
     def policy(self) -> nn.Module:
@@ -77,7 +78,7 @@ class Algorithm:
             tuple(cfg.hidden),
             cfg.activation,
             cfg.activation_slope,
-            self.sparse.spec,
+            cfg.sparsity,
         )
 
     def policy_part(self) -> dict[str, Any]:

@@ -122,6 +122,33 @@ class FastPathOptions:
     """Autocast dtype of --semi-structured (bf16 needs no loss scaling)."""
 
 
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """What an algorithm and its :class:`~nmrl.train.sparse_training.SparseTraining` are built from:
+    the networks, their optimization and their sparsity. Where a run is kept, how it is evaluated
+    and shown (``runs_dir``, ``eval_every``, ``progress``, ...) never reaches an algorithm; a
+    :class:`TrainConfig` gives this part with :meth:`TrainConfig.algorithm_config`."""
+
+    sparsity: Sparsity
+    """The typed sparsity setting every network of the algorithm gets."""
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    activation_slope: float = 0.01
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    """The update's batch (the 2:4 fast path measures its kernels at this size)."""
+    planned_updates: int = 1
+    """Gradient updates the run plans (RigL stops moving connections at 75% of them by default)."""
+    td3: TD3Options = field(default_factory=TD3Options)
+    sac: SACOptions = field(default_factory=SACOptions)
+    nm: NMOptions = field(default_factory=NMOptions)
+    unstructured: UnstructuredOptions = field(default_factory=UnstructuredOptions)
+    fast_path: FastPathOptions = field(default_factory=FastPathOptions)
+
+
 @dataclass
 class SharedConfig:
     """Every training setting except sparsity, seed and run name (which a grid sets per cell).
@@ -314,6 +341,26 @@ class TrainConfig(SharedConfig):
         """The sparsity setting as a typed value (the one parser: :func:`nmrl.sparsity.spec.parse_sparsity`)."""
         options = self.unstructured
         return parse_sparsity(self.sparsity, options.topology, options.density_allocation, options.sparse_layers)
+
+    def algorithm_config(self) -> AlgorithmConfig:
+        """The part of this config an algorithm is built from (no run directory, evaluation or display)."""
+        return AlgorithmConfig(
+            sparsity=self.spec,
+            hidden=tuple(self.hidden),
+            activation=self.activation,
+            activation_slope=self.activation_slope,
+            actor_lr=self.actor_lr,
+            critic_lr=self.critic_lr,
+            gamma=self.gamma,
+            tau=self.tau,
+            batch_size=self.batch_size,
+            planned_updates=max(self.total_steps - self.learning_starts, 1),
+            td3=self.td3,
+            sac=self.sac,
+            nm=self.nm,
+            unstructured=self.unstructured,
+            fast_path=self.fast_path,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from nmrl.envs import make_env
@@ -41,7 +42,7 @@ class EvalResult:
 
 def evaluate(
     act_fn: Callable[[np.ndarray], np.ndarray],
-    env_id: str,
+    env_id: str | gym.Env,
     episodes: int = 10,
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
@@ -50,24 +51,32 @@ def evaluate(
     """Run ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``) with ``act_fn`` (one obs -> one action).
 
     Episode ``i`` resets with seed ``seed + i``, so two policies evaluated with the same seed see
-    the same initial states. ``video``: an MP4 path for the first episode (its reset state and
-    every step: length + 1 frames), rendered offscreen (:mod:`nmrl.video`).
+    the same initial states. ``env_id`` may be an env object instead (``env_kwargs`` then unused):
+    it is reset with those seeds and left open. ``video``: an MP4 path for the first episode (its
+    reset state and every step: length + 1 frames), rendered offscreen (:mod:`nmrl.video`; an env
+    given as an object must have been made with ``render_mode="rgb_array"``).
     """
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
     if video is not None:
         choose_render_backend()
-    env = make_env(env_id, kwargs=env_kwargs, render_mode="rgb_array" if video is not None else None)
+    given = not isinstance(env_id, str)
+    if isinstance(env_id, gym.Env):
+        env = env_id
+    else:
+        env = make_env(env_id, kwargs=env_kwargs, render_mode="rgb_array" if video is not None else None)
+    name = env_id if isinstance(env_id, str) else str(env.spec.id if env.spec else type(env).__name__)
     returns, lengths = [], []
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
-            with _recording(video if episode == 0 else None, env, env_id) as recorder:
+            with _recording(video if episode == 0 else None, env, name) as recorder:
                 episode_return, length = _run_episode(act_fn, env, obs, episode, recorder)
             returns.append(episode_return)
             lengths.append(length)
     finally:
-        env.close()
+        if not given:
+            env.close()
     return EvalResult(returns, lengths)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from nmrl.errors import NmrlError
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import AlgorithmConfig
 from nmrl.train.networks import Critic, DeterministicPolicy, GaussianActor
 from nmrl.train.td3 import frozen
 
@@ -45,7 +45,7 @@ class SAC(Algorithm):
         act_dim: int,
         action_low: Sequence[float],
         action_high: Sequence[float],
-        config: TrainConfig,
+        config: AlgorithmConfig,
         device: torch.device,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
@@ -84,7 +84,7 @@ class SAC(Algorithm):
             return self.actor.sample(obs)[0]
         return self.actor.deterministic(obs)
 
-    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         alpha = self.temperature.alpha.detach()
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""From a TrainConfig's sparsity settings to sparse networks, their optimizers and their costs.
+"""From an algorithm's sparsity settings to sparse networks, their optimizers and their costs.
 
 Every algorithm builds its networks dense; its :class:`~nmrl.train.sparse_training.SparseTraining`
 hands each online network to :func:`sparsify_network` and makes its optimizers with
@@ -16,7 +16,7 @@ topology) after each optimizer step. Two families:
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,19 +32,21 @@ from nmrl.sparsity.dynamic import make_adam, unstructured_layers
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity
 
 if TYPE_CHECKING:
-    from nmrl.train.config import TrainConfig
+    from nmrl.train.config import AlgorithmConfig
+
+logger = logging.getLogger(__name__)
 
 # Fraction of the gradient updates after which RigL stops moving connections when
 # --topology-end-step is 0 (the RigL paper's default end point).
 RIGL_DEFAULT_END = 0.75
 
 
-def rigl_end_step(config: TrainConfig, spec: UnstructuredSparsity) -> int:
+def rigl_end_step(config: AlgorithmConfig, spec: UnstructuredSparsity) -> int:
     """The gradient update at which topology updates stop (0 = never)."""
     if config.unstructured.topology_end_step:
         return config.unstructured.topology_end_step
     if spec.topology == "rigl":
-        return max(1, int(RIGL_DEFAULT_END * max(config.total_steps - config.learning_starts, 1)))
+        return max(1, int(RIGL_DEFAULT_END * max(config.planned_updates, 1)))
     return 0
 
 
@@ -55,7 +57,7 @@ def set_leaky_relu_slope(module: nn.Module, slope: float) -> None:
             layer.negative_slope = slope
 
 
-def sparsify_network(module: nn.Module, spec: Sparsity, config: TrainConfig, update_every: int = 1) -> None:
+def sparsify_network(module: nn.Module, spec: Sparsity, config: AlgorithmConfig, update_every: int = 1) -> None:
     """Make ``module`` (an online network, built dense) sparse as ``spec`` says, in place; ``config``
     gives the training schedule (N:M mask interval and SR-STE decay, unstructured topology updates).
 
@@ -85,7 +87,7 @@ def sparsify_unstructured_network(module: nn.Module, spec: UnstructuredSparsity,
 
 
 def make_optimizer(
-    networks: nn.Module | Iterable[nn.Module], lr: float, config: TrainConfig, **adam_options: Any
+    networks: nn.Module | Iterable[nn.Module], lr: float, config: AlgorithmConfig, **adam_options: Any
 ) -> torch.optim.Adam:
     """Adam over the parameters of ``networks``, masked (TowS) with ``--optimizer masked-adam``;
     ``adam_options`` go to Adam (e.g. ``fused``)."""
@@ -148,7 +150,7 @@ COSTS_FILE = "costs.json"
 
 def log_costs(run_dir: Path, networks: dict[str, nn.Module], log: Callable[[dict[str, Any]], None]) -> None:
     """The run summary's cost block: writes ``costs.json`` (per network and per layer, with the
-    ratios to dense), logs the agent's totals as a ``costs`` record and prints the table."""
+    ratios to dense), logs the agent's totals as a ``costs`` record and the table (``logging``)."""
     summaries = agent_costs(networks)
     layers = {
         name: [
@@ -161,4 +163,4 @@ def log_costs(run_dir: Path, networks: dict[str, nn.Module], log: Callable[[dict
     document = {"networks": {name: s.to_dict() for name, s in summaries.items()}, "layers": layers}
     atomic_write_text(Path(run_dir) / COSTS_FILE, json.dumps(document, indent=2) + "\n")
     log({"kind": "costs", "step": 0, **summaries["agent"].to_dict()})
-    print(cost_table(summaries), file=sys.stderr, flush=True)
+    logger.info("%s", cost_table(summaries))

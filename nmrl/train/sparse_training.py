@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,10 +35,11 @@ from nmrl.sparsity.helpers import bind_optimizer, remask_now
 from nmrl.train.sparse import make_optimizer, sparsify_network
 
 Network = TypeVar("Network", bound=nn.Module)
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from nmrl.sparsity.semi_structured import SemiStructuredTraining
-    from nmrl.train.config import TrainConfig
+    from nmrl.train.config import AlgorithmConfig
 
 
 def _sparse_layers(networks: nn.Module | Iterable[nn.Module]) -> list[MaskedLinear]:
@@ -72,9 +74,9 @@ class SoftUpdate:
 class SparseTraining:
     """One algorithm's sparse-training bookkeeping (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+    def __init__(self, config: AlgorithmConfig, device: torch.device) -> None:
         self.config, self.device = config, device
-        self.spec = config.spec  # parsed once; every network of the algorithm gets this value
+        self.spec = config.sparsity  # every network of the algorithm gets this value
         self.soft_update = SoftUpdate(config.tau)
         self.fast_path: SemiStructuredTraining | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -112,7 +114,9 @@ class SparseTraining:
         self.fast_path = SemiStructuredTraining(
             networks, self.config.fast_path.semi_structured_dtype, self.device, measure_batch=self.config.batch_size
         )
-        print(f"2:4 semi-structured layers ({self.config.fast_path.semi_structured_dtype}):\n{self.fast_path.report()}")
+        logger.info(
+            "2:4 semi-structured layers (%s):\n%s", self.config.fast_path.semi_structured_dtype, self.fast_path.report()
+        )
         self._precision = self.fast_path.autocast
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.dtype == torch.float16)

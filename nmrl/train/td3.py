@@ -18,7 +18,7 @@ from torch import nn
 
 from nmrl.train.algorithm import Algorithm, register
 from nmrl.train.buffer import Batch
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import AlgorithmConfig
 from nmrl.train.networks import Actor, Critic
 
 
@@ -44,7 +44,7 @@ class TD3(Algorithm):
         act_dim: int,
         action_low: Sequence[float],
         action_high: Sequence[float],
-        config: TrainConfig,
+        config: AlgorithmConfig,
         device: torch.device,
     ) -> None:
         super().__init__(obs_dim, act_dim, action_low, action_high, config, device)
@@ -80,7 +80,7 @@ class TD3(Algorithm):
             action = torch.max(torch.min(action + noise, self.action_high), self.action_low)
         return action
 
-    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, options = self.config, self.config.td3
         with torch.no_grad():
             # Target policy smoothing: clipped noise on the target action.
