@@ -110,14 +110,14 @@ def describe_env(env_id: str, kwargs: dict[str, Any] | None) -> str:
 _CHECKED_KWARGS: set[tuple[str, str]] = set()
 
 
-def _make_with_kwargs(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+def _make_with_kwargs(env_id: str, kwargs: dict[str, Any], rendering: dict[str, Any]) -> gym.Env:
     """``gymnasium.make(env_id, **kwargs)``, where an env refusing a setting (an unknown key, a
     value of the wrong type or range) is the user's mistake: one :class:`NmrlError` naming it. A
     bad value often passes the constructor and fails at the first step, so the first make of each
     (id, settings) pair also resets and steps a throwaway copy."""
     given = json.dumps(kwargs, sort_keys=True)
     try:
-        env = gym.make(env_id, **kwargs)
+        env = gym.make(env_id, **kwargs, **rendering)
         if (env_id, given) not in _CHECKED_KWARGS:
             probe = gym.make(env_id, **kwargs)
             try:
@@ -163,16 +163,20 @@ def env_settings(env_id: str) -> list[str] | None:
     return None
 
 
-def make_env(env_id: str, seed: int | None = None, kwargs: dict[str, Any] | None = None) -> gym.Env:
+def make_env(
+    env_id: str, seed: int | None = None, kwargs: dict[str, Any] | None = None, render_mode: str | None = None
+) -> gym.Env:
     """Make a Gymnasium env with a flat Box observation and a bounded Box action space.
 
     ``seed`` seeds the first reset and the action space; ``kwargs`` (``--env-kwargs``) go to
-    ``gymnasium.make``. Raises :class:`NmrlError` for an unknown id, a missing simulator, settings
-    the env refuses, or spaces nmrl's continuous-control agents cannot drive.
+    ``gymnasium.make``, as ``render_mode`` does (``"rgb_array"`` for ``--capture-video``). Raises
+    :class:`NmrlError` for an unknown id, a missing simulator, settings the env refuses, or spaces
+    nmrl's continuous-control agents cannot drive.
     """
     _route_mujoco_warnings()
+    rendering: dict[str, Any] = {"render_mode": render_mode} if render_mode else {}
     try:
-        env = _make_with_kwargs(env_id, kwargs) if kwargs else gym.make(env_id)
+        env = _make_with_kwargs(env_id, kwargs, rendering) if kwargs else gym.make(env_id, **rendering)
     except gym.error.Error as error:
         raise NmrlError(f"cannot make environment {env_id!r}: {error}") from None
     try:

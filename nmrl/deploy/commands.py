@@ -93,6 +93,7 @@ def deploy_eval(
     backend: BackendName = "ort",
     threads: int = 1,
     env_kwargs: str = "",
+    capture_video: bool = False,
 ) -> None:
     """Run a deployed policy closed-loop in its environment, with the env settings it was trained
     with (the file's nmrl.env_kwargs), and print the mean ± std return.
@@ -112,6 +113,9 @@ def deploy_eval(
         threads: CPU threads of the runtime (0 = its default; at most the cores here).
         env_kwargs: other env settings to run under, a JSON object ('': the file's own, when the
             env is the file's).
+        capture_video: write the first episode as an MP4 to videos/<file>-<backend>-seed<SEED>.mp4
+            beside the file (in the run directory for one), rendered offscreen (needs the video
+            extra; without a display MuJoCo draws through EGL).
     """
     from nmrl.deploy.policy import load_policy
     from nmrl.envs import (
@@ -123,7 +127,7 @@ def deploy_eval(
         parse_env_kwargs,
     )
     from nmrl.export.verify import claim_warning
-    from nmrl.train.evaluate import evaluate
+    from nmrl.train.evaluate import evaluate, video_path
 
     if episodes < 1:
         raise NmrlError(f"--episodes must be at least 1, got {episodes}")
@@ -156,12 +160,18 @@ def deploy_eval(
                 f"{model} maps {policy.obs_dim} observations to {policy.act_dim} actions, but "
                 f"{describe_env(env_id, settings)} has {obs_dim} and {act_dim}"
             )
-        result = evaluate(policy.act, env_id, episodes, seed, settings)
+        video = None
+        if capture_video:
+            folder, name = (model, backend) if model.is_dir() else (model.parent, f"{model.stem}-{backend}")
+            video = video_path(folder, name, seed)
+        result = evaluate(policy.act, env_id, episodes, seed, settings, video=video)
     finally:
         policy.close()
     print(f"{describe_env(env_id, settings)}  {model}  on {policy.describe()}")
     print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
+    if video is not None:
+        print(f"video of episode 1 (seed {seed}, {result.lengths[0] + 1} frames): {video}")
 
 
 def bench(

@@ -58,6 +58,7 @@ def evaluate(
     seed: int = 0,
     env: str = "",
     env_kwargs: str = "",
+    capture_video: bool = False,
 ) -> None:
     """Deterministic evaluation (no exploration noise) of a run's checkpoint, in the env settings
     it was trained with (its config's env_kwargs).
@@ -70,9 +71,12 @@ def evaluate(
         env: confirms a 'module:Env' id saved in the run (nmrl never imports a module named only
             by a file); must be the run's env.
         env_kwargs: other env settings to evaluate under, a JSON object ('': the run's own).
+        capture_video: write the first episode as an MP4 to RUN/videos/<checkpoint>-seed<SEED>.mp4,
+            rendered offscreen (needs the video extra; without a display MuJoCo draws through EGL).
     """
     from nmrl.envs import confirm_env_id, describe_env, parse_env_kwargs
     from nmrl.train.evaluate import evaluate as run_episodes
+    from nmrl.train.evaluate import video_path
     from nmrl.train.run import load_trained_actor
 
     if episodes < 1:
@@ -89,10 +93,13 @@ def evaluate(
         with torch.no_grad():
             return loaded.policy(torch.as_tensor(obs).unsqueeze(0))[0].numpy()
 
-    result = run_episodes(act, loaded.env_id, episodes, seed, settings)
+    video = video_path(run_dir, checkpoint, seed) if capture_video else None
+    result = run_episodes(act, loaded.env_id, episodes, seed, settings, video=video)
     print(
         f"{describe_env(loaded.env_id, settings)}  {loaded.config.algo} {loaded.config.sparsity}  "
         f"{checkpoint} checkpoint (step {loaded.step:,})"
     )
     print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
+    if video is not None:
+        print(f"video of episode 1 (seed {seed}, {result.lengths[0] + 1} frames): {video}")
