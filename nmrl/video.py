@@ -97,5 +97,8 @@ class EpisodeVideo:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        with contextlib.suppress(Exception) if kind is not None else contextlib.nullcontext():
-            self.close(keep=kind is None)
+        if kind is None:
+            self.close(keep=True)
+            return
+        with contextlib.suppress(Exception):  # the episode's own error is the one to report
+            self.close(keep=False)

@@ -25,6 +25,10 @@ def run_copy(tmp_path):
     return tmp_path / "run"
 
 
+def _capture_one_episode(run: Path) -> list[str]:
+    return ["eval", str(run), "--checkpoint", "best", "--episodes", "1", "--env-kwargs", SHORT, "--capture-video"]
+
+
 def _frames(path: Path) -> np.ndarray:
     return np.stack(list(imageio.get_reader(path, format="FFMPEG").iter_data()))  # its len() is inf
 
@@ -54,18 +58,7 @@ def test_capture_video_writes_the_first_episode_as_an_mp4(run_copy, capsys, monk
 
 def test_a_renderer_switched_off_is_one_line_and_writes_nothing(run_copy, capsys, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "disable")
-    err = one_line_error(
-        capsys,
-        "eval",
-        str(run_copy),
-        "--checkpoint",
-        "best",
-        "--episodes",
-        "1",
-        "--env-kwargs",
-        SHORT,
-        "--capture-video",
-    )
+    err = one_line_error(capsys, *_capture_one_episode(run_copy))
     assert "MUJOCO_GL=disable switches MuJoCo's renderer off" in err
     assert not (run_copy / "videos").exists()
 
@@ -73,18 +66,7 @@ def test_a_renderer_switched_off_is_one_line_and_writes_nothing(run_copy, capsys
 def test_without_the_video_extra_capture_is_one_line_naming_it(run_copy, capsys, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "egl")
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed
-    err = one_line_error(
-        capsys,
-        "eval",
-        str(run_copy),
-        "--checkpoint",
-        "best",
-        "--episodes",
-        "1",
-        "--env-kwargs",
-        SHORT,
-        "--capture-video",
-    )
+    err = one_line_error(capsys, *_capture_one_episode(run_copy))
     assert "pip install 'nmrl[video]'" in err
     assert not (run_copy / "videos").exists()
 
@@ -104,17 +86,6 @@ def test_an_episode_that_fails_midway_leaves_no_video(run_copy, capsys, monkeypa
         return real_render(self)
 
     monkeypatch.setattr(MujocoEnv, "render", render_then_fail)
-    err = one_line_error(
-        capsys,
-        "eval",
-        str(run_copy),
-        "--checkpoint",
-        "best",
-        "--episodes",
-        "1",
-        "--env-kwargs",
-        SHORT,
-        "--capture-video",
-    )
+    err = one_line_error(capsys, *_capture_one_episode(run_copy))
     assert "cannot render HalfCheetah-v5 with MUJOCO_GL=egl (RuntimeError: the GL context was lost)" in err
     assert not list((run_copy / "videos").glob("*"))
