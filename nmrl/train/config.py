@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import tyro
 from tyro.constructors import PrimitiveConstructorSpec
 
-from nmrl.envs import parse_env_kwargs
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
@@ -43,12 +42,20 @@ else:
     AlgoName = Literal[tuple(ALGORITHM_MODULES)]
     ActivationName = Literal[ACTIVATION_NAMES]
 
+def _env_kwargs_from_text(args: list[str]) -> dict[str, Any]:
+    # nmrl.envs imports Gymnasium, and a config must load without it (gpu_check's training step on
+    # a GPU machine that has no MuJoCo; compare's workers before their env exists)
+    from nmrl.envs import parse_env_kwargs
+
+    return parse_env_kwargs(args[0])
+
+
 EnvKwargs = Annotated[
     dict[str, Any],
     PrimitiveConstructorSpec(
         nargs=1,
         metavar="JSON",
-        instance_from_str=lambda args: parse_env_kwargs(args[0]),
+        instance_from_str=_env_kwargs_from_text,
         is_instance=lambda value: isinstance(value, dict),
         str_from_instance=lambda value: [json.dumps(value)],
     ),
