@@ -226,8 +226,8 @@ def emx_sources(cell: Cell, cc: str, emx: str, pool: ThreadPoolExecutor) -> list
             cell.prototypes.append(f"void {name}({shape});")
             cast = f"{name}((const float (*)[{cell.obs}])o, (float (*)[{cell.act}])a);"
             cell.variants.append(Variant(column, batch, cast, cell.files["2:4"]))
-            if batch == 1:
-                jobs.append((column, obj, r"weight\d+_.*weight", future))
+            # Every build is waited for; the weight bytes are read from the batch-1 objects.
+            jobs.append((column if batch == 1 else None, obj, r"weight\d+_.*weight", future))
     return jobs
 
 
@@ -336,7 +336,8 @@ def build_cell(cell: Cell, cc: str, emx: str | None, pool: ThreadPoolExecutor) -
         jobs += emx_sources(cell, cc, emx, pool)
     for column, obj, symbols, future in jobs:
         future.result()
-        cell.weight_bytes[column] = symbol_bytes(obj, symbols)
+        if column is not None:
+            cell.weight_bytes[column] = symbol_bytes(obj, symbols)
     harness = write_harness(cell)
     program = cell.folder / "harness"
     run([*cc.split(), "-std=c99", *FLAGS, "-I", str(cell.folder), str(harness), *map(str, cell.objects),
