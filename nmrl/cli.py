@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("nmrl.train.compare", "compare", "train methods x seeds x envs (local or Ray); tables, curves"),
 }
 
+DEFAULTS_FROM_ARGS: dict[str, str] = {"train": "train_defaults"}
+"""verb -> the function of its module that reads settings' defaults off the command line before
+tyro parses it (``nmrl train --config FILE``: a saved run's settings, which flags then override)."""
+
 
 def _usage() -> str:
     width = max(len(verb) for verb in COMMANDS)
@@ -196,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function_name, _ = COMMANDS[verb]
     try:
         with _ctrl_c_outside_imports():
-            function = getattr(importlib.import_module(module_name), function_name)
+            module = importlib.import_module(module_name)
+            function = getattr(module, function_name)
+            if verb in DEFAULTS_FROM_ARGS:
+                defaults = getattr(module, DEFAULTS_FROM_ARGS[verb])(rest)
+                if defaults:
+                    function = functools.partial(function, **defaults)
             result = _parse_and_call(function, rest, f"nmrl {verb}")
     except NmrlError as error:
         # one line, whatever the message holds (text from a file included: nothing it holds is a control code)

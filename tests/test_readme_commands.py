@@ -1,6 +1,7 @@
 """Every `nmrl train` / `eval` / `compare` command line in the README and docs/ still parses, and
 means what it says (flags of option groups land in their group)."""
 
+import functools
 import json
 import re
 import shlex
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import tyro
 
+import nmrl.train.commands as commands
 import nmrl.train.compare as compare_module
 import nmrl.train.loop as loop
 import nmrl.train.run as run
+from nmrl.cli import DEFAULTS_FROM_ARGS
 from nmrl.train.commands import evaluate, train
 from nmrl.train.compare import compare
 from nmrl.train.config import TrainConfig
@@ -50,8 +53,17 @@ class Parsed(Exception):
 
 
 @pytest.mark.parametrize(("where", "verb", "args"), COMMANDS, ids=[w for w, _, _ in COMMANDS])
-def test_documented_command_parses(where, verb, args, monkeypatch):
+def test_documented_command_parses(where, verb, args, monkeypatch, tmp_path):
     seen = {}
+    function = VERBS[verb]
+    saved = None
+    if "--config" in args:  # a saved run to repeat: read first, as nmrl.cli does
+        monkeypatch.chdir(tmp_path)
+        saved = TrainConfig(env="InvertedPendulum-v5", hidden=(8, 8), seed=5)
+        path = Path(args[args.index("--config") + 1])
+        path.parent.mkdir(parents=True)
+        saved.save(path)
+        function = functools.partial(function, **getattr(commands, DEFAULTS_FROM_ARGS[verb])(args))
 
     def stop(name):
         def stub(*a, **kw):
@@ -65,7 +77,7 @@ def test_documented_command_parses(where, verb, args, monkeypatch):
     monkeypatch.setattr(run, "load_trained_actor", stop("eval"))
     monkeypatch.setattr(compare_module, "run_comparison", stop("compare"))
     with pytest.raises(Parsed):
-        tyro.cli(VERBS[verb], args=args)
+        tyro.cli(function, args=args)
     assert seen, where
     if "train" in seen:  # every flag's value is in the config
         config = seen["train"][0][0]
@@ -75,6 +87,9 @@ def test_documented_command_parses(where, verb, args, monkeypatch):
                 values = flags.setdefault(token[2:].replace("-", "_"), [])
             else:
                 values.append(token)
+        if saved is not None:  # the file's settings, those of the flags given beside it aside
+            assert config.hidden == saved.hidden and config.env == saved.env, where
+            flags.pop("config")
         for name, values in flags.items():
             value = config.setting(name)
             if isinstance(value, dict):  # --env-kwargs: a JSON object

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -13,12 +13,58 @@ import tyro
 from nmrl.errors import NmrlError
 from nmrl.train.config import TrainConfig
 
+CONFIG_FLAG = "--config"
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` on a command line (``--flag VALUE`` or ``--flag=VALUE``; the
+    last one counts, as for tyro), or None when it is absent or has no value (tyro then says so)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def train_defaults(args: list[str]) -> dict[str, Any]:
+    """What ``nmrl train`` reads off its command line before tyro parses it: with ``--config
+    FILE`` (a run's ``config.json``, or its run directory), that run's settings as the defaults of
+    every flag, so the run is repeated and flags given beside it override; {} without --config.
+
+    The saved run name is dropped (a repeat is a new run directory, named by default unless
+    --run-name is given), and a ``module:Env`` id in the file is used only when --env names it too
+    (nmrl never imports a module named only by a file).
+    """
+    from nmrl.envs import confirm_env_id, env_id_from_file
+    from nmrl.train.rundir import CONFIG_FILE
+
+    given = _flag_value(args, CONFIG_FLAG)
+    if given is None:
+        return {}
+    path = Path(given)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    saved = TrainConfig.load(path)
+    env = _flag_value(args, "--env")
+    if env is None:
+        env_id_from_file(saved.env, path)
+    else:
+        confirm_env_id(env)
+    return {"config": saved.with_settings(run_name="")}
+
 
 def train(
     config: Annotated[TrainConfig, tyro.conf.arg(name="")],
     resume: Path | None = None,
+    config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = None,
 ) -> None:
     """Train an agent. Every network is N:M sparse (--sparsity 2:4, the default) or dense.
+
+    With --config runs/<run>/config.json, repeats that run in a new run directory: its saved
+    settings are the defaults and any flag given beside --config overrides them (--seed 2 trains
+    the same setup on another seed).
 
     With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
     (only --total-steps may be given again, to extend or shorten it); other options are then ignored,
@@ -27,11 +73,17 @@ def train(
 
     Args:
         resume: a run directory to continue from its checkpoints/last.pt.
+        config_file: a run's config.json (or its run directory) to repeat: its settings are the
+            defaults of every flag (the run name aside: the new run gets its own directory).
     """
     from nmrl.envs import confirm_env_id
     from nmrl.train.loop import resume as resume_run
     from nmrl.train.loop import train as train_run
 
+    if resume is not None and config_file is not None:
+        raise NmrlError(
+            "--resume continues a run with its own config; --config starts a new run from one: give one of them"
+        )
     if resume is not None:
         defaults = TrainConfig()
         given = config.env if config.env != defaults.env else None
