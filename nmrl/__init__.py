@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from nmrl.deploy.policy import load_policy
     from nmrl.errors import NmrlError
+    from nmrl.export.pipeline import export_run
     from nmrl.sparsity.helpers import bind_optimizer, bind_target, sparsify
     from nmrl.sparsity.layers import dense_state_dict
     from nmrl.train.api import SAC, TD3
@@ -38,6 +39,7 @@ _LAZY = {
     "MetricsCallback": "nmrl.train.callbacks",
     "StopTrainingOnReturn": "nmrl.train.callbacks",
     "ProgressCallback": "nmrl.train.progress",
+    "export_run": "nmrl.export.pipeline",
     "load_policy": "nmrl.deploy.policy",
     "NmrlError": "nmrl.errors",
     # Layers in your own models (docs/api.md).
@@ -69,6 +71,7 @@ __all__ = [
     "bind_optimizer",
     "bind_target",
     "dense_state_dict",
+    "export_run",
     "load_policy",
     "sparsify",
 ]

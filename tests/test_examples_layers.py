@@ -1,4 +1,4 @@
-"""The examples of nmrl's layers in other people's training loops run (briefly) as a user runs them."""
+"""The examples run (briefly) as a user runs them: the API quickstart, nmrl's layers in others' loops."""
 
 import os
 import subprocess
@@ -38,3 +38,16 @@ def test_sb3_td3_example_writes_a_verified_2of4_actor(tmp_path):
     check = inspect_model(onnx.load(tmp_path / "actor.onnx"))
     assert str(check.claimed) == "2:4" and check.violations(check.claimed) == {}
     assert (tmp_path / "td3.zip").is_file()
+
+
+def test_api_quickstart_trains_saves_loads_and_exports(tmp_path):
+    out = run(
+        "api_quickstart.py",
+        *("--steps", "600", "--learning-starts", "300", "--hidden", "16", "16", "--eval-episodes", "1"),
+        *("--out", str(tmp_path / "run")),
+    )
+    assert "trained 600 steps" in out and "closed loop" in out
+    check = inspect_model(onnx.load(tmp_path / "run" / "actor.onnx"))
+    assert str(check.claimed) == "2:4" and check.violations(check.claimed) == {}
+    difference = float(out.split("largest difference: ")[1].split()[0])
+    assert difference < 1e-4  # the deployed file acts as the loaded torch agent

@@ -36,6 +36,7 @@ from nmrl.train.evaluate import EvalResult, evaluate
 from nmrl.train.events import EventsWriter
 
 if TYPE_CHECKING:
+    from nmrl.train.config import SharedConfig
     from nmrl.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -286,10 +287,31 @@ class CheckpointCallback(BaseCallback):
         self._saved_at = trainer.state.step
 
 
+HPARAM_METRICS = ["eval/return_mean", "eval/best_return"]
+"""The scalars TensorBoard's HParams dashboard shows beside a run's settings: the last evaluation's
+mean return and the best one so far (each is its tag's last value)."""
+
+
+def hparams_of(config: SharedConfig) -> dict[str, float | str | bool]:
+    """Every setting of ``config`` by its flag name, as values the HParams dashboard takes
+    (numbers, text, booleans): widths as ``"256 256"``, env settings as JSON, None as ``"none"``."""
+    values: dict[str, float | str | bool] = {}
+    for name, value in config.flat_settings().items():
+        if isinstance(value, list | tuple):
+            value = " ".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        elif value is None:
+            value = "none"
+        values[name] = value
+    return values
+
+
 class MetricsCallback(BaseCallback):
     """Keeps the run's records: ``metrics.jsonl`` (train, eval and costs records, one JSON per
-    line) and TensorBoard events (every number, episode returns and lengths, and each layer's
-    sparsity after every evaluation) in ``folder``.
+    line) and TensorBoard events (every number, episode returns and lengths, each layer's sparsity
+    after every evaluation, the best evaluation so far as ``eval/best_return``, and the run's
+    settings for the HParams dashboard, :func:`hparams_of`) in ``folder``.
 
     ``purge_step``: a resumed run's step, so that TensorBoard drops what a killed run logged after
     its last checkpoint. Both files are written without following a symbolic link planted under
@@ -302,13 +324,22 @@ class MetricsCallback(BaseCallback):
         self.folder, self.purge_step, self.inside = Path(folder), purge_step, inside
         self.path = self.folder / "metrics.jsonl"
         self.writer: EventsWriter | None = None
+        self._hparams: dict[str, float | str | bool] | None = None  # to write before the next number
+        self._session = False  # whether this event file holds the settings (and so ends a session)
 
     def _on_training_start(self) -> None:
         self._open_writer()
+        if not self._session:
+            self._hparams = hparams_of(self._trainer.config)
 
     def _open_writer(self) -> EventsWriter:
         if self.writer is None:
             self.writer = EventsWriter(self.folder, purge_step=self.purge_step, inside=self.inside)
+        if self._hparams is not None:
+            # with the first number (a resume that trains nothing leaves no file for its settings alone)
+            hparams, self._hparams = self._hparams, None
+            self.writer.add_hparams(hparams, HPARAM_METRICS)
+            self._session = True
         return self.writer
 
     def _on_record(self, record: dict[str, Any]) -> None:
@@ -322,6 +353,9 @@ class MetricsCallback(BaseCallback):
         append_text(self.path, json.dumps(record) + "\n", self.inside, outcome="a resume drops a torn last line")
         self._scalars(record["kind"], record, record)
         if record["kind"] == "eval":
+            # the trainer's best is updated after this record: the best so far includes it
+            best = max(self._trainer.state.best_eval, record["return_mean"])
+            self._scalars("eval", {"best_return": best}, record)
             self._sparsity(record["step"])
 
     def _scalars(self, kind: str, values: dict[str, Any], record: dict[str, Any]) -> None:
@@ -335,6 +369,10 @@ class MetricsCallback(BaseCallback):
         for net_name, module in self._trainer.algo.networks().items():
             for report in layer_report(module):
                 writer.add_scalar(f"sparsity/{net_name}/{report.name}", 1 - report.density, step)
+
+    def _on_training_end(self) -> None:
+        if self._session and self.writer is not None:
+            self.writer.end_session()
 
     def _close(self) -> None:
         if self.writer is not None:

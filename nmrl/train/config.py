@@ -97,6 +97,15 @@ class NMOptions:
     gradient: Literal["ste", "active"] = "ste"
     """Which shadow weights learn: ste = all (straight-through + SR-STE), active = only the kept
     ones (docs/baselines.md, "Why 2:4 fell behind dense on HalfCheetah")."""
+    nm_networks: Literal["all", "actor"] = "all"
+    """Which networks are N:M: all (actor, critics and their targets, RNM-TD3), or the actor (and its
+    target) only, the critics dense."""
+    nm_layers: Literal["all", "hidden"] = "all"
+    """Which Linears of an N:M network are N:M: all, or the hidden-to-hidden ones only (first and
+    output layers dense)."""
+    target_masks: Literal["remask", "copy"] = "remask"
+    """Target networks' masks: re-selected from their own Polyak-averaged shadow weights (remask),
+    or copied from their online networks after each update (copy)."""
 
 
 @dataclass

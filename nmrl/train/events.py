@@ -46,6 +46,26 @@ class EventsWriter:
 
         self._write(self._event(step, summary=scalar(tag, value)))
 
+    def add_hparams(self, hparams: dict[str, float | str | bool], metrics: list[str]) -> None:
+        """The run's hyperparameters for TensorBoard's HParams dashboard, with ``metrics`` (scalar
+        tags of this run, each shown as its last value) beside them.
+
+        Unlike ``SummaryWriter.add_hparams``, which writes them to a new sub-run of their own, they
+        go into this file, so the run directory itself is the session and its scalars the metrics.
+        """
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(metrics, 0.0))
+        self._write(self._event(summary=experiment))
+        self._write(self._event(summary=session_start))
+
+    def end_session(self) -> None:
+        """Mark the session :meth:`add_hparams` began as ended successfully (the run finished)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        _, _, session_end = hparams_summaries({}, {})
+        self._write(self._event(summary=session_end))
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

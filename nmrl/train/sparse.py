@@ -30,6 +30,7 @@ from nmrl.sparsity import sparsify
 from nmrl.sparsity.accounting import CostSummary, format_count, network_costs, total_cost
 from nmrl.sparsity.dynamic import make_adam, unstructured_layers
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity
+from nmrl.train.networks import Critic
 
 if TYPE_CHECKING:
     from nmrl.train.config import AlgorithmConfig
@@ -68,7 +69,18 @@ def sparsify_network(module: nn.Module, spec: Sparsity, config: AlgorithmConfig,
     set_leaky_relu_slope(module, config.activation_slope)
     if isinstance(spec, NMSparsity):
         nm = config.nm
-        sparsify(module, spec, mask_interval=nm.mask_interval, srste_decay=nm.srste_decay, gradient=nm.gradient)
+        if nm.nm_networks == "actor" and isinstance(module, Critic):
+            return
+        linears = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+        skip = [linears[0], linears[-1]] if nm.nm_layers == "hidden" else []
+        sparsify(
+            module,
+            spec,
+            mask_interval=nm.mask_interval,
+            srste_decay=nm.srste_decay,
+            gradient=nm.gradient,
+            skip=skip,
+        )
     elif isinstance(spec, UnstructuredSparsity):
         end = rigl_end_step(config, spec)
         sparsify_unstructured_network(

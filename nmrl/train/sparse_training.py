@@ -52,23 +52,28 @@ class SoftUpdate:
     over every parameter (dense shadow weights included), then each target re-selects its masks
     from its own averaged weights, so targets are sparse after every update."""
 
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
+    def __init__(self, tau: float, masks: str = "remask") -> None:
+        self.tau, self.masks = tau, masks
         self.target_params: list[torch.Tensor] = []
         self.online_params: list[torch.Tensor] = []
         self.target_layers: list[MaskedLinear] = []
+        self.online_layers: list[MaskedLinear] = []
 
     def add(self, target: nn.Module, online: nn.Module) -> None:
         self.target_params += list(target.parameters())
         self.online_params += list(online.parameters())
         self.target_layers += _sparse_layers(target)
+        self.online_layers += _sparse_layers(online)
 
     @torch.no_grad()
     def __call__(self) -> None:
         if not self.target_params:
             return
         torch._foreach_lerp_(self.target_params, self.online_params, self.tau)
-        remask_now(self.target_layers)
+        if self.masks == "copy":  # --target-masks copy: each target keeps its online network's masks
+            torch._foreach_copy_([t.mask for t in self.target_layers], [o.mask for o in self.online_layers])
+        else:
+            remask_now(self.target_layers)
 
 
 class SparseTraining:
@@ -77,7 +82,7 @@ class SparseTraining:
     def __init__(self, config: AlgorithmConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.spec = config.sparsity  # every network of the algorithm gets this value
-        self.soft_update = SoftUpdate(config.tau)
+        self.soft_update = SoftUpdate(config.tau, config.nm.target_masks)
         self.fast_path: SemiStructuredTraining | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self._precision: Any = contextlib.nullcontext
