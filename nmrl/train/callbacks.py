@@ -228,7 +228,7 @@ class EvalCallback(BaseCallback):
         trainer = self._trainer
         assert self.eval_env is not None  # set by _init_callback
         trainer.refuse_nonfinite()
-        policy, device = trainer.algo.policy(), trainer.device
+        policy, device = trainer.policy(), trainer.device
 
         def act(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
