@@ -103,7 +103,7 @@ def test_documented_command_parses(where, verb, args, monkeypatch, tmp_path):
 
 def test_group_flags_land_in_their_groups(monkeypatch):
     seen = []
-    monkeypatch.setattr(loop, "train", lambda config: seen.append(config) or Path("runs/x"))
+    monkeypatch.setattr(loop, "train", lambda config, tracking=None: seen.append(config) or Path("runs/x"))
     args = "--algo sac --sparsity 0.9 --topology set --optimizer masked-adam --policy-delay 3 --alpha 0.5"
     tyro.cli(train, args=[*args.split(), "--no-autotune-alpha", "--mask-interval", "4", "--semi-structured"])
     config = seen[0]
