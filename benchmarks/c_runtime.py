@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -141,10 +142,16 @@ def compiler_version(cc: str) -> str:
 # Building
 
 
+def big_stack() -> None:
+    """The harness's stack limit raised to the hard limit: emx-onnx-cgen keeps its temporaries on the
+    stack (its no-malloc setting), 4 x batch x width floats (8 MiB at batch 256, width 2048)."""
+    resource.setrlimit(resource.RLIMIT_STACK, (resource.getrlimit(resource.RLIMIT_STACK)[1],) * 2)
+
+
 def run(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=big_stack)
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        tail = (result.stderr or result.stdout or f"exit status {result.returncode}").strip().splitlines()[-5:]
         sys.exit(f"{what} failed ({' '.join(command[:3])} ...):\n" + "\n".join(tail))
 
 
@@ -397,7 +404,8 @@ def time_cell(cell: Cell, program: Path, rounds: int, samples: int, block_ns: fl
     session = ort_session(cell.files["2:4"])
     for round_index in range(rounds):
         command = [str(program), "time", str(cell.folder / "obs.bin"), str(round_index), str(samples)]
-        result = subprocess.run([*command, str(block_ns), str(budget_ns)], capture_output=True, text=True, check=True)
+        timing = [*command, str(block_ns), str(budget_ns)]
+        result = subprocess.run(timing, capture_output=True, text=True, check=True, preexec_fn=big_stack)
         for line in result.stdout.splitlines():
             column, batch, _, *values = line.split("\t")
             cell.samples.setdefault((column, int(batch)), []).extend(float(value) for value in values)
