@@ -102,10 +102,14 @@ def symlink_refused(path: Path) -> NmrlError:
     )
 
 
-def refuse_links(folder: Path) -> None:
+def refuse_links(folder: Path, skip: tuple[str, ...] = ()) -> None:
     """:class:`NmrlError` naming the first symbolic link found in ``folder`` or below (links are
-    not followed): a command that would write there refuses before it changes anything."""
+    not followed): a command that would write there refuses before it changes anything.
+    ``skip``: names of folders directly in ``folder`` that another program owns and nmrl never
+    writes into (their links are theirs)."""
     for root, dirs, files in os.walk(folder):
+        if root == os.fspath(folder):
+            dirs[:] = [name for name in dirs if name not in skip or os.path.islink(os.path.join(root, name))]
         for name in sorted(dirs + files):
             if os.path.islink(os.path.join(root, name)):
                 raise symlink_refused(Path(root, name))

@@ -67,6 +67,10 @@ class PolicyClaims:
     checkpoint: str | None = None
     config: dict[str, Any] | None = None
     """The training run's configuration (TrainConfig.to_dict())."""
+    obs_normalization: dict[str, Any] | None = None
+    """The run's observation normalisation (``--normalize-obs``), frozen inside the graph as
+    ``Sub``, ``Div``, ``Clip`` before the first layer, so the file takes raw observations:
+    ``clip`` (the bound) and ``count`` (observations its statistics were taken over)."""
     pad_k: int | None = None
     """Zero columns a ``Pad`` adds to the first layer's K inside the graph."""
     quantization: dict[str, Any] | None = None
@@ -149,6 +153,10 @@ def _number_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
 
 
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and value != float("inf")
+
+
 def _layer_entries(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(entry, dict)
@@ -171,6 +179,10 @@ _JSON_CHECKS: dict[str, tuple[Any, str]] = {
     "config": (lambda v: isinstance(v, dict), "a JSON object"),
     "env_kwargs": (lambda v: isinstance(v, dict), "a JSON object of env settings"),
     "quantization": (lambda v: isinstance(v, dict), "a JSON object"),
+    "obs_normalization": (
+        lambda v: isinstance(v, dict) and all(_positive_number(v.get(name)) for name in ("clip", "count")),
+        'a JSON object {"clip": number > 0, "count": number > 0}',
+    ),
     "dense_twin": (lambda v: isinstance(v, bool), "true or false"),
 }
 

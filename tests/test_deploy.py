@@ -110,6 +110,21 @@ def test_deploy_eval_verb(tmp_path_factory, capsys) -> None:
     assert "has 17 and 6" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group(TINY_RUN_GROUP)
+def test_deploy_eval_prints_a_random_policy_on_the_same_seeds(tmp_path_factory, capsys) -> None:
+    from nmrl.train.evaluate import evaluate
+
+    run_dir = exported_run(tmp_path_factory)
+    args = ["deploy", "eval", str(run_dir / "actor.onnx"), "--episodes", "2", "--seed", "3"]
+    assert main([*args, "--baseline", "random"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == lines[:-1]  # the policy's lines unchanged
+    rng = np.random.default_rng(3)  # uniform actions over Hopper's [-1, 1]^3, seeded by --seed
+    expected = evaluate(lambda _: rng.uniform(-1, 1, 3).astype(np.float32), "Hopper-v5", episodes=2, seed=3)
+    assert lines[-1] == f"random actions, same seeds: {expected.report(3)}"
+
+
 def test_torch_policy_materializes_masks_and_runs_fp16() -> None:
     from nmrl.deploy.torch_backend import TorchPolicy
 

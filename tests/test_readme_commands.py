@@ -90,8 +90,10 @@ def test_documented_command_parses(where, verb, args, monkeypatch, tmp_path):
         if saved is not None:  # the file's settings, those of the flags given beside it aside
             assert config.hidden == saved.hidden and config.env == saved.env, where
             flags.pop("config")
+        tracking = seen["train"][0][1] if len(seen["train"][0]) > 1 else None
         for name, values in flags.items():
-            value = config.setting(name)
+            # --track and the W&B flags are not settings of the run but of where it is watched
+            value = getattr(tracking, name) if hasattr(tracking, name) else config.setting(name)
             if isinstance(value, dict):  # --env-kwargs: a JSON object
                 assert value == json.loads(" ".join(values)), (where, name)
                 continue
@@ -101,7 +103,7 @@ def test_documented_command_parses(where, verb, args, monkeypatch, tmp_path):
 
 def test_group_flags_land_in_their_groups(monkeypatch):
     seen = []
-    monkeypatch.setattr(loop, "train", lambda config: seen.append(config) or Path("runs/x"))
+    monkeypatch.setattr(loop, "train", lambda config, tracking=None: seen.append(config) or Path("runs/x"))
     args = "--algo sac --sparsity 0.9 --topology set --optimizer masked-adam --policy-delay 3 --alpha 0.5"
     tyro.cli(train, args=[*args.split(), "--no-autotune-alpha", "--mask-interval", "4", "--semi-structured"])
     config = seen[0]

@@ -94,6 +94,7 @@ def deploy_eval(
     threads: int = 1,
     env_kwargs: str = "",
     capture_video: bool = False,
+    baseline: Literal["none", "random"] = "none",
 ) -> None:
     """Run a deployed policy closed-loop in its environment, with the env settings it was trained
     with (the file's nmrl.env_kwargs), and print the mean ± std return.
@@ -116,6 +117,8 @@ def deploy_eval(
         capture_video: write the first episode as an MP4 to videos/<file>-<backend>-seed<SEED>.mp4
             beside the file (in the run directory for one), rendered offscreen (needs the video
             extra; without a display MuJoCo draws through EGL).
+        baseline: random: also run uniformly random actions (seeded by SEED) on the same seeds and
+            print their return beside the policy's, to see what the policy adds.
     """
     from nmrl.deploy.policy import load_policy
     from nmrl.envs import (
@@ -153,7 +156,7 @@ def deploy_eval(
             own = env_id == policy.env_id
             settings = (policy.env_kwargs if own else None) or {}
         probe = make_env(env_id, kwargs=settings)
-        obs_dim, act_dim, _, _ = env_dims(probe)
+        obs_dim, act_dim, low, high = env_dims(probe)
         probe.close()
         if (obs_dim, act_dim) != (policy.obs_dim, policy.act_dim):
             raise NmrlError(
@@ -165,11 +168,24 @@ def deploy_eval(
             folder, name = (model, backend) if model.is_dir() else (model.parent, f"{model.stem}-{backend}")
             video = video_path(folder, name, seed)
         result = evaluate(policy.act, env_id, episodes, seed, settings, video=video)
+        random_result = None
+        if baseline == "random":
+            import numpy as np
+
+            rng = np.random.default_rng(seed)
+            lowest, highest = np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+            def random_action(_obs: np.ndarray) -> np.ndarray:
+                return rng.uniform(lowest, highest).astype(np.float32)
+
+            random_result = evaluate(random_action, env_id, episodes, seed, settings)
     finally:
         policy.close()
     print(f"{describe_env(env_id, settings)}  {model}  on {policy.describe()}")
     print(result.report(seed))
     print("returns: " + ", ".join(f"{r:.1f}" for r in result.returns))
+    if random_result is not None:
+        print(f"random actions, same seeds: {random_result.report(seed)}")
     if video is not None:
         print(f"video of episode 1 (seed {seed}, {result.lengths[0] + 1} frames): {video}")
 

@@ -1,7 +1,8 @@
 """A verified nmrl policy ONNX file -> one dependency-free C99 translation unit (``actor.c`` + ``actor.h``).
 
 The generator reads the ONNX graph (never a checkpoint) and walks it node by node: the observation
-``Pad`` of ``--pad-k``, each ``Gemm``, ``Relu``, ``Tanh`` and the action scaling's ``Mul``/``Add``,
+normalisation's ``Sub``/``Div``/``Clip`` (``--normalize-obs``), the observation ``Pad`` of
+``--pad-k``, each ``Gemm``, ``Relu``, ``Tanh`` and the action scaling's ``Mul``/``Add``,
 so the C code computes what the file computes, in the same order. Any other op is refused in one
 line (int8 Q/DQ graphs are not generated yet).
 
@@ -198,12 +199,18 @@ def read_program(model: onnx.ModelProto, kernels: str = "auto", source_bytes: by
             width = rows
         elif node.op_type in ("Relu", "Tanh"):
             steps.append(Step(node.op_type.lower()))
-        elif node.op_type in ("Mul", "Add"):
+        elif node.op_type in ("Mul", "Add", "Sub", "Div"):
+            commutes = node.op_type in ("Mul", "Add")
             other = node.input[1] if node.input[0] == current else node.input[0]
-            if other not in constants:
+            if other not in constants or (not commutes and node.input[0] != current):
                 raise NmrlError(f"unsupported {node.op_type} {node.name}: its second operand must be a constant")
             value = np.broadcast_to(constants[other].astype(np.float32).reshape(-1), (width,))
             steps.append(Step(node.op_type.lower(), constant=np.ascontiguousarray(value)))
+        elif node.op_type == "Clip":  # --normalize-obs: the bound of the normalised observations
+            bounds = [constants[name] for name in node.input[1:3] if name in constants]
+            if node.input[0] != current or len(bounds) != 2 or any(bound.size != 1 for bound in bounds):
+                raise NmrlError(f"unsupported Clip {node.name}: its min and max must be constant scalars")
+            steps.append(Step("clip", constant=np.array([bound.reshape(-1)[0] for bound in bounds], np.float32)))
         else:
             raise NmrlError(
                 f"the C generator does not support {node.op_type} (node {node.name}); fp32 graphs only for now"
@@ -633,6 +640,15 @@ def generate_c(
             act.append(f"    for (i = 0; i < n; ++i) x[i] *= C{index}[i];")
         elif step.op == "add":
             act.append(f"    for (i = 0; i < n; ++i) x[i] += C{index}[i];")
+        elif step.op == "sub":
+            act.append(f"    for (i = 0; i < n; ++i) x[i] -= C{index}[i];")
+        elif step.op == "div":
+            act.append(f"    for (i = 0; i < n; ++i) x[i] /= C{index}[i];")
+        elif step.op == "clip":  # C0 = [min, max]
+            act.append(
+                f"    for (i = 0; i < n; ++i) x[i] = x[i] < C{index}[0] ? C{index}[0] : "
+                f"(x[i] > C{index}[1] ? C{index}[1] : x[i]);"
+            )
     act += [
         "    (void)y;",
         f"    memcpy(action, x, sizeof(float) * {program.act_dim});",

@@ -39,6 +39,7 @@ from nmrl.policy_file import FORMAT, INPUT_NAME, OUTPUT_NAME, claims_of, write_c
 from nmrl.sparsity.layers import replace_submodule
 from nmrl.sparsity.nm_core import nm_violations
 from nmrl.sparsity.pattern import NMPattern
+from nmrl.train.normalization import NormalizedPolicy
 
 DType = Literal["fp32", "fp16", "int8"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
@@ -140,7 +141,11 @@ def to_onnx_model(
     if program is None:  # only the legacy TorchScript exporter (dynamo=False) returns nothing
         raise NmrlError(f"cannot export {type(policy).__name__} to ONNX: the exporter returned no program")
     model = program.model_proto
+    # Wrappers prefix the policy's initializers (policy.net.0.weight): strip them so that every
+    # graph names its weights and action scaling alike, whatever its I/O casts and normalisation.
     if isinstance(module, _CastIO):
+        _strip_initializer_prefix(model, "policy.")
+    if isinstance(module.policy if isinstance(module, _CastIO) else module, NormalizedPolicy):
         _strip_initializer_prefix(model, "policy.")
     # Input metadata the exporter leaves on graph inputs (torch.export bookkeeping) is noise for
     # deployment tools; the model-level nmrl.* metadata describes the file.

@@ -53,6 +53,7 @@ from nmrl.export.quantize import FirstLayer, Int8Target, QuantizationReport, pad
 from nmrl.export.verify import ModelCheck, inspect_model
 from nmrl.policy_file import read_claims
 from nmrl.sparsity.spec import nm_pattern
+from nmrl.train.normalization import NormalizedPolicy
 from nmrl.train.run import LoadedPolicy, load_trained_actor
 
 
@@ -67,7 +68,17 @@ def run_metadata(loaded: LoadedPolicy) -> dict[str, Any]:
         "step": loaded.step,
         "checkpoint": loaded.checkpoint.name,
         "config": loaded.config.to_dict(),
+        **(
+            {"obs_normalization": obs_normalization_claim(loaded.policy)}
+            if isinstance(loaded.policy, NormalizedPolicy)
+            else {}
+        ),
     }
+
+
+def obs_normalization_claim(policy: NormalizedPolicy) -> dict[str, float]:
+    """``nmrl.obs_normalization`` of a policy on raw observations (its constants are in the graph)."""
+    return {"clip": policy.normalization.clip, "count": policy.normalization.count}
 
 
 @dataclass

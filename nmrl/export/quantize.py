@@ -261,15 +261,47 @@ def choose_first_layer(
     return FirstLayerChoice(chosen, latency, error, reason)
 
 
+NORMALIZATION_OPS = ("Sub", "Div", "Clip")
+"""The ops of ``--normalize-obs`` between the graph's input and its first layer (see
+:class:`nmrl.train.normalization.ObsNormalization`)."""
+
+
+def first_layer_input(graph: onnx.GraphProto) -> str:
+    """The tensor the first layer reads, before any K padding: the graph's input, or the output of
+    the observation normalisation (a chain of :data:`NORMALIZATION_OPS`, each the one reader of
+    the tensor before it)."""
+    current = graph.input[0].name
+    while True:
+        readers = [node for node in graph.node if current in node.input]
+        if len(readers) != 1 or readers[0].op_type not in NORMALIZATION_OPS or readers[0].input[0] != current:
+            return current
+        current = readers[0].output[0]
+
+
+def _tensor_values(model: onnx.ModelProto, name: str, observations: np.ndarray) -> np.ndarray:
+    """The values of the graph's tensor ``name`` on ``observations`` (run in ONNX Runtime)."""
+    import onnxruntime as ort
+
+    input_name = model.graph.input[0].name
+    if name == input_name:
+        return observations
+    probe = copy.deepcopy(model)
+    probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run([name], {input_name: np.ascontiguousarray(observations, dtype=np.float32)})[0]
+
+
 def pad_first_gemm_k(model: onnx.ModelProto, multiple: int = 4) -> int:
     """Pad the first layer's K (the observation width) to a multiple of ``multiple`` inside the graph,
     in place: the input keeps the env's width, a ``Pad`` appends zero columns, and the first Gemm's
     weight gets as many zero columns. Returns the padding added (0: already a multiple)."""
     graph = model.graph
-    input_name = graph.input[0].name
+    input_name = first_layer_input(graph)
     gemm = next((node for node in graph.node if node.op_type == "Gemm" and node.input[0] == input_name), None)
     if gemm is None:
-        raise NmrlError("cannot pad K: the graph's input does not feed a Gemm directly")
+        raise NmrlError("cannot pad K: the observations do not feed a Gemm directly (or through their normalisation)")
     trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
     weight = next((init for init in graph.initializer if init.name == gemm.input[1]), None)
     if weight is None:
@@ -306,11 +338,12 @@ def equalize_input(model: onnx.ModelProto, observations: np.ndarray) -> np.ndarr
     worst on-policy error of a trained HalfCheetah policy, so the range is the calibration's, and the
     calibration holds random-action states besides the policy's own. Returns the scales."""
     graph = model.graph
-    input_name = graph.input[0].name
+    input_name = first_layer_input(graph)  # with --normalize-obs: the normalised observations
     consumers = [node for node in graph.node if input_name in node.input]
     gemm = next((node for node in graph.node if node.op_type == "Gemm"), None)
     if gemm is None or len(consumers) != 1:
         raise NmrlError("cannot equalize the input: expected one node reading the observations, then a Gemm")
+    observations = _tensor_values(model, input_name, observations)
     weight = next((init for init in graph.initializer if init.name == gemm.input[1]), None)
     trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
     if weight is None:
@@ -329,7 +362,8 @@ def equalize_input(model: onnx.ModelProto, observations: np.ndarray) -> np.ndarr
     scaled = f"{input_name}_equalized"
     consumer = consumers[0]
     consumer.input[list(consumer.input).index(input_name)] = scaled
-    graph.node.insert(0, helper.make_node("Mul", [input_name, inverse.name], [scaled], name="equalize_obs"))
+    index = list(graph.node).index(consumer)
+    graph.node.insert(index, helper.make_node("Mul", [input_name, inverse.name], [scaled], name="equalize_obs"))
     del graph.value_info[:]
     return scales
 

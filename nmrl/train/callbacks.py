@@ -228,7 +228,7 @@ class EvalCallback(BaseCallback):
         trainer = self._trainer
         assert self.eval_env is not None  # set by _init_callback
         trainer.refuse_nonfinite()
-        policy, device = trainer.algo.policy(), trainer.device
+        policy, device = trainer.policy(), trainer.device
 
         def act(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -307,6 +307,30 @@ def hparams_of(config: SharedConfig) -> dict[str, float | str | bool]:
     return values
 
 
+def record_scalars(record: dict[str, Any], trainer: Trainer | None = None) -> dict[str, float]:
+    """The numbers of one record by their TensorBoard tag (``<kind>/<key>``; an episode's as
+    ``train/episode_return`` and ``train/episode_length``), what every tracker of a run logs.
+
+    With the ``trainer``, an ``eval`` record also gives ``eval/best_return`` (the best evaluation so
+    far, this one included) and each layer's sparsity (``sparsity/<network>/<layer>``).
+    """
+    if record["kind"] == "episode":
+        return {"train/episode_return": record["return"], "train/episode_length": record["length"]}
+    kind = record["kind"]
+    scalars = {
+        f"{kind}/{key}": value
+        for key, value in record.items()
+        if key not in ("step", "kind") and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    if kind == "eval" and trainer is not None:
+        # the trainer's best is updated after this record: the best so far includes it
+        scalars["eval/best_return"] = max(trainer.state.best_eval, record["return_mean"])
+        for net_name, module in trainer.algo.networks().items():
+            for report in layer_report(module):
+                scalars[f"sparsity/{net_name}/{report.name}"] = 1 - report.density
+    return scalars
+
+
 class MetricsCallback(BaseCallback):
     """Keeps the run's records: ``metrics.jsonl`` (train, eval and costs records, one JSON per
     line) and TensorBoard events (every number, episode returns and lengths, each layer's sparsity
@@ -343,32 +367,20 @@ class MetricsCallback(BaseCallback):
         return self.writer
 
     def _on_record(self, record: dict[str, Any]) -> None:
-        if record["kind"] == "episode":
-            self._scalars("train", {"episode_return": record["return"], "episode_length": record["length"]}, record)
+        if record["kind"] == "episode":  # TensorBoard only: one line per episode would swamp metrics.jsonl
+            self._scalars(record)
             return
         self.write(record)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` to ``metrics.jsonl`` and its numbers to TensorBoard."""
         append_text(self.path, json.dumps(record) + "\n", self.inside, outcome="a resume drops a torn last line")
-        self._scalars(record["kind"], record, record)
-        if record["kind"] == "eval":
-            # the trainer's best is updated after this record: the best so far includes it
-            best = max(self._trainer.state.best_eval, record["return_mean"])
-            self._scalars("eval", {"best_return": best}, record)
-            self._sparsity(record["step"])
+        self._scalars(record)
 
-    def _scalars(self, kind: str, values: dict[str, Any], record: dict[str, Any]) -> None:
+    def _scalars(self, record: dict[str, Any]) -> None:
         writer = self._open_writer()
-        for key, value in values.items():
-            if key not in ("step", "kind") and isinstance(value, int | float):
-                writer.add_scalar(f"{kind}/{key}", value, record["step"])
-
-    def _sparsity(self, step: int) -> None:
-        writer = self._open_writer()
-        for net_name, module in self._trainer.algo.networks().items():
-            for report in layer_report(module):
-                writer.add_scalar(f"sparsity/{net_name}/{report.name}", 1 - report.density, step)
+        for tag, value in record_scalars(record, self.trainer).items():
+            writer.add_scalar(tag, value, record["step"])
 
     def _on_training_end(self) -> None:
         if self._session and self.writer is not None:

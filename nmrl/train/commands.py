@@ -12,6 +12,7 @@ import tyro
 
 from nmrl.errors import NmrlError
 from nmrl.train.config import TrainConfig
+from nmrl.train.tracking import NO_TRACKING, TrackingOptions
 
 CONFIG_FLAG = "--config"
 
@@ -59,12 +60,15 @@ def train(
     config: Annotated[TrainConfig, tyro.conf.arg(name="")],
     resume: Path | None = None,
     config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = None,
+    tracking: Annotated[TrackingOptions, tyro.conf.OmitArgPrefixes] = NO_TRACKING,
 ) -> None:
     """Train an agent. Every network is N:M sparse (--sparsity 2:4, the default) or dense.
 
     With --config runs/<run>/config.json, repeats that run in a new run directory: its saved
     settings are the defaults and any flag given beside --config overrides them (--seed 2 trains
-    the same setup on another seed).
+    the same setup on another seed). --track logs the run to Weights & Biases too (the
+    track extra; WANDB_MODE=offline keeps it in RUN/wandb/); it is not a setting of the run, so a
+    repeat or a resume tracks only when given --track again.
 
     With --resume RUN_DIR, continues that run from its last checkpoint with its saved config
     (only --total-steps may be given again, to extend or shorten it); other options are then ignored,
@@ -97,9 +101,9 @@ def train(
         if ignored:  # a flag that changes nothing must say so
             print(f"--resume keeps the run's saved settings; ignored: {', '.join(ignored)}", file=sys.stderr)
         extend = config.total_steps if config.total_steps != defaults.total_steps else None
-        run_dir = resume_run(resume, total_steps=extend, env=given)
+        run_dir = resume_run(resume, total_steps=extend, env=given, tracking=tracking)
     else:
-        run_dir = train_run(config)
+        run_dir = train_run(config, tracking)
     print(f"run directory: {run_dir}")
 
 

@@ -42,6 +42,7 @@ else:
     AlgoName = Literal[tuple(ALGORITHM_MODULES)]
     ActivationName = Literal[ACTIVATION_NAMES]
 
+
 def _env_kwargs_from_text(args: list[str]) -> dict[str, Any]:
     # nmrl.envs imports Gymnasium, and a config must load without it (gpu_check's training step on
     # a GPU machine that has no MuJoCo; compare's workers before their env exists)
@@ -176,6 +177,11 @@ class SharedConfig:
     """Settings of the env, as a JSON object for gymnasium.make: '{"ctrl_cost_weight": 0.05}'."""
     algo: AlgoName = "td3"
     """Algorithm."""
+    normalize_obs: bool = False
+    """Normalise observations by their running mean and variance, as SB3's VecNormalize (carried into
+    the exported ONNX graph, which then takes raw observations)."""
+    clip_obs: float = 10.0
+    """With --normalize-obs: clip normalised observations to [-clip, clip]."""
     total_steps: int = 1_000_000
     """Environment steps in all."""
     learning_starts: int = 25_000
@@ -310,6 +316,8 @@ class TrainConfig(SharedConfig):
             value = self.setting(name)
             if not (math.isfinite(value) and value >= 0):
                 raise NmrlError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.clip_obs) and self.clip_obs > 0):
+            raise NmrlError(f"--clip-obs must be a positive finite number, got {self.clip_obs}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
             raise NmrlError(f"--stop-at-return must be a finite number, got {self.stop_at_return}")
         if self.activation not in ACTIVATION_NAMES:

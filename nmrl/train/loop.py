@@ -42,6 +42,7 @@ from nmrl.train.rundir import (
     truncate_metrics,
 )
 from nmrl.train.sparse import log_costs
+from nmrl.train.tracking import TrackingOptions, WandbCallback, require_wandb
 from nmrl.train.trainer import TrainingDiverged, resolve_device
 
 __all__ = [
@@ -70,9 +71,14 @@ class StopOnSignal(BaseCallback):
 
 
 def run_callbacks(
-    config: TrainConfig, run_dir: Path, stop: StopFlag | None = None, purge_step: int | None = None
+    config: TrainConfig,
+    run_dir: Path,
+    stop: StopFlag | None = None,
+    purge_step: int | None = None,
+    tracking: TrackingOptions | None = None,
 ) -> tuple[MetricsCallback, list[BaseCallback]]:
-    """The callbacks of ``nmrl train`` (the metrics one first, also returned on its own)."""
+    """The callbacks of ``nmrl train`` (the metrics one first, also returned on its own); with
+    ``tracking.track``, W&B's too."""
     metrics = MetricsCallback(run_dir, purge_step=purge_step, inside=run_dir)
     stop_at = None if config.stop_at_return is None else StopTrainingOnReturn(config.stop_at_return)
     callbacks: list[BaseCallback] = [
@@ -89,6 +95,8 @@ def run_callbacks(
         ),
         CheckpointCallback(run_dir / LAST_CHECKPOINT, config.checkpoint_every, inside=run_dir),
     ]
+    if tracking is not None and tracking.track:
+        callbacks.append(WandbCallback(run_dir, config.to_dict(), tracking))
     if config.progress:
         callbacks.append(ProgressCallback(f"{config.algo} {config.sparsity} {config.env}"))
     if stop is not None:
@@ -96,14 +104,16 @@ def run_callbacks(
     return metrics, callbacks
 
 
-def train(config: TrainConfig) -> Path:
-    """Start a new run; returns its directory.
+def train(config: TrainConfig, tracking: TrackingOptions | None = None) -> Path:
+    """Start a new run; returns its directory (``tracking``: W&B, :mod:`nmrl.train.tracking`).
 
     Everything that can be checked is checked before anything is written, and a run that fails to
     start (an unknown env, a buffer too large, Ctrl-C while starting) leaves no folder behind. The
     run directory is locked for the life of the run.
     """
     config.validate()
+    if tracking is not None and tracking.track:
+        require_wandb()  # a missing extra before anything is made
     name = config.run_name or default_run_name(config.env, config.algo, config.sparsity, config.seed)
     check_run_name(name)
     run_dir = Path(config.runs_dir) / name
@@ -112,7 +122,7 @@ def train(config: TrainConfig) -> Path:
         agent = agent_class(config.algo).from_config(config)
         try:
             stop.raise_if_set("while starting: stopped, nothing saved")
-            metrics, callbacks = run_callbacks(config, run_dir, stop)
+            metrics, callbacks = run_callbacks(config, run_dir, stop, tracking=tracking)
             log_costs(run_dir, agent.algorithm.networks(), metrics.write)  # params and FLOPs vs dense
             config.save(run_dir / CONFIG_FILE)  # last: a folder with a config and no checkpoint is an unstarted run
             _learn(agent, config.total_steps, callbacks, run_dir, stop)
@@ -121,14 +131,19 @@ def train(config: TrainConfig) -> Path:
     return run_dir
 
 
-def resume(run_dir: Path, total_steps: int | None = None, env: str | None = None) -> Path:
+def resume(
+    run_dir: Path, total_steps: int | None = None, env: str | None = None, tracking: TrackingOptions | None = None
+) -> Path:
     """Continue a run from its last checkpoint with its saved config (``total_steps`` may extend it,
-    or shorten it down to the checkpoint's step; ``env``, when given, must be the run's).
+    or shorten it down to the checkpoint's step; ``env``, when given, must be the run's;
+    ``tracking``: W&B, continuing the W&B run the directory holds).
 
     The run directory is locked first; ``config.json`` is rewritten only once the extended config
     has been checked and the checkpoint loaded.
     """
     run_dir = Path(run_dir)
+    if tracking is not None and tracking.track:
+        require_wandb()
     with log_to_stderr(), stop_on_signals() as stop, existing_run_dir(run_dir):
         config = TrainConfig.load(run_dir / CONFIG_FILE)
         if env is not None and env != config.env:
@@ -162,7 +177,7 @@ def resume(run_dir: Path, total_steps: int | None = None, env: str | None = None
                 )
             step = agent.num_timesteps
             truncate_metrics(run_dir, step)
-            _, callbacks = run_callbacks(config, run_dir, stop, purge_step=step)
+            _, callbacks = run_callbacks(config, run_dir, stop, purge_step=step, tracking=tracking)
             _learn(agent, config.total_steps, callbacks, run_dir, stop)
         finally:
             agent.trainer.close()

@@ -21,6 +21,7 @@ from nmrl.sparsity import sparsify
 from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, sparsity_from_dict, sparsity_to_dict
 from nmrl.train.checkpoint import nonfinite_tensors
 from nmrl.train.networks import ACTIVATIONS, Actor, DeterministicPolicy, GaussianActor
+from nmrl.train.normalization import NormalizedPolicy, ObsNormalization
 from nmrl.train.sparse import set_leaky_relu_slope, sparsify_unstructured_network
 
 POLICY_KINDS = ("deterministic", "gaussian")
@@ -132,7 +133,10 @@ def policy_part(spec: PolicySpec, actor_weights: dict[str, Any]) -> dict[str, An
 
 def policy_from_part(part: Any) -> tuple[PolicySpec, nn.Module]:
     """The spec and the deterministic policy (CPU, eval mode) of a checkpoint's ``policy`` part;
-    :class:`NmrlError` when it is malformed, does not fit its spec or holds NaN/inf weights."""
+    :class:`NmrlError` when it is malformed, does not fit its spec or holds NaN/inf weights.
+
+    A part with ``obs_normalization`` (a ``--normalize-obs`` run) gives a policy on raw
+    observations: the frozen normalisation, then the actor (:class:`~nmrl.train.normalization.NormalizedPolicy`)."""
     if not isinstance(part, dict) or not isinstance(part.get("actor"), dict):
         raise NmrlError("the checkpoint's policy part is malformed")
     spec = PolicySpec.from_dict(part.get("spec"))
@@ -144,4 +148,6 @@ def policy_from_part(part: Any) -> tuple[PolicySpec, nn.Module]:
     broken = nonfinite_tensors(actor.state_dict())
     if broken:
         raise NmrlError(f"the policy holds NaN/inf weights ({', '.join(broken[:3])}); nothing to run")
+    if "obs_normalization" in part:
+        policy = NormalizedPolicy(ObsNormalization.from_part(part["obs_normalization"], spec.obs_dim), policy)
     return spec, policy.eval()

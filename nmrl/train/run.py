@@ -105,6 +105,10 @@ def _derived_policy_part(state: dict[str, Any], config: TrainConfig, env_id: str
 # What a run writes before its first checkpoint (``nmrl.train.loop``): a folder holding only these
 # (and an empty checkpoints/) is a start that was killed, and a new `nmrl train` may reuse it.
 UNSTARTED_RUN_FILES = ("config.json", "metrics.jsonl", COSTS_FILE)
+WANDB_FOLDER = "wandb"
+"""The folder of a run directory that Weights & Biases writes (``--track``, :mod:`nmrl.train.tracking`):
+W&B's own files and links, nothing nmrl writes, so the run-directory checks leave what is inside
+to W&B (the folder itself being a link is still refused)."""
 
 
 def unstarted_run_files(run_dir: Path) -> list[Path] | None:
@@ -118,6 +122,8 @@ def unstarted_run_files(run_dir: Path) -> list[Path] | None:
             continue
         if child.name == "checkpoints" and child.is_dir():
             ours = all(_is_temp_file(grandchild) for grandchild in child.iterdir())  # no checkpoint yet
+        elif child.name == WANDB_FOLDER:
+            ours = child.is_dir()  # what W&B wrote for a --track start
         else:
             names = child.name in UNSTARTED_RUN_FILES or child.name.startswith(EVENTS_PREFIX)
             ours = child.is_file() and (names or _is_temp_file(child))

@@ -38,7 +38,7 @@ from types import FrameType
 
 from nmrl.errors import Interrupted, NmrlError
 from nmrl.files import LockHeld, atomic_write_text, hold_lock, refuse_links
-from nmrl.train.run import CHECKPOINTS, read_metrics, unstarted_run_files
+from nmrl.train.run import CHECKPOINTS, WANDB_FOLDER, read_metrics, unstarted_run_files
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def existing_run_dir(run_dir: Path) -> Iterator[Path]:
     if not (run_dir / CONFIG_FILE).is_file():
         raise NmrlError(f"{run_dir}: not an nmrl run directory (no {CONFIG_FILE})")
     with hold_lock(run_dir, "run"):
-        refuse_links(run_dir)
+        refuse_links(run_dir, skip=(WANDB_FOLDER,))
         yield run_dir
 
 

@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from nmrl.envs import check_env, env_dims, make_env
 from nmrl.errors import NmrlError, gist
 from nmrl.train.algorithm import Algorithm, get_algorithm
-from nmrl.train.buffer import ReplayBuffer
+from nmrl.train.buffer import Batch, ReplayBuffer
 from nmrl.train.checkpoint import checkpoint_step, nonfinite_tensors
 from nmrl.train.config import TrainConfig
 from nmrl.train.networks import check_networks_fit
+from nmrl.train.normalization import NormalizedPolicy, ObservationNormalizer
 
 if TYPE_CHECKING:
     from nmrl.train.callbacks import BaseCallback
@@ -83,6 +85,8 @@ class Trainer:
         check_networks_fit(obs_dim, act_dim, config.hidden, self.device)  # before building them: no OOM kill
         algorithm = get_algorithm(config.algo)
         self.algo: Algorithm = algorithm(obs_dim, act_dim, low, high, config.algorithm_config(), self.device)
+        self.normalizer = ObservationNormalizer(obs_dim, config.clip_obs, self.device) if config.normalize_obs else None
+        """--normalize-obs: the running statistics (updated only by :meth:`learn`'s collection)."""
         self.buffer = ReplayBuffer.allocate(config.buffer_size, obs_dim, act_dim, self.device, seed=config.seed)
         self.rng = np.random.default_rng(config.seed)  # warm-up actions
         self.state = TrainState()
@@ -117,10 +121,14 @@ class Trainer:
                 if self._obs is None:
                     self._obs, _ = self.env.reset()
                 obs = self._obs
+                if self.normalizer is not None:  # each observation acted on counts once (SB3's VecNormalize)
+                    self.normalizer.update(obs)
                 if state.step < cfg.learning_starts:
                     action = self.rng.uniform(self.action_low, self.action_high).astype(np.float32)
                 else:
                     obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+                    if self.normalizer is not None:
+                        obs_tensor = self.normalizer(obs_tensor)
                     action = self.algo.act(obs_tensor, explore=True)[0].cpu().numpy()
                 next_obs, reward, terminated, truncated, _ = self.env.step(action)
                 self.buffer.add(obs, action, float(reward), next_obs, terminated)
@@ -142,7 +150,7 @@ class Trainer:
                     self._episode_return, self._episode_length = 0.0, 0
 
                 if state.step > cfg.learning_starts:
-                    self.losses = self.algo.update(self.buffer.sample(cfg.batch_size))
+                    self.losses = self.algo.update(self.sample())
                     if not all(torch.isfinite(v) for v in self.losses.values()):
                         raise TrainingDiverged(f"a loss became NaN/inf at step {state.step}; stopped")
 
@@ -166,6 +174,28 @@ class Trainer:
             callback.close()
             self._callback = None
 
+    def sample(self) -> Batch:
+        """A training batch; with --normalize-obs its observations are normalised with the current
+        statistics (the buffer keeps raw ones)."""
+        batch = self.buffer.sample(self.config.batch_size)
+        if self.normalizer is None:
+            return batch
+        return batch._replace(obs=self.normalizer(batch.obs), next_obs=self.normalizer(batch.next_obs))
+
+    def policy(self) -> nn.Module:
+        """The deterministic policy on raw observations (with --normalize-obs: the normalisation
+        with the current statistics, then the algorithm's policy), as evaluated and exported."""
+        if self.normalizer is None:
+            return self.algo.policy()
+        return NormalizedPolicy(self.normalizer.module, self.algo.policy())
+
+    def policy_part(self) -> dict[str, Any]:
+        """The checkpoint's ``policy`` part: the algorithm's, with the frozen normalisation."""
+        part = self.algo.policy_part()
+        if self.normalizer is not None:
+            part["obs_normalization"] = self.normalizer.policy_part()
+        return part
+
     def record(self, record: dict[str, Any]) -> None:
         """Hand a metrics record (``kind``, ``step``, numbers) to the callbacks that keep them."""
         if self._callback is not None:
@@ -176,8 +206,10 @@ class Trainer:
         """Actions in env units for one observation or a batch of them."""
         obs = np.asarray(obs, dtype=np.float32)
         batch = torch.as_tensor(obs.reshape(-1, obs.shape[-1]), device=self.device)
-        policy = self.algo.policy()
-        action = policy(batch) if deterministic else self.algo.act(batch, explore=True)
+        if deterministic:
+            action = self.policy()(batch)
+        else:
+            action = self.algo.act(self.normalizer(batch) if self.normalizer is not None else batch, explore=True)
         return action.cpu().numpy().reshape(*obs.shape[:-1], -1)
 
     def refuse_nonfinite(self, kept: str = "") -> None:
@@ -202,8 +234,9 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "algorithm": self.algo.state_dict(),
-            "policy": self.algo.policy_part(),
+            "policy": self.policy_part(),
             "buffer": self.buffer.state_dict(),
+            **({"obs_normalization": self.normalizer.state_dict()} if self.normalizer is not None else {}),
             "train_state": vars(self.state).copy(),
             "rng": {
                 "python": random.getstate(),
@@ -219,7 +252,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "algorithm": self.algo.state_dict(),
-            "policy": self.algo.policy_part(),
+            "policy": self.policy_part(),
             "train_state": vars(self.state).copy(),
         }
 
@@ -236,6 +269,10 @@ class Trainer:
         try:
             self.algo.load_state_dict(state["algorithm"])
             self.buffer.load_state_dict(state["buffer"])
+            if self.normalizer is not None:
+                if "obs_normalization" not in state:
+                    raise KeyError("no observation statistics for --normalize-obs")
+                self.normalizer.load_state_dict(state["obs_normalization"])
             self.state = TrainState(**state["train_state"])
             rng = state["rng"]
             random.setstate(_as_python_random_state(rng["python"]))
