@@ -21,7 +21,7 @@ shared machine hits every variant alike. The table gives the median sample (us p
 ratios are nmrl 2:4 against ONNX Runtime, against emx-onnx-cgen's faster build, and against nmrl's
 dense C, and 1:8 against nmrl's dense C. The CPU's name and SIMD instruction sets are printed: the
 generated C picks AVX-512, AVX2+FMA or NEON at compile time. Weight bytes: what the compiled objects
-hold (``nm -S``: nmrl's value/index arrays, emx's weight arrays) and the nm-packed file's size.
+hold (their read-only data, ``size -A``) and the nm-packed file's size.
 
 emx-onnx-cgen runs from its own environment (``pip install emx-onnx-cgen`` there; ``--emx``
 names the executable, default ``.bench-venv/bin/emx-onnx-cgen``, else the one on PATH); its code
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -142,10 +142,16 @@ def compiler_version(cc: str) -> str:
 # Building
 
 
+def big_stack() -> None:
+    """The harness's stack limit raised to the hard limit: emx-onnx-cgen keeps its temporaries on the
+    stack (its no-malloc setting), 4 x batch x width floats (8 MiB at batch 256, width 2048)."""
+    resource.setrlimit(resource.RLIMIT_STACK, (resource.getrlimit(resource.RLIMIT_STACK)[1],) * 2)
+
+
 def run(command: list[str], what: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=big_stack)
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        tail = (result.stderr or result.stdout or f"exit status {result.returncode}").strip().splitlines()[-5:]
         sys.exit(f"{what} failed ({' '.join(command[:3])} ...):\n" + "\n".join(tail))
 
 
@@ -163,15 +169,12 @@ def export_actors(cell: Cell) -> None:
         cell.files[name] = path
 
 
-def symbol_bytes(obj: Path, pattern: str) -> int:
-    """Total size of the object's symbols whose name matches ``pattern`` (``nm -S``)."""
-    listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout
-    total = 0
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and re.fullmatch(pattern, parts[3]):
-            total += int(parts[1], 16)
-    return total
+def constant_bytes(obj: Path) -> int:
+    """Bytes of the object's read-only data sections (``size -A``: .rodata*): the weights, indices
+    and biases as compiled (a compiler may fold small arrays into vector constants without a symbol,
+    so symbols are not counted)."""
+    listing = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in listing.splitlines() if line.startswith(".rodata"))
 
 
 def nmrl_sources(cell: Cell, cc: str, pool: ThreadPoolExecutor) -> list:
@@ -194,7 +197,7 @@ def nmrl_sources(cell: Cell, cc: str, pool: ThreadPoolExecutor) -> list:
             call = f"{prefix}_act(o, a);" if batch == 1 else f"{prefix}_act_batch({batch}, o, a);"
             cell.variants.append(Variant(column, batch, call, cell.files[pattern]))
         command = [*cc.split(), "-std=c99", "-Wall", "-Werror", *FLAGS, "-c", str(c_path), "-o", str(obj)]
-        jobs.append((column, obj, r"L\d+_(w|v|ix)", pool.submit(run, command, f"compiling {c_path.name}")))
+        jobs.append((column, obj, pool.submit(run, command, f"compiling {c_path.name}")))
     return jobs
 
 
@@ -227,7 +230,7 @@ def emx_sources(cell: Cell, cc: str, emx: str, pool: ThreadPoolExecutor) -> list
             cast = f"{name}((const float (*)[{cell.obs}])o, (float (*)[{cell.act}])a);"
             cell.variants.append(Variant(column, batch, cast, cell.files["2:4"]))
             # Every build is waited for; the weight bytes are read from the batch-1 objects.
-            jobs.append((column if batch == 1 else None, obj, r"weight\d+_.*weight", future))
+            jobs.append((column if batch == 1 else None, obj, future))
     return jobs
 
 
@@ -334,10 +337,10 @@ def build_cell(cell: Cell, cc: str, emx: str | None, pool: ThreadPoolExecutor) -
     jobs = nmrl_sources(cell, cc, pool)
     if emx is not None:
         jobs += emx_sources(cell, cc, emx, pool)
-    for column, obj, symbols, future in jobs:
+    for column, obj, future in jobs:
         future.result()
         if column is not None:
-            cell.weight_bytes[column] = symbol_bytes(obj, symbols)
+            cell.weight_bytes[column] = constant_bytes(obj)
     harness = write_harness(cell)
     program = cell.folder / "harness"
     run([*cc.split(), "-std=c99", *FLAGS, "-I", str(cell.folder), str(harness), *map(str, cell.objects),
@@ -401,7 +404,8 @@ def time_cell(cell: Cell, program: Path, rounds: int, samples: int, block_ns: fl
     session = ort_session(cell.files["2:4"])
     for round_index in range(rounds):
         command = [str(program), "time", str(cell.folder / "obs.bin"), str(round_index), str(samples)]
-        result = subprocess.run([*command, str(block_ns), str(budget_ns)], capture_output=True, text=True, check=True)
+        timing = [*command, str(block_ns), str(budget_ns)]
+        result = subprocess.run(timing, capture_output=True, text=True, check=True, preexec_fn=big_stack)
         for line in result.stdout.splitlines():
             column, batch, _, *values = line.split("\t")
             cell.samples.setdefault((column, int(batch)), []).extend(float(value) for value in values)
@@ -441,7 +445,8 @@ def print_table(cells: list[Cell]) -> None:
 
 
 def print_sizes(cells: list[Cell]) -> None:
-    print("\nWeight bytes (KiB): in the compiled object (nm -S) vs the nm-packed file vs fp32 dense")
+    print("\nWeight bytes (KiB): the compiled objects' constant data (.rodata: weights, indices, biases),")
+    print("the nm-packed file's weights (values + bit-packed indices) and the fp32 weights")
     columns = ["fp32 dense", "nmrl dense", "emx"]
     columns += [*(f"nmrl {p}" for p in PATTERNS), *(f"nm-packed {p}" for p in PATTERNS)]
     header = ["actor", *columns]
