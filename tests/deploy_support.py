@@ -67,6 +67,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             eval_every=600,
             eval_episodes=1,
             checkpoint_every=600,
+            # The export tests compare this policy's one-episode return across precisions; it falls
+            # within ~20 steps, so a different set of weights can move that return by a step's
+            # reward. The policy these tests were written against is the SR-STE one (the default
+            # before issue 23); the gradient is not what they test.
+            gradient="ste",
         )
         train(config)
     return run_dir

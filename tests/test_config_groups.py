@@ -39,13 +39,15 @@ def test_a_flat_config_json_loads_into_the_groups(tmp_path):
     path.write_text(json.dumps(FLAT))
     config = TrainConfig.load(path)
     assert config == TrainConfig.from_settings(
-        **{**FLAT, "hidden": (32, 32), "runs_dir": tmp_path.__class__("elsewhere")}
+        **{**FLAT, "hidden": (32, 32), "runs_dir": tmp_path.__class__("elsewhere"), "gradient": "ste"}
     )
     assert config.td3.policy_delay == 3 and config.sac.alpha == 0.3 and config.nm.mask_interval == 5
     assert config.unstructured.optimizer == "masked-adam" and config.fast_path.semi_structured_dtype == "float16"
+    # settings newer than the file: their defaults, except the gradient, which a run saved before it
+    # existed trained with (ste)
     newer = {"gradient": "ste", "env_kwargs": {}, "normalize_obs": False, "clip_obs": 10.0}
     newer |= {"nm_networks": "all", "nm_layers": "all", "target_masks": "remask"}
-    assert flat(config) == {**FLAT, **newer}  # settings newer than the file: their defaults
+    assert flat(config) == {**FLAT, **newer}
     config.save(path)  # written back nested, and read back the same
     assert set(json.loads(path.read_text())) >= set(OPTION_GROUPS)
     assert TrainConfig.load(path) == config

@@ -6,7 +6,7 @@ from nmrl.sparsity import DENSE, NMLinear, NMPattern, check_nm, nm_layers, refre
 
 def test_forward_uses_masked_weight_and_straight_through_gradients():
     torch.manual_seed(0)
-    layer = NMLinear(12, 5, NMPattern(2, 4), srste_decay=0.0)
+    layer = NMLinear(12, 5, NMPattern(2, 4), srste_decay=0.0, gradient="ste")
     x = torch.randn(7, 12)
     expected = x @ (layer.weight * layer.mask).T + layer.bias
     assert torch.allclose(layer(x), expected)
@@ -20,8 +20,8 @@ def test_forward_uses_masked_weight_and_straight_through_gradients():
 def test_srste_decay_pulls_pruned_weights_only():
     torch.manual_seed(0)
     decay = 0.1
-    plain = NMLinear(8, 3, NMPattern(1, 4), srste_decay=0.0)
-    refined = NMLinear(8, 3, NMPattern(1, 4), srste_decay=decay)
+    plain = NMLinear(8, 3, NMPattern(1, 4), srste_decay=0.0, gradient="ste")
+    refined = NMLinear(8, 3, NMPattern(1, 4), srste_decay=decay, gradient="ste")
     refined.load_state_dict(plain.state_dict())
     x = torch.randn(4, 8)
     plain(x).sum().backward()

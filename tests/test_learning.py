@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nmrl.sparsity import NMPattern, check_nm, nm_layers
-from nmrl.train.config import TrainConfig
+from nmrl.train.config import NMOptions, TrainConfig
 from nmrl.train.loop import train
 from nmrl.train.run import load_trained_actor
 
@@ -17,6 +17,9 @@ def test_rnm_td3_2of4_solves_inverted_pendulum(tmp_path):
     config = TrainConfig(
         env="InvertedPendulum-v5",
         sparsity="2:4",
+        # ste solved this task within 40k steps in 3 of 3 seeds, the default active in 1 of 3
+        # (docs/baselines.md, issue 23): this test pins the straight-through path's learning
+        nm=NMOptions(gradient="ste"),
         seed=1,
         total_steps=40_000,
         learning_starts=1_000,

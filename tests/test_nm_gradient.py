@@ -29,7 +29,9 @@ def test_active_gradient_reaches_only_kept_weights() -> None:
 def test_gradient_setting_reaches_every_network_and_is_validated() -> None:
     config = TrainConfig.from_settings(env="Hopper-v5", sparsity="2:4", gradient="active")
     assert TrainConfig.from_dict(config.to_dict()).nm.gradient == "active"
-    assert TrainConfig.from_settings(env="Hopper-v5").nm.gradient == "ste"  # the default, docs/baselines.md says why
+    # the default, of runs and of layers alike (docs/baselines.md says why)
+    assert TrainConfig.from_settings(env="Hopper-v5").nm.gradient == "active"
+    assert NMLinear(16, 8, NMPattern(2, 4)).gradient == "active"
     with pytest.raises(ValueError, match="gradient must be one of"):
         sparsify(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4", gradient="all")
 
@@ -46,3 +48,13 @@ def test_fast_path_kernel_trains_only_kept_weights_too(monkeypatch: pytest.Monke
     grad = layer.weight.grad
     assert grad is not None and grad[layer.mask == 1].abs().sum() > 0
     assert not grad[layer.mask == 0].any()
+
+
+def test_a_config_saved_before_the_option_keeps_training_straight_through(tmp_path) -> None:
+    """A run whose config.json predates --gradient trained every shadow weight: a resume or reload
+    must not switch it to today's default."""
+    saved = TrainConfig.from_settings(env="Hopper-v5", sparsity="2:4").to_dict()
+    del saved["nm"]["gradient"]
+    assert TrainConfig.from_dict(saved).nm.gradient == "ste"
+    explicit = TrainConfig.from_settings(env="Hopper-v5", sparsity="2:4", gradient="active").to_dict()
+    assert TrainConfig.from_dict(explicit).nm.gradient == "active"

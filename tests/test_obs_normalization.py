@@ -23,6 +23,7 @@ from nmrl.export.c_source import generate_c_file
 from nmrl.export.packed import load_packed
 from nmrl.export.pipeline import export_run
 from nmrl.export.quantize import equalize_input, first_layer_input
+from nmrl.export.report import summary_lines
 from nmrl.policy_file import metadata_of, read_claims
 from nmrl.sparsity import NMPattern
 from nmrl.train.checkpoint import load_checkpoint
@@ -180,6 +181,8 @@ def test_export_carries_the_normalisation_into_the_graph(hopper_run, exported, t
     assert claims.sparsity == "2:4" and not exported.check.violations(NMPattern(2, 4))
     actions = _ort(exported.path, obs)
     np.testing.assert_allclose(actions, expected, atol=1e-6)  # raw observations in, the torch policy's actions
+    said = "\n".join(summary_lines(exported.check))  # what nmrl inspect prints of it
+    assert f"running mean/variance of {COUNT_PRIOR + 400:g} observations" in said and "clipped to +-10" in said
 
     packed = export_run(hopper_run, episodes=1, allow_worse_return=True, fmt="nm-packed")
     unpacked = tmp_path / "unpacked.onnx"

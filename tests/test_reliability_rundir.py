@@ -68,7 +68,11 @@ def _plant_events_links(run_dir: Path, victim: Path, seconds: int = 90) -> None:
     now, host, pid = int(time.time()), socket.gethostname(), os.getpid()
     for stamp in range(now, now + seconds):
         for serial in range(60):
-            (run_dir / f"events.out.tfevents.{stamp:010d}.{host}.{pid}.{serial}").symlink_to(victim)
+            link = run_dir / f"events.out.tfevents.{stamp:010d}.{host}.{pid}.{serial}"
+            # The copied run's own event file may hold one of these names (written by this process
+            # moments ago): a real file there cannot redirect a write, so it stays.
+            if not link.exists():
+                link.symlink_to(victim)
 
 
 @pytest.mark.parametrize("planted", [".lock", "metrics.jsonl", "checkpoints", "events"])

@@ -118,6 +118,51 @@ def test_sb3_sac_built_with_the_nm_policy_saves_loads_and_exports(tmp_path):
     np.testing.assert_allclose(session.run(None, {"obs": obs})[0], expected, atol=1e-5)
 
 
+def test_sb3_td3_inside_vec_normalize_exports_a_file_on_raw_observations(tmp_path):
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from nmrl.policy_file import read_claims
+
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make(ENV)]), norm_obs=True, norm_reward=False, clip_obs=5.0)
+    model = sb3.TD3(
+        nmrl_sb3.NMTD3Policy,
+        venv,
+        learning_starts=50,
+        batch_size=32,
+        seed=0,
+        device="cpu",
+        policy_kwargs={**SMALL, "sparsity": "2:4"},
+    )
+    model.learn(150)
+    # Raw observations, some far enough out that clip_obs acts.
+    raw = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    raw = raw * np.sqrt(venv.obs_rms.var).astype(np.float32) * 8 + venv.obs_rms.mean.astype(np.float32)
+    assert np.abs(venv.normalize_obs(raw)).max() == 5.0
+    expected, _ = model.predict(venv.normalize_obs(raw), deterministic=True)  # what SB3 acts on raw inputs
+
+    # The model's own wrapper is found.
+    onnx_path = tmp_path / "actor.onnx"
+    nmrl_sb3.export_actor(model, onnx_path, episodes=1)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"obs": raw})[0], expected, atol=1e-5)
+    claims = read_claims(inspect_model(onnx_path).metadata)
+    assert claims.obs_normalization == {"clip": 5.0, "count": venv.obs_rms.count}
+
+    # Saved apart and loaded without an env: the statistics come as an argument.
+    model.save(tmp_path / "td3.zip")
+    venv.save(tmp_path / "vec_normalize.pkl")
+    loaded = sb3.TD3.load(tmp_path / "td3.zip", device="cpu")
+    stats = VecNormalize.load(str(tmp_path / "vec_normalize.pkl"), DummyVecEnv([lambda: gym.make(ENV)]))
+    nmrl_sb3.export_actor(loaded, tmp_path / "loaded.onnx", env_id=ENV, episodes=1, vec_normalize=stats)
+    session = ort.InferenceSession(str(tmp_path / "loaded.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"obs": raw})[0], expected, atol=1e-5)
+
+    stats.clip_obs = np.inf
+    with pytest.raises(NmrlError, match="finite positive VecNormalize clip_obs"):
+        nmrl_sb3.export_actor(loaded, tmp_path / "inf.onnx", env_id=ENV, episodes=1, vec_normalize=stats)
+    assert not (tmp_path / "inf.onnx").exists()
+
+
 def test_sb3_integration_refuses_what_it_cannot_keep_nm():
     env = gym.make(ENV)
     td3 = sb3.TD3("MlpPolicy", env, policy_kwargs=SMALL, device="cpu")

@@ -71,6 +71,15 @@ def summary_lines(check: ModelCheck) -> list[str]:
             f"(I/O {claims.io_dtype}), opset {check.opset}"
         )
         lines.append(untrusted(line, 1000))  # every value in it is the file's
+        if claims.obs_normalization is not None:
+            stats = claims.obs_normalization
+            lines.append(
+                untrusted(
+                    "takes raw observations: normalised in the graph before the first GEMM "
+                    f"(running mean/variance of {stats['count']:g} observations, frozen at export; clipped to "
+                    f"+-{stats['clip']:g})"
+                )
+            )
         if unreadable is not None:
             lines.append(f"[red]{untrusted(unreadable, None)}[/]")
     else:

@@ -38,11 +38,14 @@ from nmrl.errors import NmrlError
 from nmrl.sparsity.helpers import as_sparsity, bind_optimizer, bind_target
 from nmrl.sparsity.helpers import sparsify as sparsify_module
 from nmrl.sparsity.spec import NMSparsity
+from nmrl.train.normalization import NormalizedPolicy, ObsNormalization, valid_clip
 
 try:
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
     from stable_baselines3.common.utils import get_parameters_by_name
+    from stable_baselines3.common.vec_env import VecNormalize
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
 except ImportError as error:  # pragma: no cover - exercised only where the extra is missing
@@ -238,6 +241,32 @@ def deployed_actor(model: OffPolicyAlgorithm) -> DeployedActor:
     return DeployedActor(model.actor, low, high, gaussian=isinstance(model, SAC))
 
 
+def obs_normalization(model: OffPolicyAlgorithm, vec_normalize: VecNormalize | None = None) -> ObsNormalization | None:
+    """The observation normalisation of ``vec_normalize`` (else the model's own ``VecNormalize``
+    wrapper, if it has one) as a frozen module: ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs,
+    clip_obs)``, SB3's rule with its statistics as they are now, in float32. None when there is no
+    ``VecNormalize`` or it does not normalise observations; :class:`NmrlError` for statistics nmrl
+    cannot carry into a graph (dict observations, another width, an infinite ``clip_obs``)."""
+    venv = vec_normalize if vec_normalize is not None else model.get_vec_normalize_env()
+    if venv is None or not venv.norm_obs:
+        return None
+    if not isinstance(venv.obs_rms, RunningMeanStd):
+        raise NmrlError("nmrl exports VecNormalize statistics of a flat Box observation, not of dict observations")
+    obs_dim = int(model.observation_space.shape[0])
+    mean, var = np.asarray(venv.obs_rms.mean, np.float64), np.asarray(venv.obs_rms.var, np.float64)
+    if mean.shape != (obs_dim,) or var.shape != (obs_dim,):
+        raise NmrlError(f"the VecNormalize statistics are of width {mean.shape}, the model's observations {obs_dim}")
+    if not valid_clip(float(venv.clip_obs)):
+        raise NmrlError(f"a policy file needs a finite positive VecNormalize clip_obs, not {venv.clip_obs}")
+    std = np.sqrt(var + venv.epsilon)
+    return ObsNormalization(
+        torch.from_numpy(mean.astype(np.float32)),
+        torch.from_numpy(std.astype(np.float32)),
+        float(venv.clip_obs),
+        float(venv.obs_rms.count),
+    )
+
+
 def _env_id(model: OffPolicyAlgorithm) -> str | None:
     env = model.get_env()
     if env is None:
@@ -253,8 +282,16 @@ def export_actor(
     episodes: int | None = None,
     parity_samples: int = 256,
     allow_worse_return: bool = False,
+    vec_normalize: VecNormalize | None = None,
 ) -> Any:
     """Write the actor of an SB3 TD3/SAC model to ``path`` as a verified fp32 ONNX file.
+
+    A model trained inside ``VecNormalize`` acts on normalised observations: its statistics (the
+    ``vec_normalize`` given, else the model's own wrapper, :func:`obs_normalization`) go into the
+    graph as the ``Sub``/``Div``/``Clip`` of ``nmrl train --normalize-obs``, so the file takes raw
+    observations, and the checks below run on raw ones. SB3 saves ``VecNormalize`` apart from the
+    model (``vec_normalize.save(path)``): a model loaded without its env has no wrapper, so pass
+    ``vec_normalize=VecNormalize.load(path, venv)``, or the file expects normalised observations.
 
     The same checks as ``nmrl export`` (:func:`nmrl.export.onnx_export.build_policy_onnx` and
     :func:`nmrl.export.parity.verify_export`): every GEMM weight holds the policy's N:M pattern
@@ -270,16 +307,18 @@ def export_actor(
     from nmrl.deploy.torch_backend import TorchPolicy
     from nmrl.export.onnx_export import build_policy_onnx, save_onnx
     from nmrl.export.parity import CHECK_EPISODES, RETURN_MARGIN, enforce, verify_export
-    from nmrl.export.pipeline import RunExport
+    from nmrl.export.pipeline import RunExport, obs_normalization_claim
 
-    policy = deployed_actor(model)
+    actor = deployed_actor(model)
+    normalization = obs_normalization(model, vec_normalize)
+    policy: nn.Module = actor if normalization is None else NormalizedPolicy(normalization, actor)
     env_id = env_id or _env_id(model)
     settings: NMSettings | None = getattr(model.policy, "nm", None)
     claimed = settings.sparsity.pattern if settings is not None else None
     obs_dim = int(model.observation_space.shape[0])  # type: ignore[index]
     act_dim = int(model.action_space.shape[0])  # type: ignore[index]
-    action_low = [float(x) for x in policy.action_bias - policy.action_scale]
-    action_high = [float(x) for x in policy.action_bias + policy.action_scale]
+    action_low = [float(x) for x in actor.action_bias - actor.action_scale]
+    action_high = [float(x) for x in actor.action_bias + actor.action_scale]
     metadata = {
         "env_id": env_id,
         "action_low": action_low,
@@ -287,6 +326,7 @@ def export_actor(
         "algo": f"sb3-{type(model).__name__.lower()}",
         "step": int(model.num_timesteps),
         "trainer": f"stable-baselines3 {stable_baselines3.__version__}",
+        **({"obs_normalization": obs_normalization_claim(policy)} if isinstance(policy, NormalizedPolicy) else {}),
     }
     onnx_model, check = build_policy_onnx(policy, obs_dim, act_dim, claimed, metadata)
     verification = verify_export(

@@ -38,7 +38,7 @@ from nmrl.errors import NmrlError
 from nmrl.sparsity.dynamic import sparsify_unstructured
 from nmrl.sparsity.layers import LayerReport, MaskedLinear, layer_report, masked_layers, refresh_masks, sparsify_nm
 from nmrl.sparsity.pattern import NMPattern
-from nmrl.sparsity.spec import Dense, NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
+from nmrl.sparsity.spec import DEFAULT_NM_GRADIENT, Dense, NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
 
 SparsityLike = str | float | NMPattern | Sparsity
 """What :func:`sparsify` accepts: ``"2:4"``, ``"dense"``, ``"0.9"`` / ``0.9``, an NMPattern, or a spec."""
@@ -66,7 +66,7 @@ def sparsify(
     *,
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
-    gradient: str = "ste",
+    gradient: str = DEFAULT_NM_GRADIENT,
     skip: Iterable[str] = (),
     **unstructured: Any,
 ) -> list[LayerReport]:
@@ -81,7 +81,8 @@ def sparsify(
             stays dense unless the spec says ``layers="all"``). ``"dense"``: nothing changes.
         mask_interval: N:M only: recompute the masks every this many optimizer steps.
         srste_decay: N:M only: SR-STE's decay of the pruned weights (0 = plain straight-through).
-        gradient: N:M only: ``"ste"`` (every shadow weight learns) or ``"active"`` (only kept ones).
+        gradient: N:M only: ``"active"`` (only kept shadow weights learn; the default) or ``"ste"``
+            (every one: straight-through with SR-STE's decay).
         skip: qualified names of Linears to keep dense.
         **unstructured: unstructured only: the topology schedule of
             :func:`nmrl.sparsity.dynamic.sparsify_unstructured` (``interval``, ``drop_fraction``,

@@ -32,6 +32,7 @@ from torch import nn
 
 from nmrl.sparsity.mask import nm_mask
 from nmrl.sparsity.pattern import NMPattern
+from nmrl.sparsity.spec import DEFAULT_NM_GRADIENT, NM_GRADIENTS
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ def _sparse_refined_ste(weight: torch.Tensor, mask: torch.Tensor, decay: float) 
         # grad + decay * (1 - mask) * weight, on its way back to ``weight``
         effective.register_hook(lambda grad: grad.sub(pruned_negated, alpha=decay))
     return effective
-
-
-# Which shadow weights an NMLinear's gradient reaches (see NMLinear's ``gradient``).
-NM_GRADIENTS = ("ste", "active")
 
 
 class LayerKernel(Protocol):
@@ -202,7 +199,7 @@ class NMLinear(MaskedLinear):
         bias: bool = True,
         mask_interval: int = 1,
         srste_decay: float = 2e-4,
-        gradient: str = "ste",
+        gradient: str = DEFAULT_NM_GRADIENT,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -340,7 +337,7 @@ def sparsify_nm(
     mask_interval: int = 1,
     srste_decay: float = 2e-4,
     skip: Iterable[str] = (),
-    gradient: str = "ste",
+    gradient: str = DEFAULT_NM_GRADIENT,
 ) -> list[LayerReport]:
     """Replace, in place, every ``nn.Linear`` of ``module`` (except names in ``skip``) by an
     NMLinear with the same weights; returns the per-layer report. A dense pattern leaves the

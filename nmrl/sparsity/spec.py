@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from nmrl.errors import NmrlError
 from nmrl.sparsity.pattern import NMPattern
+
+NM_GRADIENTS = ("ste", "active")
+"""Which shadow weights of an N:M layer learn: ``ste`` every one (straight-through, SR-STE's decay on
+the pruned ones), ``active`` only the kept ones."""
+DEFAULT_NM_GRADIENT: Final = "active"
+"""The default of every N:M layer and run: on HalfCheetah-v5 ``ste`` held 2:4 at 0.78 of dense and
+``active`` reached 1.02 (docs/baselines.md, "Why 2:4 fell behind dense on HalfCheetah")."""
 
 Topology = Literal["static", "set", "rigl"]
 """How an unstructured mask moves over training: static (SS), set (random regrowth, DS-TD3 /

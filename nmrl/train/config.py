@@ -27,7 +27,7 @@ from tyro.constructors import PrimitiveConstructorSpec
 from nmrl.errors import NmrlError
 from nmrl.files import atomic_write_text
 from nmrl.sparsity.nm_core import fits_2of4
-from nmrl.sparsity.spec import NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
+from nmrl.sparsity.spec import DEFAULT_NM_GRADIENT, NMSparsity, Sparsity, UnstructuredSparsity, parse_sparsity
 from nmrl.train.activations import ACTIVATION_NAMES
 
 ALGORITHM_MODULES: dict[str, str] = {"td3": "nmrl.train.td3", "sac": "nmrl.train.sac"}
@@ -94,9 +94,10 @@ class NMOptions:
     """Recompute N:M masks every this many optimizer steps."""
     srste_decay: float = 2e-4
     """SR-STE decay lambda_w of pruned weights (0 = plain straight-through)."""
-    gradient: Literal["ste", "active"] = "ste"
-    """Which shadow weights learn: ste = all (straight-through + SR-STE), active = only the kept
-    ones (docs/baselines.md, "Why 2:4 fell behind dense on HalfCheetah")."""
+    gradient: Literal["ste", "active"] = DEFAULT_NM_GRADIENT
+    """Which shadow weights learn: active = only the kept ones (the default), ste = all
+    (straight-through + SR-STE; --srste-decay applies to it only). docs/baselines.md, "Why 2:4 fell
+    behind dense on HalfCheetah", has the ablation that chose the default."""
     nm_networks: Literal["all", "actor"] = "all"
     """Which networks are N:M: all (actor, critics and their targets, RNM-TD3), or the actor (and its
     target) only, the critics dense."""
@@ -396,7 +397,7 @@ class TrainConfig(SharedConfig):
         missing = [name for name in ARCHITECTURE_FIELDS if name not in data]
         if missing:
             raise NmrlError(f"config lacks {', '.join(missing)}: not a complete nmrl config")
-        return super().from_dict(data)
+        return super().from_dict(_with_saved_gradient(data))
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -417,6 +418,17 @@ class TrainConfig(SharedConfig):
             return cls.from_dict(data)
         except NmrlError as error:
             raise NmrlError(f"{path}: {error}") from None
+
+
+def _with_saved_gradient(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before --gradient existed trained every shadow weight (``ste``): they resume
+    and reload as they were trained, not with today's default."""
+    nm = data.get("nm")
+    if isinstance(nm, dict) and "gradient" not in nm:
+        return {**data, "nm": {**nm, "gradient": "ste"}}
+    if nm is None and "gradient" not in data:
+        return {**data, "gradient": "ste"}
+    return data
 
 
 # Settings that fix the shapes and meaning of the saved networks: a checkpoint only loads into a
