@@ -690,6 +690,11 @@ INT8_PATHS = r"""
 #include <arm_neon.h>
 #define NMRL_I8_NEON 1
 #endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define NMRL_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define NMRL_NO_UNROLL
+#endif
 """
 
 QUANTIZE_KERNEL = r"""
@@ -835,25 +840,37 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block;
         int32_t acc[16];
 #if defined(NMRL_I8_AVX512)
-        __m512i a = _mm512_setzero_si512(), c = _mm512_setzero_si512();
-        for (w = 0; w < windows; ++w) {
-            const __m512i xw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(u + 16 * w)));
-            for (g = 0; g + 1 < groups; g += 2, vb += 128, ib += 128) {
-                __m512i x0 = _mm512_shuffle_epi8(xw, _mm512_loadu_si512((const void *)ib));
-                __m512i x1 = _mm512_shuffle_epi8(xw, _mm512_loadu_si512((const void *)(ib + 64)));
-                a = _mm512_dpbusd_epi32(a, x0, _mm512_loadu_si512((const void *)vb));
-                c = _mm512_dpbusd_epi32(c, x1, _mm512_loadu_si512((const void *)(vb + 64)));
+        /* Two windows per step into four independent sums (a, c: the first; d, e: the second). */
+        __m512i a = _mm512_setzero_si512(), c = a, d = a, e = a;
+        const size_t step = (size_t)groups * 64;
+#define NMRL_WINDOW(i) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(u + 16 * (i))))
+#define NMRL_DP(s, x, o) \
+    s = _mm512_dpbusd_epi32(s, _mm512_shuffle_epi8(x, _mm512_loadu_si512((const void *)(ib + (o)))), \
+                            _mm512_loadu_si512((const void *)(vb + (o))))
+        NMRL_NO_UNROLL /* gcc unrolls a short window loop whole, then spills its registers */
+        for (w = 0; w + 1 < windows; w += 2, vb += 2 * step, ib += 2 * step) {
+            const __m512i x0 = NMRL_WINDOW(w), x1 = NMRL_WINDOW(w + 1);
+            for (g = 0; g + 1 < groups; g += 2) {
+                NMRL_DP(a, x0, 64 * g);
+                NMRL_DP(c, x0, 64 * g + 64);
+                NMRL_DP(d, x1, step + 64 * g);
+                NMRL_DP(e, x1, step + 64 * g + 64);
             }
             if (g < groups) {
-                __m512i x0 = _mm512_shuffle_epi8(xw, _mm512_loadu_si512((const void *)ib));
-                a = _mm512_dpbusd_epi32(a, x0, _mm512_loadu_si512((const void *)vb));
-                vb += 64;
-                ib += 64;
+                NMRL_DP(a, x0, 64 * g);
+                NMRL_DP(d, x1, step + 64 * g);
             }
         }
-        _mm512_storeu_si512((void *)acc, _mm512_add_epi32(a, c));
+        if (w < windows) {
+            const __m512i x0 = NMRL_WINDOW(w);
+            for (g = 0; g < groups; ++g) NMRL_DP(a, x0, 64 * g);
+        }
+#undef NMRL_WINDOW
+#undef NMRL_DP
+        _mm512_storeu_si512((void *)acc, _mm512_add_epi32(_mm512_add_epi32(a, c), _mm512_add_epi32(d, e)));
 #elif defined(NMRL_I8_AVX2)
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const __m128i xw = _mm_loadu_si128((const __m128i *)(u + 16 * w));
             for (g = 0; g < groups; ++g, vb += 64, ib += 64) {
@@ -870,6 +887,7 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         nmrl_i8_pairs(a0, a1, a2, a3, acc);
 #elif defined(NMRL_I8_NEON)
         NMRL_I8_NEON_BEGIN
+        NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const uint8x16_t xw = vld1q_u8(u + 16 * w);
             for (g = 0; g < groups; ++g, vb += 64, ib += 64) {
