@@ -6,6 +6,9 @@ files (fresh actors masked 2:4, 1:4 and 1:8 by magnitude) and times, at batch 1 
 
 - nmrl's C (``nmrl.export.c_source``): the 2:4 file with every layer dense (``kernels="dense"``:
   nmrl's own dense C of the same actor), and the 2:4, 1:4 and 1:8 files with their N:M kernels;
+- nmrl's int8 C of the int8 files nmrl's quantizer writes from the 2:4 and 1:8 files (the ``ort``
+  recipe, its first layer fp32 as that recipe keeps it unless measured faster; calibrated on the
+  benchmark's random observations): int8 dense (the 2:4 int8 file, every layer dense), 2:4, 1:8;
 - emx-onnx-cgen's C of the same 2:4 ONNX file (a dense ONNX-to-C generator; its best settings:
   no heap temporaries, weights inline, ``restrict``, the batch pinned), built with and without
   ``-ffast-math``;
@@ -19,7 +22,10 @@ timing, each variant's actions are checked against ONNX Runtime on the same obse
 warm-up, then samples of back-to-back calls) and then ONNX Runtime the same way, so a slow spell of a
 shared machine hits every variant alike. The table gives the median sample (us per call); the
 ratios are nmrl 2:4 against ONNX Runtime, against emx-onnx-cgen's faster build, and against nmrl's
-dense C, and 1:8 against nmrl's dense C. The CPU's name and SIMD instruction sets are printed: the
+dense C, 1:8 against nmrl's dense C, and int8 2:4 against fp32 2:4. The int8 variants are
+checked against their int8 file under ONNX Runtime without graph optimizations (the file's own
+Q/DQ ops: ONNX Runtime's fused integer GEMMs round some activations one level apart, see
+tests/test_c_int8.py). The CPU's name and SIMD instruction sets are printed: the
 generated C picks AVX-512, AVX2+FMA or NEON at compile time. Weight bytes: what the compiled objects
 hold (their read-only data, ``size -A``) and the nm-packed file's size.
 
@@ -51,7 +57,8 @@ import torch
 from nmrl.deploy.c_backend import find_compiler
 from nmrl.export.c_source import generate_c, nm_packed_bytes
 from nmrl.export.observations import random_observations
-from nmrl.export.onnx_export import build_policy_onnx, save_onnx
+from nmrl.export.onnx_export import build_policy_onnx, finish_graph, save_onnx
+from nmrl.export.quantize import quantize_int8
 from nmrl.sparsity import sparsify
 from nmrl.sparsity.pattern import NMPattern
 from nmrl.train.networks import Actor
@@ -66,7 +73,9 @@ EMX_SETTINGS = ("--large-temp-threshold", "0", "--large-weight-threshold", "0", 
 """emx-onnx-cgen's fastest settings found: stack temporaries (no malloc per call), weights inline, restrict."""
 POOL = 512
 """Observations the harness cycles through (two distinct batch-256 inputs)."""
+INT8_PATTERNS = ("2:4", "1:8")
 COLUMNS = ("ort", "emx", "emx fast-math", "nmrl dense", "nmrl 2:4", "nmrl 1:4", "nmrl 1:8")
+INT8_COLUMNS = ("nmrl int8 dense", "nmrl int8 2:4", "nmrl int8 1:8")
 TOLERANCE = {"emx fast-math": 1e-4}
 """Max action difference to ONNX Runtime; fp32 sums in another order (fast-math reassociates more)."""
 DEFAULT_TOLERANCE = 1e-5
@@ -92,7 +101,7 @@ class Cell:
     act: int
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
-    """pattern -> ONNX file"""
+    """pattern -> ONNX file ('int8 2:4' etc.: the int8 file of that pattern)"""
     objects: list[Path] = field(default_factory=list)
     variants: list[Variant] = field(default_factory=list)
     headers: list[str] = field(default_factory=list)
@@ -167,6 +176,14 @@ def export_actors(cell: Cell) -> None:
         path = cell.folder / f"actor_{pattern.n}_{pattern.m}.onnx"
         save_onnx(model, path)
         cell.files[name] = path
+        if name in INT8_PATTERNS:
+            calibration = random_observations(cell.obs, 256, seed=index, scale=1.0)
+            quantized, report = quantize_int8(model, calibration, "random observations", "ort", "fp32")
+            metadata = {"dtype": "int8", "io_dtype": "fp32", "quantization": report.to_metadata()}
+            finish_graph(quantized, pattern, metadata)
+            path = cell.folder / f"actor_{pattern.n}_{pattern.m}.int8.onnx"
+            save_onnx(quantized, path)
+            cell.files[f"int8 {name}"] = path
 
 
 def constant_bytes(obj: Path) -> int:
@@ -182,6 +199,8 @@ def nmrl_sources(cell: Cell, cc: str, pool: ThreadPoolExecutor) -> list:
     jobs = []
     plan = [("nmrl dense", "2:4", "dense", "nmrl_dense")]
     plan += [(f"nmrl {name}", name, "auto", f"nmrl_{name.replace(':', '_')}") for name in PATTERNS]
+    plan += [("nmrl int8 dense", "int8 2:4", "dense", "nmrl_i8_dense")]
+    plan += [(f"nmrl int8 {n}", f"int8 {n}", "auto", f"nmrl_i8_{n.replace(':', '_')}") for n in INT8_PATTERNS]
     for column, pattern, kernels, prefix in plan:
         model = onnx.load(cell.files[pattern])
         source = generate_c(model, prefix, kernels)
@@ -191,7 +210,7 @@ def nmrl_sources(cell: Cell, cc: str, pool: ThreadPoolExecutor) -> list:
         cell.headers.append(f"{prefix}.h")
         if kernels == "auto":
             cell.weight_bytes[f"nm-packed {pattern}"] = nm_packed_bytes(source.program)
-        else:
+        elif pattern == "2:4":
             cell.weight_bytes["fp32 dense"] = sum(layer.weight.nbytes for layer in source.program.layers)
         for batch in BATCHES:
             call = f"{prefix}_act(o, a);" if batch == 1 else f"{prefix}_act_batch({batch}, o, a);"
@@ -352,8 +371,10 @@ def build_cell(cell: Cell, cc: str, emx: str | None, pool: ThreadPoolExecutor) -
 # Checking and timing
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
+def ort_session(path: Path, optimized: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    if not optimized:  # the file's own ops, as the C computes them (no fused integer GEMMs)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -368,7 +389,7 @@ def check_cell(cell: Cell, program: Path, obs: np.ndarray) -> float:
     references: dict[Path, np.ndarray] = {}
     for variant, got in zip(cell.variants, actions, strict=True):
         if variant.reference not in references:
-            session = ort_session(variant.reference)
+            session = ort_session(variant.reference, optimized=variant.column not in INT8_COLUMNS)
             references[variant.reference] = session.run(None, {session.get_inputs()[0].name: obs[:256]})[0]
         error = float(np.abs(got - references[variant.reference]).max())
         if error > TOLERANCE.get(variant.column, DEFAULT_TOLERANCE):
@@ -421,8 +442,9 @@ def medians(cell: Cell) -> dict[tuple[str, int], float]:
 
 
 def print_table(cells: list[Cell]) -> None:
-    shown = [column for column in COLUMNS if any((column, 1) in cell.samples for cell in cells)]
+    shown = [column for column in COLUMNS + INT8_COLUMNS if any((column, 1) in cell.samples for cell in cells)]
     header = ["actor", "batch", *shown, "2:4 vs ort", "2:4 vs emx best", "2:4 vs dense", "1:8 vs dense"]
+    header.append("int8 2:4 vs 2:4")
     rows = []
     for cell in cells:
         us = medians(cell)
@@ -435,6 +457,7 @@ def print_table(cells: list[Cell]) -> None:
             sparse = get("nmrl 2:4")
             dense = get("nmrl dense")
             ratios = [get("ort") / sparse, emx_best / sparse, dense / sparse, dense / get("nmrl 1:8")]
+            ratios.append(sparse / get("nmrl int8 2:4"))
             rows.append([cell.label, str(batch), *(f"{get(c):.2f}" for c in shown), *(f"{r:.2f}x" for r in ratios)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
@@ -449,6 +472,7 @@ def print_sizes(cells: list[Cell]) -> None:
     print("the nm-packed file's weights (values + bit-packed indices) and the fp32 weights")
     columns = ["fp32 dense", "nmrl dense", "emx"]
     columns += [*(f"nmrl {p}" for p in PATTERNS), *(f"nm-packed {p}" for p in PATTERNS)]
+    columns += [*INT8_COLUMNS, *(f"nm-packed int8 {p}" for p in INT8_PATTERNS)]
     header = ["actor", *columns]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
@@ -469,7 +493,7 @@ def plot(cells: list[Cell], path: Path) -> None:
     fig, axes = plt.subplots(1, len(BATCHES), figsize=(6 * len(BATCHES), 4.5))
     for axis, batch in zip(axes, BATCHES, strict=True):
         labels = [cell.label.replace(" ", "\n", 1) for cell in cells]
-        shown = [c for c in COLUMNS if any((c, batch) in cell.samples for cell in cells)]
+        shown = [c for c in COLUMNS + INT8_COLUMNS if any((c, batch) in cell.samples for cell in cells)]
         for i, column in enumerate(shown):
             values = [medians(cell).get((column, batch), np.nan) for cell in cells]
             offsets = np.arange(len(cells)) + (i - (len(shown) - 1) / 2) * 0.8 / len(shown)

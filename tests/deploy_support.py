@@ -161,3 +161,49 @@ def load_run_backed_policy(path: Path, dense: bool = False, threads: int = 1):
     policy = OrtPolicy((dense_twin_onnx(model) if dense else model).SerializeToString(), threads=threads)
     policy.backend = "run-backed"
     return policy
+
+
+def aarch64_missing() -> bool:
+    """Whether the aarch64 cross compiler or qemu-aarch64 is missing (.ci/run installs both)."""
+    import shutil
+
+    return shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None
+
+
+needs_aarch64 = pytest.mark.skipif(
+    aarch64_missing(), reason="needs Debian's gcc-aarch64-linux-gnu and qemu-user (.ci/run installs them)"
+)
+
+
+def c_test_policy(pattern: str, hidden: tuple[int, ...], seed: int) -> onnx.ModelProto:
+    """The policy file the C tests generate from: a Hopper-sized actor (bounds [-1, 2]), masked
+    ``pattern`` by magnitude (or ``dense``, with no N:M claim), exported by nmrl's exporter."""
+    from nmrl.export.onnx_export import build_policy_onnx
+    from nmrl.sparsity.pattern import NMPattern
+    from nmrl.train.networks import Actor
+
+    if pattern == "dense":
+        claimed, actor = None, Actor(11, 3, [-1.0] * 3, [2.0] * 3, hidden=hidden).eval()
+    else:
+        claimed, actor = NMPattern.parse(pattern), small_actor(pattern, hidden, seed=seed)
+    bounds = {"action_low": [-1.0] * 3, "action_high": [2.0] * 3}
+    model, _ = build_policy_onnx(actor, 11, 3, claimed, {"env_id": "Hopper-v5", **bounds})
+    return model
+
+
+def aarch64_actions(source, folder: Path, flags: tuple[str, ...], obs: np.ndarray) -> np.ndarray:
+    """The actions of generated C (a :class:`nmrl.export.c_source.CSource`) on ``obs``, cross-compiled
+    with ``aarch64-linux-gnu-gcc`` and ``flags`` around its replay harness, run under ``qemu-aarch64``."""
+    import subprocess
+
+    from nmrl.deploy.c_backend import compile_c
+    from nmrl.export.c_source import replay_harness
+
+    c_path, _ = source.write(folder / "actor.c")
+    (folder / "replay.c").write_text(replay_harness(source))
+    program = compile_c(
+        [c_path, folder / "replay.c"], folder / "replay", (*flags, "-static"), cc="aarch64-linux-gnu-gcc", shared=False
+    )
+    (folder / "obs.bin").write_bytes(np.ascontiguousarray(obs, np.float32).tobytes())
+    subprocess.run(["qemu-aarch64", str(program), str(folder / "obs.bin"), str(folder / "act.bin")], check=True)
+    return np.frombuffer((folder / "act.bin").read_bytes(), np.float32).reshape(len(obs), -1)

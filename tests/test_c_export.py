@@ -11,17 +11,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from deploy_support import gemm_model, small_actor
+from deploy_support import aarch64_actions, c_test_policy, gemm_model, needs_aarch64
 from onnx import numpy_helper
 
 from nmrl.deploy.c_backend import build_c_library, compile_c, load_c_policy
 from nmrl.deploy.policy import load_policy
 from nmrl.errors import NmrlError
-from nmrl.export.c_source import generate_c, generate_c_file, replay_harness
+from nmrl.export.c_source import generate_c, generate_c_file
 from nmrl.export.observations import random_observations
-from nmrl.export.onnx_export import build_policy_onnx, save_onnx
+from nmrl.export.onnx_export import save_onnx
 from nmrl.sparsity.pattern import NMPattern
-from nmrl.train.networks import Actor
 
 HIDDEN = (60, 40)
 """K = 60 for the N:M layer: not a multiple of the 8-wide window; 40 rows: not a multiple of 16."""
@@ -38,12 +37,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("c_models")
     paths = {}
     for index, pattern in enumerate(PATTERNS):
-        if pattern == "dense":
-            claimed, actor = None, Actor(11, 3, [-1.0] * 3, [2.0] * 3, hidden=HIDDEN).eval()
-        else:
-            claimed, actor = NMPattern.parse(pattern), small_actor(pattern, HIDDEN, seed=index)
-        bounds = {"action_low": [-1.0] * 3, "action_high": [2.0] * 3}
-        model, _ = build_policy_onnx(actor, 11, 3, claimed, {"env_id": "Hopper-v5", **bounds})
+        model = c_test_policy(pattern, HIDDEN, seed=index)
         paths[pattern] = folder / f"actor_{pattern.replace(':', '_')}.onnx"
         save_onnx(model, paths[pattern])
     return paths
@@ -165,24 +159,9 @@ def test_c_backend_builds_explicitly_and_refuses_what_it_cannot_run(models, tmp_
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.skipif(
-    shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
-    reason="needs Debian's gcc-aarch64-linux-gnu and qemu-user (.ci/run installs them)",
-)
+@needs_aarch64
 @pytest.mark.parametrize("flags", [("-O2",), ("-O2", "-DNMRL_PORTABLE")], ids=["neon", "portable"])
 def test_aarch64_build_under_qemu_acts_as_x86(models, tmp_path, flags) -> None:
-    source = generate_c_file(models["2:4"])
-    c_path, _ = source.write(tmp_path / "actor.c")
-    (tmp_path / "replay.c").write_text(replay_harness(source))
-    program = compile_c(
-        [c_path, tmp_path / "replay.c"],
-        tmp_path / "replay",
-        (*flags, "-static"),
-        cc="aarch64-linux-gnu-gcc",
-        shared=False,
-    )
     obs = random_observations(11, 32, seed=3)
-    (tmp_path / "obs.bin").write_bytes(obs.tobytes())
-    subprocess.run(["qemu-aarch64", str(program), str(tmp_path / "obs.bin"), str(tmp_path / "act.bin")], check=True)
-    actions = np.frombuffer((tmp_path / "act.bin").read_bytes(), np.float32).reshape(32, 3)
+    actions = aarch64_actions(generate_c_file(models["2:4"]), tmp_path, flags, obs)
     np.testing.assert_allclose(actions, ort_actions(models["2:4"], obs), atol=TOLERANCE)

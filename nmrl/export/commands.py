@@ -50,8 +50,9 @@ def export(
     their sizes reported against dense int8 and dense fp32).
     --format c writes actor.c + actor.h: one dependency-free C99 file whose N:M layers skip the pruned
     weights (entry points nmrl_policy_act and nmrl_policy_act_batch, renamed by --c-prefix), compiled
-    here with the system C compiler and checked like every precision before it is written. RUN_DIR may
-    also be a policy file nmrl wrote (.onnx or .nm.npz, fp32): its C is checked against that file under
+    here with the system C compiler and checked like every precision before it is written; with
+    --dtype int8 the C computes the quantized graph (int8 weights, int32 sums). RUN_DIR may also be a
+    policy file nmrl wrote (.onnx or .nm.npz, fp32 or int8): its C is checked against that file under
     ONNX Runtime and written beside it.
 
     Args:

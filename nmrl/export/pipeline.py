@@ -146,15 +146,16 @@ def export_run(
     (``ort``: fast in ONNX Runtime on a CPU; ``tensorrt``: the settings TensorRT builds) and the
     first layer's precision ``int8_first_layer`` (:func:`nmrl.export.quantize.quantize_int8`); ``pad_k``
     pads the first layer's K to a multiple of 4 inside the graph. ``fmt="c"`` writes ``actor.c`` and
-    ``actor.h`` (entry points ``<c_prefix>_act``), verified as compiled here (fp32 only).
+    ``actor.h`` (entry points ``<c_prefix>_act``), verified as compiled here (fp32, or int8 from the
+    quantized graph: :mod:`nmrl.export.c_source`).
 
     Nothing is written when verification fails (:class:`NmrlError`).
     """
     episodes = CHECK_EPISODES if episodes is None else episodes
     return_margin = RETURN_MARGIN if return_margin is None else return_margin
     check_closed_loop_settings(episodes, return_margin)  # before any work: a refused export costs nothing
-    if fmt == "c" and (dtype != "fp32" or io_dtype not in (None, "fp32")):
-        raise NmrlError("--format c writes fp32 C (int8 and fp16 C are not generated): use --dtype fp32")
+    if fmt == "c" and (dtype == "fp16" or io_dtype not in (None, "fp32")):
+        raise NmrlError("--format c writes fp32 and int8 C (fp16 C is not generated): use --dtype fp32 or int8")
     loaded = load_trained_actor(Path(run_dir), which)
     # a bad calibration file is refused before the export is built
     calibrated = load_calibration(calibration, loaded.obs_dim) if dtype == "int8" and calibration else None
@@ -233,9 +234,11 @@ def export_c_file(
     allow_worse_return: bool = False,
     parity_samples: int = 256,
 ) -> RunExport:
-    """C of a policy file nmrl wrote (fp32 ``.onnx`` or ``.nm.npz``), verified before it is written:
-    the compiled C against the file under ONNX Runtime (the file was verified against torch when nmrl
-    exported it), with the same on-policy parity (fp32 tolerance) and closed loop as every export.
+    """C of a policy file nmrl wrote (fp32 or int8 ``.onnx``, or ``.nm.npz``), verified before it is
+    written: the compiled C against the file under ONNX Runtime (the file was verified against torch
+    when nmrl exported it), with the same on-policy parity (the file's precision's tolerance: ONNX
+    Runtime fuses an int8 file's Q/DQ into integer GEMMs that round some activations one level
+    apart from the graph's own ops, which the C computes) and closed loop as every export.
     Writes ``<stem>.c`` and ``<stem>.h`` beside the file (or at ``output``)."""
     from nmrl.envs import env_id_from_file
 
@@ -253,7 +256,7 @@ def export_c_file(
         verification = verify_export(
             reference,
             candidate,
-            "fp32",
+            "int8" if claims.dtype == "int8" else "fp32",
             env_id,
             claims.action_low,
             claims.action_high,
