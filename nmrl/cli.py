@@ -72,10 +72,18 @@ IMPORT_RETRY_SECONDS = 0.05
 """How often a Ctrl-C held back during an import looks again whether the import is over."""
 
 
+_C_CALLBACK_PACKAGES = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
+"""Packages that run Python code from C callbacks (numba's compiler through llvmlite's ctypes
+callbacks): a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes
+callback function" and dropped, and the run goes on."""
+
+
 def _importing(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside Python's import machinery (a module's code being imported)."""
+    """Whether ``frame`` runs inside Python's import machinery (a module's code being imported) or
+    inside a package of :data:`_C_CALLBACK_PACKAGES` (numba compiling nmrl's CPU kernels at start)."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib") or any(part in filename for part in _C_CALLBACK_PACKAGES):
             return True
         frame = frame.f_back
     return False
@@ -83,8 +91,9 @@ def _importing(frame: FrameType | None) -> bool:
 
 @contextmanager
 def _ctrl_c_outside_imports() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as usual, except inside an import: there it is held back and
-    raised once the import is over (looked at every IMPORT_RETRY_SECONDS, by SIGALRM).
+    """Ctrl-C raises KeyboardInterrupt as usual, except inside an import or a numba compile (see
+    :func:`_importing`): there it is held back and raised once that is over (looked at every
+    IMPORT_RETRY_SECONDS, by SIGALRM).
 
     A KeyboardInterrupt raised inside third-party import code (PyTorch, Gymnasium, ONNX load lazily,
     in nmrl's verbs too) is not nmrl's to handle: a library that catches everything at import

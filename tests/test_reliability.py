@@ -423,6 +423,38 @@ def test_ctrl_c_while_starting_is_one_line_130_and_leaves_nothing(tmp_path, dela
     assert left in ([], ["runs"]), (left, err)
 
 
+def test_a_ctrl_c_during_a_numba_compile_is_held_back_until_it_ends():
+    # numba runs Python from llvmlite's ctypes callbacks, where a KeyboardInterrupt is printed and
+    # dropped (a start-up Ctrl-C was lost that way under load). Delivered here from inside numba's
+    # typing of a fresh function, the Ctrl-C must wait for the compile and then be raised.
+    numba = pytest.importorskip("numba")
+    from numba.extending import overload
+
+    from nmrl.cli import _ctrl_c_outside_imports
+
+    def interrupted_while_typing(x):  # pragma: no cover - only its overload runs
+        raise NotImplementedError
+
+    @overload(interrupted_while_typing)
+    def _typing(x):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, inside numba's frames
+        for _ in range(1000):  # bytecodes for the handler to run at, still inside the compile
+            pass
+        return lambda x: x + 1
+
+    @numba.njit(cache=False)
+    def fresh(x):
+        return interrupted_while_typing(x)
+
+    results = []
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_outside_imports():
+        results.append(fresh(1))  # compiles, the Ctrl-C held back meanwhile
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the held Ctrl-C is raised here, within ~50 ms
+            time.sleep(0.01)
+    assert results == [2]
+
+
 def test_ctrl_c_saves_then_exits_130(run_copy):
     process = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "900000")
     try:
