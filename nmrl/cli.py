@@ -113,8 +113,15 @@ def _ctrl_c_outside_imports() -> Iterator[None]:
         raise KeyboardInterrupt
 
     def look_again(_signum: int, frame: FrameType | None) -> None:
-        if held_back:
-            interrupt(held_back[-1], frame)
+        if not held_back:
+            return
+        if signal.getsignal(signal.SIGINT) is not interrupt:
+            # A verb installed its own handler meanwhile (a run's checkpoint-then-stop): the held
+            # Ctrl-C is that handler's, not a KeyboardInterrupt in the middle of its work.
+            held_back.clear()
+            signal.raise_signal(signal.SIGINT)
+            return
+        interrupt(held_back[-1], frame)
 
     previous = signal.signal(signal.SIGINT, interrupt)
     previous_alarm = signal.signal(signal.SIGALRM, look_again)

@@ -455,6 +455,39 @@ def test_a_ctrl_c_during_a_numba_compile_is_held_back_until_it_ends():
     assert results == [2]
 
 
+def test_a_held_back_ctrl_c_goes_to_the_handler_a_verb_installed_meanwhile():
+    # A training run installs its own SIGINT handler (checkpoint, then stop) once it starts: a
+    # Ctrl-C held back before that is the run's, not a KeyboardInterrupt raised inside its work.
+    numba = pytest.importorskip("numba")
+    from numba.extending import overload
+
+    from nmrl.cli import _ctrl_c_outside_imports
+
+    received = []
+
+    def typed_then_handed_over(x):  # pragma: no cover - only its overload runs
+        raise NotImplementedError
+
+    @overload(typed_then_handed_over)
+    def _typing(x):
+        os.kill(os.getpid(), signal.SIGINT)  # held back: numba's frames are on the stack
+        for _ in range(1000):
+            pass
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))  # the verb's own
+        return lambda x: x + 1
+
+    @numba.njit(cache=False)
+    def fresh(x):
+        return typed_then_handed_over(x)
+
+    with _ctrl_c_outside_imports():
+        assert fresh(1) == 2
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert received == [signal.SIGINT]
+
+
 def test_ctrl_c_saves_then_exits_130(run_copy):
     process = nmrl_process("train", "--resume", str(run_copy), "--total-steps", "900000")
     try:
