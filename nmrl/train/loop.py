@@ -195,4 +195,6 @@ def _learn(
             last = run_dir / LAST_CHECKPOINT
             text += f", the last good checkpoint ({last}) is kept" if last.exists() else ", no checkpoint was written"
         raise TrainingDiverged(text) from None
-    stop.raise_if_set(f"checkpoint saved at step {agent.num_timesteps}; resume with: nmrl train --resume {run_dir}")
+    stop.raise_if_set(
+        f"received: checkpoint saved at step {agent.num_timesteps}; resume with: nmrl train --resume {run_dir}"
+    )

@@ -71,9 +71,10 @@ class StopFlag:
         self.number = 0
 
     def raise_if_set(self, what: str) -> None:
-        """Raise :class:`Interrupted` (exit 128 + the signal's number) when a signal came."""
+        """Raise :class:`Interrupted` (exit 128 + the signal's number) when a signal came; its text is
+        the signal's name followed by ``what`` ("SIGINT while starting: ...")."""
         if self.signal is not None:
-            raise Interrupted(f"{self.signal}: {what}", self.number)
+            raise Interrupted(f"{self.signal} {what}", self.number)
 
 
 @contextmanager
