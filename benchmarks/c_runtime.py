@@ -53,6 +53,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from machine import cpu_name
 
 from nmrl.deploy.c_backend import find_compiler
 from nmrl.export.c_source import generate_c, nm_packed_bytes
@@ -117,14 +118,6 @@ class Cell:
 
 # ------------------------------------------------------------------------------------------
 # The machine
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def simd_sets() -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from nmrl.deploy.bench import time_policies
 from nmrl.deploy.ort_backend import OrtPolicy
@@ -64,14 +65,6 @@ def int8_instructions() -> str:
         return "unknown"
     found = [flag for flag in ("avx512_vnni", "avx_vnni", "amx_int8", "avx512bw", "avx2") if flag in flags]
     return ", ".join(found) or "none of avx2/avx512/vnni"
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def main() -> None:
