@@ -27,6 +27,9 @@ HIDDEN = (60, 40)
 PATTERNS = ["2:4", "1:4", "1:8", "3:8", "2:16", "dense"]
 SIMD = ("-O3", "-march=native")
 PORTABLE = ("-O2", "-DNMRL_PORTABLE")
+AVX2 = ("-O3", "-mavx2", "-mfma")
+"""The AVX2 path, run on a CPU that has AVX-512 (whose path -march=native picks)."""
+HAS_AVX2 = Path("/proc/cpuinfo").is_file() and {"avx2", "fma"} <= set(Path("/proc/cpuinfo").read_text().split())
 TOLERANCE = 2e-6
 """fp32: the C sums in another order than ONNX Runtime's GEMM."""
 
@@ -54,7 +57,15 @@ def library(tmp_path: Path, model: Path, flags: tuple[str, ...], name: str = "ac
     return compile_c([c_path], tmp_path / f"{name}.so", flags)
 
 
-@pytest.mark.parametrize("flags", [PORTABLE, SIMD], ids=["portable", "simd"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        PORTABLE,
+        SIMD,
+        pytest.param(AVX2, marks=pytest.mark.skipif(not HAS_AVX2, reason="this CPU has no AVX2 and FMA")),
+    ],
+    ids=["portable", "simd", "avx2"],
+)
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_generated_c_acts_as_onnx_runtime(models, tmp_path, pattern: str, flags) -> None:
     from nmrl.deploy.c_backend import CPolicy

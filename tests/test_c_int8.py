@@ -111,11 +111,11 @@ def test_int8_header_object_and_weight_bytes(int8_files, tmp_path) -> None:
             subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split()
         )
         assert undefined - {"U"} <= {"tanhf", "memcpy", "memset"}, undefined
-    # int8 values: one byte per weight (dense) or per kept value plus its one-byte index (N:M).
+    # int8 values: one byte per weight (dense: no padded rows) or per kept value plus its 4-bit index (N:M).
     layers = source.program.layers
     assert all(layer.weight.dtype == np.int8 for layer in layers)
     assert weight_bytes(source.program) == sum(
-        layer.rows_pad * layer.k_pad if layer.kernel == "dense" else 2 * layer.rows_pad * layer.windows * layer.slots
+        layer.rows * layer.k_pad if layer.kernel == "dense" else 3 * layer.rows_pad * layer.windows * layer.slots // 2
         for layer in layers
     )
 

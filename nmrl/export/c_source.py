@@ -27,13 +27,18 @@ registers, four NEON registers). A layer runs one of two kernels:
 
 - ``dense``: per block, for each input k, 16 weights (the block's rows) times the broadcast input;
   the portable loop keeps 16 independent row sums (vectorized by compilers without -ffast-math,
-  since no sum is reordered) and two sets of them over even/odd k to hide the FMA latency.
-- ``nm``: N:M values plus in-window indices (uint8). The input is read in windows of 8 floats
-  (8/M groups of M); each of the window's ``8/M * N`` slots holds, for the block's 16 rows, one kept
-  value and the position of its input inside the window. AVX2 selects those inputs with
-  ``_mm256_permutevar8x32_ps`` from the window held in a register (no per-weight gather); the
-  portable loop indexes the window. Patterns whose M does not divide 8 use windows of M inputs and
-  the portable loop on every CPU.
+  since no sum is reordered) and two sets of them over even/odd k to hide the FMA latency. Rows past
+  the last whole block (an action head's 3-8) are stored row by row and run as dot products, so a
+  dense layer stores exactly its rows x K weights (int8: K rounded up to 4).
+- ``nm``: N:M values plus, per value, the position of its input inside its window in 4 bits
+  (:data:`INDEX_BITS`). The input is read in windows of 8 floats (8/M groups of M); each of the
+  window's ``8/M * N`` slots holds, for the block's 16 rows, one kept value. Each row's positions
+  follow one another in 32-bit words (a window's slots, then the next window's), so a position is
+  the low nibble of a word held in a register, shifted down by 4 after each slot. AVX-512 and AVX2
+  select the inputs with ``vpermps`` from the window held in a register (it reads the low 4/3 bits
+  of each lane: no masking), NEON with ``tbl``; no per-weight gather. Patterns whose M does not
+  divide 8 use windows of M inputs (at most 16, at most 8 kept) and the portable loop on every CPU;
+  others run dense.
 
 A layer is N:M when its weights are (the file's per-layer pattern) and it has at least
 :data:`NM_MIN_K` inputs and :data:`NM_MIN_ROWS` outputs; otherwise dense (the first layer of a MuJoCo
@@ -41,7 +46,8 @@ actor, K = 11-27, and the action head, 3-8 rows: there the windows' slots are mo
 
 int8 layers store their weights in lanes of 4 (one 32-bit lane of ``vpdpbusd``/``sdot``): dense as
 [blocks][K/4][16 rows][4]; N:M as windows of :data:`INT8_WINDOW` = 16 inputs whose kept values, padded
-to whole lanes of 4 with zero weights, are stored with one byte index each. AVX-512 (with VNNI) selects
+to whole lanes of 4 with zero weights, are stored with a 4-bit position each (two to a byte; the
+kernels widen each byte into two with one shift, or and and). AVX-512 (with VNNI) selects
 each lane's 4 inputs with one ``vpshufb`` of the window and multiplies with ``vpdpbusd`` (u8 inputs
 first, s8 weights second); AVX2 selects the same way and multiplies widened 16-bit values with
 ``vpmaddwd``; NEON selects with ``tbl`` and uses ``sdot`` when ``__ARM_FEATURE_DOTPROD`` (inputs shifted
@@ -81,6 +87,8 @@ INT8_WINDOW = 16
 """Inputs per window of the int8 N:M kernel (one byte shuffle: ``vpshufb``/``tbl`` index 16 bytes)."""
 INT8_LANE = 4
 """int8 values per 32-bit lane: the inputs one ``vpdpbusd``/``sdot`` lane sums."""
+INDEX_BITS = 4
+"""Bits of each N:M value's index: its input's position inside the window (windows of <= 16 inputs)."""
 
 
 @dataclass(frozen=True)
@@ -158,12 +166,25 @@ class Layer:
         return -(-self.k // self.window)
 
     @property
+    def windows_per_word(self) -> int:
+        """fp32 N:M: windows whose 4-bit positions share one 32-bit index word per row."""
+        return 32 // (INDEX_BITS * self.slots)
+
+    @property
+    def index_words(self) -> int:
+        return -(-self.windows // self.windows_per_word)
+
+    @property
+    def full_rows(self) -> int:
+        """Rows in whole blocks of 16; a dense layer stores the rest (an action head's 3-8) row by row."""
+        return self.rows // BLOCK * BLOCK if self.kernel == "dense" else self.rows_pad
+
+    @property
     def k_pad(self) -> int:
-        """Inputs the kernel reads (the window multiple for nm; dense: rounded to 8, int8 to 4)."""
+        """Inputs the kernel reads (the window multiple for nm; dense: K, int8 rounded to 4)."""
         if self.kernel == "nm":
             return self.windows * self.window
-        step = INT8_LANE if self.int8 else WINDOW
-        return -(-self.k // step) * step
+        return -(-self.k // INT8_LANE) * INT8_LANE if self.int8 else self.k
 
     def describe(self) -> str:
         what = f"nm {self.pattern}" if self.kernel == "nm" else "dense"
@@ -249,6 +270,17 @@ def _quantized_weights(
             raise NmrlError(f"unsupported weight DequantizeLinear {node.name}: per-tensor or per-output-channel scales")
         found[node.output[0]] = (values, np.broadcast_to(scale.reshape(-1), (values.shape[0],)).astype(np.float32))
     return found
+
+
+def _indexable(pattern: NMPattern, int8: bool) -> bool:
+    """Whether the N:M kernels can run the pattern: a window of at most 16 inputs (4-bit positions; int8:
+    one byte shuffle of 16 inputs, so M divides 16) and, fp32, at most 8 kept values per row and window
+    (their positions fill one 32-bit index word)."""
+    if int8:
+        return INT8_WINDOW % pattern.m == 0
+    if WINDOW % pattern.m == 0:
+        return True
+    return pattern.m <= 2**INDEX_BITS and pattern.n * INDEX_BITS <= 32
 
 
 def read_program(model: onnx.ModelProto, kernels: str = "auto", source_bytes: bytes | None = None) -> Program:
@@ -342,8 +374,7 @@ def read_program(model: onnx.ModelProto, kernels: str = "auto", source_bytes: by
                 kernels == "auto"
                 and pattern is not None
                 and not pattern.is_dense
-                # int8: a window's inputs must fit one byte shuffle
-                and (not int8 or INT8_WINDOW % pattern.m == 0)
+                and _indexable(pattern, int8)
                 and weight.shape[1] >= NM_MIN_K
                 and rows >= NM_MIN_ROWS
             )
@@ -386,10 +417,11 @@ def read_program(model: onnx.ModelProto, kernels: str = "auto", source_bytes: by
 
 
 def pack_dense(layer: Layer) -> np.ndarray:
-    """[blocks, k_pad, 16]: for each input, the block's 16 row weights (zero rows/inputs padded)."""
-    padded = np.zeros((layer.rows_pad, layer.k_pad), np.float32)
-    padded[: layer.rows, : layer.k] = layer.weight
-    return padded.reshape(-1, BLOCK, layer.k_pad).transpose(0, 2, 1).copy()
+    """Flat: the whole blocks of 16 rows as [blocks, K, 16] (for each input, the block's 16 row weights),
+    then the remaining rows row-major [rows % 16, K]. Nothing padded."""
+    full = layer.full_rows
+    blocks = layer.weight[:full].reshape(-1, BLOCK, layer.k).transpose(0, 2, 1)
+    return np.concatenate([blocks.reshape(-1), layer.weight[full:].reshape(-1)]).astype(np.float32)
 
 
 def _kept(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
@@ -416,34 +448,42 @@ def _kept(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack_nm(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """values [blocks, windows, slots, 16] float32, indices (same shape) uint8: the position inside the
-    window of each value's input."""
+    """values [blocks, windows, slots, 16] float32; index words [blocks, words, 16] uint32: per row, the
+    4-bit positions inside the window of its values, slot after slot and window after window, low bits
+    first, :attr:`Layer.windows_per_word` windows to a word."""
     values, position = _kept(layer)
-
-    def blocked(array: np.ndarray) -> np.ndarray:
-        return array.reshape(-1, BLOCK, layer.windows, layer.slots).transpose(0, 2, 3, 1).copy()
-
-    return blocked(values), blocked(position)
+    per_word, words, slots = layer.windows_per_word, layer.index_words, layer.slots
+    fields = np.zeros((layer.rows_pad, words * per_word, slots), np.uint64)
+    fields[:, : layer.windows] = position
+    shifts = (INDEX_BITS * np.arange(per_word * slots, dtype=np.uint64)).reshape(per_word, slots)
+    code = (fields.reshape(layer.rows_pad, words, per_word, slots) << shifts).sum(axis=(2, 3)).astype(np.uint32)
+    blocked_values = values.reshape(-1, BLOCK, layer.windows, slots).transpose(0, 2, 3, 1).copy()
+    return blocked_values, code.reshape(-1, BLOCK, words).transpose(0, 2, 1).copy()
 
 
 def pack_dense_int8(layer: Layer) -> np.ndarray:
-    """[blocks, k_pad / 4, 16, 4] int8: per group of 4 inputs, each of the block's 16 rows' 4 weights
-    (one 32-bit lane of ``vpdpbusd``/``sdot``)."""
-    padded = np.zeros((layer.rows_pad, layer.k_pad), np.int8)
-    padded[: layer.rows, : layer.k] = layer.weight
-    return padded.reshape(-1, BLOCK, layer.k_pad // INT8_LANE, INT8_LANE).transpose(0, 2, 1, 3).copy()
+    """Flat int8: the whole blocks of 16 rows as [blocks, k_pad / 4, 16, 4] (per group of 4 inputs, each
+    row's 4 weights: one 32-bit lane of ``vpdpbusd``/``sdot``), then the remaining rows row-major
+    [rows % 16, k_pad]."""
+    padded = np.zeros((layer.rows, layer.k_pad), np.int8)
+    padded[:, : layer.k] = layer.weight
+    full = layer.full_rows
+    blocks = padded[:full].reshape(-1, BLOCK, layer.k_pad // INT8_LANE, INT8_LANE).transpose(0, 2, 1, 3)
+    return np.concatenate([blocks.reshape(-1), padded[full:].reshape(-1)])
 
 
 def pack_nm_int8(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """values [blocks, windows, slots / 4, 16, 4] int8 and indices (same shape) uint8: per window of
-    16 inputs, lanes of 4 kept values of one row with their inputs' positions in the window."""
+    """values [blocks, windows, slots / 4, 16, 4] int8: per window of 16 inputs, lanes of 4 kept values
+    of one row; indices [blocks, windows, slots / 4, 16, 2] uint8: their inputs' 4-bit positions in the
+    window, two to a byte (low nibble first)."""
     values, position = _kept(layer)
 
     def blocked(array: np.ndarray) -> np.ndarray:
         shape = (-1, BLOCK, layer.windows, layer.slots // INT8_LANE, INT8_LANE)
         return array.reshape(shape).transpose(0, 2, 3, 1, 4).copy()
 
-    return blocked(values), blocked(position)
+    lanes = blocked(position)
+    return blocked(values), (lanes[..., 0::2] | (lanes[..., 1::2] << INDEX_BITS)).astype(np.uint8)
 
 
 def int8_epilogue(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
@@ -458,7 +498,7 @@ def int8_epilogue(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def packed_weights(layer: Layer) -> list[np.ndarray]:
-    """The arrays the C stores for the layer's weights: dense blocks, or N:M values and indices."""
+    """The arrays the C stores for the layer's weights: dense, or N:M values and index words/bytes."""
     if layer.kernel == "dense":
         return [pack_dense_int8(layer) if layer.int8 else pack_dense(layer)]
     return list(pack_nm_int8(layer) if layer.int8 else pack_nm(layer))
@@ -481,9 +521,10 @@ def _floats(array: np.ndarray) -> str:
 
 
 def _bytes(array: np.ndarray) -> str:
-    """Integers (uint8, int8, int32) as a C initializer list."""
+    """Integers (uint8, int8, int32, uint32) as a C initializer list."""
     flat = np.asarray(array).reshape(-1)
-    return ",\n".join(", ".join(str(int(v)) for v in flat[i : i + 32]) for i in range(0, len(flat), 32))
+    suffix = "u" if flat.dtype == np.uint32 else ""  # 2^31 and above: unsigned, not a long constant
+    return ",\n".join(", ".join(f"{int(v)}{suffix}" for v in flat[i : i + 32]) for i in range(0, len(flat), 32))
 
 
 KERNEL_PATHS = r"""
@@ -501,28 +542,35 @@ KERNEL_PATHS = r"""
 """
 
 DENSE_KERNEL = r"""
-/* y[0..rows_pad) = W x + b; w: [blocks][k][16]; k even (padded with zero weights). */
-static void nmrl_dense16(int rows_pad, int k, const float *w, const float *b, const float *x, float *y)
+/* y[0..rows) = W x + b; w: the whole blocks of 16 rows as [k][16], then the other rows row-major. */
+static void nmrl_dense16(int rows, int k, const float *w, const float *b, const float *x, float *y)
 {
-    int r0, j;
-    for (r0 = 0; r0 < rows_pad; r0 += 16) {
+    const int full = rows - rows % 16;
+    int r0, r, j;
+    for (r0 = 0; r0 < full; r0 += 16) {
         const float *p = w + (size_t)r0 * (size_t)k;
 #if defined(NMRL_AVX512)
         __m512 a = _mm512_loadu_ps(b + r0), c = _mm512_setzero_ps();
-        for (j = 0; j < k; j += 2, p += 32) {
+        for (j = 0; j + 1 < k; j += 2, p += 32) {
             a = _mm512_fmadd_ps(_mm512_loadu_ps(p), _mm512_set1_ps(x[j]), a);
             c = _mm512_fmadd_ps(_mm512_loadu_ps(p + 16), _mm512_set1_ps(x[j + 1]), c);
         }
+        if (j < k) a = _mm512_fmadd_ps(_mm512_loadu_ps(p), _mm512_set1_ps(x[j]), a);
         _mm512_storeu_ps(y + r0, _mm512_add_ps(a, c));
 #elif defined(NMRL_AVX2)
         __m256 a0 = _mm256_loadu_ps(b + r0), a1 = _mm256_loadu_ps(b + r0 + 8);
         __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-        for (j = 0; j < k; j += 2, p += 32) {
+        for (j = 0; j + 1 < k; j += 2, p += 32) {
             __m256 x0 = _mm256_broadcast_ss(x + j), x1 = _mm256_broadcast_ss(x + j + 1);
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8), x0, a1);
             c0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 16), x1, c0);
             c1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 24), x1, c1);
+        }
+        if (j < k) {
+            __m256 x0 = _mm256_broadcast_ss(x + j);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8), x0, a1);
         }
         _mm256_storeu_ps(y + r0, _mm256_add_ps(a0, c0));
         _mm256_storeu_ps(y + r0 + 8, _mm256_add_ps(a1, c1));
@@ -544,45 +592,67 @@ static void nmrl_dense16(int rows_pad, int k, const float *w, const float *b, co
         float a[16], c[16];
         int i;
         for (i = 0; i < 16; ++i) { a[i] = b[r0 + i]; c[i] = 0.0f; }
-        for (j = 0; j < k; j += 2, p += 32)
+        for (j = 0; j + 1 < k; j += 2, p += 32)
             for (i = 0; i < 16; ++i) {
                 a[i] += p[i] * x[j];
                 c[i] += p[16 + i] * x[j + 1];
             }
+        if (j < k)
+            for (i = 0; i < 16; ++i) a[i] += p[i] * x[j];
         for (i = 0; i < 16; ++i) y[r0 + i] = a[i] + c[i];
 #endif
+    }
+    /* The rows past the last whole block (an action head's 3-8): a dot product each, in 8 partial
+     * sums (a vector the compiler keeps without -ffast-math). */
+    w += (size_t)full * (size_t)k;
+    for (r = full; r < rows; ++r, w += k) {
+        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, t = 0.0f;
+        int i;
+        for (j = 0; j + 8 <= k; j += 8)
+            for (i = 0; i < 8; ++i) s[i] += w[j + i] * x[j + i];
+        for (; j < k; ++j) t += w[j] * x[j];
+        y[r] = b[r] + (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + t);
     }
 }
 """
 
 NM_KERNEL = r"""
-/* N:M: v/ix [blocks][windows][slots][16]; each value multiplies x[window start + its index].
- * The SIMD paths select the kept inputs from the window held in a register (window == 8). */
-static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const float *v, const uint8_t *ix,
+/* N:M: v [blocks][windows][slots][16], the kept values; ix [blocks][words][16]: per row, the 4-bit
+ * positions of its values' inputs inside their window, slot after slot, low bits first, per_word
+ * windows to a 32-bit word. The SIMD paths select the inputs from the window held in a register
+ * (window == 8): the position is an index word's low nibble, shifted down by 4 after each slot. */
+static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const float *v, const uint32_t *ix,
                       const float *b, const float *x, float *y)
 {
-    int r0, w, s;
+    const int per_word = 8 / slots, words = (windows + per_word - 1) / per_word;
     const size_t per_block = (size_t)windows * (size_t)slots * 16;
+    int r0, w, s, left;
     for (r0 = 0; r0 < rows_pad; r0 += 16) {
         const float *vb = v + (size_t)(r0 / 16) * per_block;
-        const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block;
+        const uint32_t *ib = ix + (size_t)(r0 / 16) * (size_t)words * 16;
+        left = 0;
 #if defined(NMRL_AVX512)
         if (window == 8) {
             __m512 a = _mm512_loadu_ps(b + r0), c = _mm512_setzero_ps();
-            for (w = 0; w < windows; ++w) {
-                /* Lanes 8-15 are never selected (indices < 8). */
+            __m512i code = _mm512_setzero_si512();
+            for (w = 0; w < windows; ++w, --left) {
+                /* vpermps reads bits 0-3: a position < 8, so lanes 8-15 (left undefined) are never chosen. */
                 const __m512 xw = _mm512_castps256_ps512(_mm256_loadu_ps(x + 8 * w));
-                for (s = 0; s + 1 < slots; s += 2, vb += 32, ib += 32) {
-                    __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)ib));
-                    __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + 16)));
-                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(i0, xw), a);
-                    c = _mm512_fmadd_ps(_mm512_loadu_ps(vb + 16), _mm512_permutexvar_ps(i1, xw), c);
+                if (left == 0) {
+                    code = _mm512_loadu_si512((const void *)ib);
+                    ib += 16;
+                    left = per_word;
+                }
+                for (s = 0; s + 1 < slots; s += 2, vb += 32) {
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, xw), a);
+                    c = _mm512_fmadd_ps(_mm512_loadu_ps(vb + 16),
+                                        _mm512_permutexvar_ps(_mm512_srli_epi32(code, 4), xw), c);
+                    code = _mm512_srli_epi32(code, 8);
                 }
                 if (s < slots) {
-                    __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)ib));
-                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(i0, xw), a);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, xw), a);
+                    code = _mm512_srli_epi32(code, 4);
                     vb += 16;
-                    ib += 16;
                 }
             }
             _mm512_storeu_ps(y + r0, _mm512_add_ps(a, c));
@@ -590,27 +660,34 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
         }
 #elif defined(NMRL_AVX2)
         if (window == 8) {
+            /* vpermps reads bits 0-2 of each index: the low nibble's position. */
             __m256 a0 = _mm256_loadu_ps(b + r0), a1 = _mm256_loadu_ps(b + r0 + 8);
             __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-            for (w = 0; w < windows; ++w) {
+            __m256i k0 = _mm256_setzero_si256(), k1 = k0;
+            for (w = 0; w < windows; ++w, --left) {
                 const __m256 xw = _mm256_loadu_ps(x + 8 * w);
-                for (s = 0; s + 1 < slots; s += 2, vb += 32, ib += 32) {
-                    __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)ib));
-                    __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 8)));
-                    __m256i i2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 16)));
-                    __m256i i3 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 24)));
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, i0), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, i1), a1);
-                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 16), _mm256_permutevar8x32_ps(xw, i2), c0);
-                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 24), _mm256_permutevar8x32_ps(xw, i3), c1);
+                if (left == 0) {
+                    k0 = _mm256_loadu_si256((const __m256i *)ib);
+                    k1 = _mm256_loadu_si256((const __m256i *)(ib + 8));
+                    ib += 16;
+                    left = per_word;
+                }
+                for (s = 0; s + 1 < slots; s += 2, vb += 32) {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, k0), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, k1), a1);
+                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 16),
+                                         _mm256_permutevar8x32_ps(xw, _mm256_srli_epi32(k0, 4)), c0);
+                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 24),
+                                         _mm256_permutevar8x32_ps(xw, _mm256_srli_epi32(k1, 4)), c1);
+                    k0 = _mm256_srli_epi32(k0, 8);
+                    k1 = _mm256_srli_epi32(k1, 8);
                 }
                 if (s < slots) {
-                    __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)ib));
-                    __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 8)));
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, i0), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, i1), a1);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, k0), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, k1), a1);
+                    k0 = _mm256_srli_epi32(k0, 4);
+                    k1 = _mm256_srli_epi32(k1, 4);
                     vb += 16;
-                    ib += 16;
                 }
             }
             _mm256_storeu_ps(y + r0, _mm256_add_ps(a0, c0));
@@ -619,30 +696,36 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
         }
 #elif defined(NMRL_NEON)
         if (window == 8) {
-            /* tbl selects bytes: input index i becomes bytes 4i..4i+3 of the 32-byte window. */
-            static const uint8_t spread[4][16] = {
-                {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
-                {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
-                {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
-                {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
-            static const uint8_t lane[16] = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
-            const uint8x16_t lanes = vld1q_u8(lane), four = vdupq_n_u8(4);
-            const uint8x16_t s0 = vld1q_u8(spread[0]), s1 = vld1q_u8(spread[1]);
-            const uint8x16_t s2 = vld1q_u8(spread[2]), s3 = vld1q_u8(spread[3]);
+            /* tbl selects bytes: position p becomes bytes 4p..4p+3 of the 32-byte window. */
+            const uint32x4_t nibble = vdupq_n_u32(15), spread = vdupq_n_u32(0x04040404u);
+            const uint32x4_t lanes = vdupq_n_u32(0x03020100u);
             float32x4_t a0 = vld1q_f32(b + r0), a1 = vld1q_f32(b + r0 + 4);
             float32x4_t a2 = vld1q_f32(b + r0 + 8), a3 = vld1q_f32(b + r0 + 12);
-            for (w = 0; w < windows; ++w) {
+            uint32x4_t k0 = vdupq_n_u32(0), k1 = k0, k2 = k0, k3 = k0;
+            for (w = 0; w < windows; ++w, --left) {
                 uint8x16x2_t tab;
                 tab.val[0] = vreinterpretq_u8_f32(vld1q_f32(x + 8 * w));
                 tab.val[1] = vreinterpretq_u8_f32(vld1q_f32(x + 8 * w + 4));
-                for (s = 0; s < slots; ++s, vb += 16, ib += 16) {
-                    const uint8x16_t id = vld1q_u8(ib);
-#define NMRL_SEL(q) vreinterpretq_f32_u8(vqtbl2q_u8(tab, vmlaq_u8(lanes, vqtbl1q_u8(id, q), four)))
-                    a0 = vfmaq_f32(a0, vld1q_f32(vb), NMRL_SEL(s0));
-                    a1 = vfmaq_f32(a1, vld1q_f32(vb + 4), NMRL_SEL(s1));
-                    a2 = vfmaq_f32(a2, vld1q_f32(vb + 8), NMRL_SEL(s2));
-                    a3 = vfmaq_f32(a3, vld1q_f32(vb + 12), NMRL_SEL(s3));
+                if (left == 0) {
+                    k0 = vld1q_u32(ib);
+                    k1 = vld1q_u32(ib + 4);
+                    k2 = vld1q_u32(ib + 8);
+                    k3 = vld1q_u32(ib + 12);
+                    ib += 16;
+                    left = per_word;
+                }
+                for (s = 0; s < slots; ++s, vb += 16) {
+#define NMRL_SEL(k) \
+    vreinterpretq_f32_u8(vqtbl2q_u8(tab, vreinterpretq_u8_u32(vmlaq_u32(lanes, vandq_u32(k, nibble), spread))))
+                    a0 = vfmaq_f32(a0, vld1q_f32(vb), NMRL_SEL(k0));
+                    a1 = vfmaq_f32(a1, vld1q_f32(vb + 4), NMRL_SEL(k1));
+                    a2 = vfmaq_f32(a2, vld1q_f32(vb + 8), NMRL_SEL(k2));
+                    a3 = vfmaq_f32(a3, vld1q_f32(vb + 12), NMRL_SEL(k3));
 #undef NMRL_SEL
+                    k0 = vshrq_n_u32(k0, 4);
+                    k1 = vshrq_n_u32(k1, 4);
+                    k2 = vshrq_n_u32(k2, 4);
+                    k3 = vshrq_n_u32(k3, 4);
                 }
             }
             vst1q_f32(y + r0, a0);
@@ -654,19 +737,28 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
 #endif
         {
             float a[16], c[16];
+            uint32_t code[16];
             int i;
-            for (i = 0; i < 16; ++i) { a[i] = b[r0 + i]; c[i] = 0.0f; }
-            for (w = 0; w < windows; ++w) {
+            for (i = 0; i < 16; ++i) { a[i] = b[r0 + i]; c[i] = 0.0f; code[i] = 0; }
+            for (w = 0; w < windows; ++w, --left) {
                 const float *xw = x + (size_t)w * (size_t)window;
-                for (s = 0; s + 1 < slots; s += 2, vb += 32, ib += 32)
+                if (left == 0) {
+                    for (i = 0; i < 16; ++i) code[i] = ib[i];
+                    ib += 16;
+                    left = per_word;
+                }
+                for (s = 0; s + 1 < slots; s += 2, vb += 32)
                     for (i = 0; i < 16; ++i) {
-                        a[i] += vb[i] * xw[ib[i]];
-                        c[i] += vb[16 + i] * xw[ib[16 + i]];
+                        a[i] += vb[i] * xw[code[i] & 15u];
+                        c[i] += vb[16 + i] * xw[(code[i] >> 4) & 15u];
+                        code[i] >>= 8;
                     }
                 if (s < slots) {
-                    for (i = 0; i < 16; ++i) a[i] += vb[i] * xw[ib[i]];
+                    for (i = 0; i < 16; ++i) {
+                        a[i] += vb[i] * xw[code[i] & 15u];
+                        code[i] >>= 4;
+                    }
                     vb += 16;
-                    ib += 16;
                 }
             }
             for (i = 0; i < 16; ++i) y[r0 + i] = a[i] + c[i];
@@ -753,21 +845,23 @@ static void nmrl_quantize(int n, const float *x, float s, float lo, float hi, in
 INT8_EPILOGUE = r"""
 /* y = (float)(int32 sum - offset * rowsum) * scale + b: the int8 Gemm's dequantization (scale =
  * input scale x the row's weight scale) and its fp32 bias, after the exact integer sum. */
-static void nmrl_i8_epilogue(const int32_t *acc, const int32_t *rowsum, int32_t offset, const float *scale,
+static void nmrl_i8_epilogue(int n, const int32_t *acc, const int32_t *rowsum, int32_t offset, const float *scale,
                              const float *b, float *y)
 {
     int i;
-    for (i = 0; i < 16; ++i) y[i] = (float)(acc[i] - offset * rowsum[i]) * scale[i] + b[i];
+    for (i = 0; i < n; ++i) y[i] = (float)(acc[i] - offset * rowsum[i]) * scale[i] + b[i];
 }
 """
 
 DENSE_I8_KERNEL = r"""
-/* int8 dense: w [blocks][k/4][16][4] (row r's 4 consecutive inputs in one 32-bit lane); u: u8 inputs. */
-static void nmrl_dense16_i8(int rows_pad, int groups, const int8_t *w, const int32_t *rowsum, int32_t offset,
+/* int8 dense: w: the whole blocks of 16 rows as [k/4][16][4] (row r's 4 consecutive inputs in one 32-bit
+ * lane), then the other rows row-major [k]; u: u8 inputs. */
+static void nmrl_dense16_i8(int rows, int groups, const int8_t *w, const int32_t *rowsum, int32_t offset,
                             const float *scale, const float *b, const uint8_t *u, float *y)
 {
+    const int full = rows - rows % 16;
     int r0, g;
-    for (r0 = 0; r0 < rows_pad; r0 += 16) {
+    for (r0 = 0; r0 < full; r0 += 16) {
         const int8_t *p = w + (size_t)r0 * (size_t)groups * 4;
         int32_t acc[16];
 #if defined(NMRL_I8_AVX512)
@@ -820,15 +914,24 @@ static void nmrl_dense16_i8(int rows_pad, int groups, const int8_t *w, const int
                 acc[i] += x[0] * p[4 * i] + x[1] * p[4 * i + 1] + x[2] * p[4 * i + 2] + x[3] * p[4 * i + 3];
         }
 #endif
-        nmrl_i8_epilogue(acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
+        nmrl_i8_epilogue(16, acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
+    }
+    /* The rows past the last whole block (an action head's 3-8): an exact int32 dot product each. */
+    for (r0 = full; r0 < rows; ++r0) {
+        const int8_t *p = w + (size_t)r0 * (size_t)groups * 4;
+        int32_t acc = 0;
+        for (g = 0; g < 4 * groups; ++g) acc += (int32_t)u[g] * p[g];
+        nmrl_i8_epilogue(1, &acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
     }
 }
 """
 
 NM_I8_KERNEL = r"""
-/* int8 N:M: v/ix [blocks][windows][groups][16][4]: the input window is 16 u8 values; each 32-bit
- * lane holds 4 kept weights of one row and their positions in the window (padding slots: weight 0).
- * The SIMD paths select the 4 inputs of each lane with one byte shuffle of the window. */
+/* int8 N:M: v [blocks][windows][groups][16][4]: the input window is 16 u8 values; each 32-bit lane
+ * holds 4 kept weights of one row (padding slots: weight 0); ix [blocks][windows][groups][16][2]: their
+ * positions in the window, 4 bits each, two to a byte (low nibble first). The SIMD paths widen each
+ * index byte into two (low nibble, high nibble) and select the 4 inputs of each lane with one byte
+ * shuffle of the window. */
 static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v, const uint8_t *ix,
                          const int32_t *rowsum, int32_t offset, const float *scale, const float *b,
                          const uint8_t *u, float *y)
@@ -837,18 +940,19 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
     const size_t per_block = (size_t)windows * (size_t)groups * 64;
     for (r0 = 0; r0 < rows_pad; r0 += 16) {
         const int8_t *vb = v + (size_t)(r0 / 16) * per_block;
-        const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block;
+        const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block / 2;
         int32_t acc[16];
 #if defined(NMRL_I8_AVX512)
         /* Two windows per step into four independent sums (a, c: the first; d, e: the second). */
         __m512i a = _mm512_setzero_si512(), c = a, d = a, e = a;
+        const __m512i nibbles = _mm512_set1_epi16(0x0F0F);
         const size_t step = (size_t)groups * 64;
 #define NMRL_WINDOW(i) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(u + 16 * (i))))
+#define NMRL_POSITIONS(o) nmrl_i8_positions512(_mm256_loadu_si256((const __m256i *)(ib + (o) / 2)), nibbles)
 #define NMRL_DP(s, x, o) \
-    s = _mm512_dpbusd_epi32(s, _mm512_shuffle_epi8(x, _mm512_loadu_si512((const void *)(ib + (o)))), \
-                            _mm512_loadu_si512((const void *)(vb + (o))))
+    s = _mm512_dpbusd_epi32(s, _mm512_shuffle_epi8(x, NMRL_POSITIONS(o)), _mm512_loadu_si512((const void *)(vb + (o))))
         NMRL_NO_UNROLL /* gcc unrolls a short window loop whole, then spills its registers */
-        for (w = 0; w + 1 < windows; w += 2, vb += 2 * step, ib += 2 * step) {
+        for (w = 0; w + 1 < windows; w += 2, vb += 2 * step, ib += step) {
             const __m512i x0 = NMRL_WINDOW(w), x1 = NMRL_WINDOW(w + 1);
             for (g = 0; g + 1 < groups; g += 2) {
                 NMRL_DP(a, x0, 64 * g);
@@ -866,15 +970,17 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
             for (g = 0; g < groups; ++g) NMRL_DP(a, x0, 64 * g);
         }
 #undef NMRL_WINDOW
+#undef NMRL_POSITIONS
 #undef NMRL_DP
         _mm512_storeu_si512((void *)acc, _mm512_add_epi32(_mm512_add_epi32(a, c), _mm512_add_epi32(d, e)));
 #elif defined(NMRL_I8_AVX2)
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        const __m128i nibbles = _mm_set1_epi16(0x0F0F);
         NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const __m128i xw = _mm_loadu_si128((const __m128i *)(u + 16 * w));
-            for (g = 0; g < groups; ++g, vb += 64, ib += 64) {
-#define NMRL_SEL(o) _mm256_cvtepu8_epi16(_mm_shuffle_epi8(xw, _mm_loadu_si128((const __m128i *)(ib + (o)))))
+            for (g = 0; g < groups; ++g, vb += 64, ib += 32) {
+#define NMRL_SEL(o) _mm256_cvtepu8_epi16(_mm_shuffle_epi8(xw, nmrl_i8_positions128(ib + (o) / 2, nibbles)))
 #define NMRL_W(o) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(vb + (o))))
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(NMRL_W(0), NMRL_SEL(0)));
                 a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(NMRL_W(16), NMRL_SEL(16)));
@@ -890,9 +996,10 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const uint8x16_t xw = vld1q_u8(u + 16 * w);
-            for (g = 0; g < groups; ++g, vb += 64, ib += 64) {
-                NMRL_I8_NEON_STEP(vqtbl1q_u8(xw, vld1q_u8(ib)), vqtbl1q_u8(xw, vld1q_u8(ib + 16)),
-                                  vqtbl1q_u8(xw, vld1q_u8(ib + 32)), vqtbl1q_u8(xw, vld1q_u8(ib + 48)), vb)
+            for (g = 0; g < groups; ++g, vb += 64, ib += 32) {
+#define NMRL_SEL(o) vqtbl1q_u8(xw, nmrl_i8_positions_neon(ib + (o)))
+                NMRL_I8_NEON_STEP(NMRL_SEL(0), NMRL_SEL(8), NMRL_SEL(16), NMRL_SEL(24), vb)
+#undef NMRL_SEL
             }
         }
         NMRL_I8_NEON_END
@@ -901,17 +1008,39 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         for (i = 0; i < 16; ++i) acc[i] = 0;
         for (w = 0; w < windows; ++w) {
             const uint8_t *xw = u + 16 * w;
-            for (g = 0; g < groups; ++g, vb += 64, ib += 64)
+            for (g = 0; g < groups; ++g, vb += 64, ib += 32)
                 for (i = 0; i < 16; ++i)
-                    for (j = 0; j < 4; ++j) acc[i] += xw[ib[4 * i + j]] * vb[4 * i + j];
+                    for (j = 0; j < 4; ++j) acc[i] += xw[(ib[2 * i + j / 2] >> (4 * (j & 1))) & 15] * vb[4 * i + j];
         }
 #endif
-        nmrl_i8_epilogue(acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
+        nmrl_i8_epilogue(16, acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
     }
 }
 """
 
 INT8_HELPERS = r"""
+/* Packed 4-bit positions -> one byte each (low nibble first): the widened byte b | b << 4, masked to
+ * 0x0F0F, holds b's low nibble in its first byte and its high nibble in the second. */
+#if defined(NMRL_I8_AVX512)
+static inline __m512i nmrl_i8_positions512(__m256i packed, __m512i nibbles)
+{
+    const __m512i wide = _mm512_cvtepu8_epi16(packed);
+    return _mm512_and_si512(_mm512_or_si512(wide, _mm512_slli_epi16(wide, 4)), nibbles);
+}
+#elif defined(NMRL_I8_AVX2)
+static inline __m128i nmrl_i8_positions128(const uint8_t *packed, __m128i nibbles)
+{
+    const __m128i wide = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)packed));
+    return _mm_and_si128(_mm_or_si128(wide, _mm_slli_epi16(wide, 4)), nibbles);
+}
+#elif defined(NMRL_I8_NEON)
+static inline uint8x16_t nmrl_i8_positions_neon(const uint8_t *packed)
+{
+    const uint8x8_t bytes = vld1_u8(packed);
+    const uint8x8_t low = vand_u8(bytes, vdup_n_u8(15)), high = vshr_n_u8(bytes, 4);
+    return vcombine_u8(vzip1_u8(low, high), vzip2_u8(low, high));
+}
+#endif
 #if defined(NMRL_I8_AVX2)
 /* a0..a3: rows 0-3, 4-7, 8-11, 12-15, each row's sum split over 2 adjacent lanes: add the pairs. */
 static void nmrl_i8_pairs(__m256i a0, __m256i a1, __m256i a2, __m256i a3, int32_t *acc)
@@ -1093,7 +1222,7 @@ def generate_c(
         arrays = packed_weights(layer)
         names = ["w"] if layer.kernel == "dense" else ["v", "ix"]
         for name, array in zip(names, arrays, strict=True):
-            ctype = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t"}[array.dtype.name]
+            ctype = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "uint32": "uint32_t"}[array.dtype.name]
             text = _floats(array) if array.dtype == np.float32 else _bytes(array)
             body.append(f"static const {ctype} L{i}_{name}[{array.size}] = {{\n{text}\n}};")
     for index, step in enumerate(program.steps):
@@ -1129,14 +1258,14 @@ def generate_c(
                 epilogue = f"L{i}_rs, {layer.quant.offset}, L{i}_s, L{i}_b, q, y"
                 if layer.kernel == "dense":
                     groups = layer.k_pad // INT8_LANE
-                    act.append(f"    nmrl_dense16_i8({layer.rows_pad}, {groups}, L{i}_w, {epilogue});")
+                    act.append(f"    nmrl_dense16_i8({layer.rows}, {groups}, L{i}_w, {epilogue});")
                 else:
                     groups = layer.slots // INT8_LANE
                     act.append(
                         f"    nmrl_nm16_i8({layer.rows_pad}, {layer.windows}, {groups}, L{i}_v, L{i}_ix, {epilogue});"
                     )
             elif layer.kernel == "dense":
-                act.append(f"    nmrl_dense16({layer.rows_pad}, {layer.k_pad}, L{i}_w, L{i}_b, x, y);")
+                act.append(f"    nmrl_dense16({layer.rows}, {layer.k}, L{i}_w, L{i}_b, x, y);")
             else:
                 act.append(
                     f"    nmrl_nm16({layer.rows_pad}, {layer.windows}, {layer.window}, {layer.slots}, "
@@ -1208,7 +1337,8 @@ def generate_c_file(path: Path, prefix: str = "nmrl_policy", kernels: str = "aut
 
 
 def c_weight_bytes(source: CSource) -> int:
-    """Weight bytes stored by the generated file (kernel layout, padding included)."""
+    """Weight bytes stored by the generated file (kernel layout: N:M rows padded to blocks of 16, int8
+    N:M kept values to lanes of 4)."""
     return weight_bytes(source.program)
 
 
