@@ -71,6 +71,7 @@ import onnx
 from onnx import numpy_helper
 
 from nmrl.errors import NmrlError
+from nmrl.export.packed import index_bits
 from nmrl.export.verify import claim_status, inspect_model
 from nmrl.policy_file import PolicyClaims, read_claims
 from nmrl.sparsity.pattern import NMPattern
@@ -87,8 +88,8 @@ INT8_WINDOW = 16
 """Inputs per window of the int8 N:M kernel (one byte shuffle: ``vpshufb``/``tbl`` index 16 bytes)."""
 INT8_LANE = 4
 """int8 values per 32-bit lane: the inputs one ``vpdpbusd``/``sdot`` lane sums."""
-INDEX_BITS = 4
-"""Bits of each N:M value's index: its input's position inside the window (windows of <= 16 inputs)."""
+INT8_INDEX_BITS = 4
+"""Bits of each int8 N:M value's index: its input's position in the window of 16 inputs."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,16 @@ class Layer:
         return -(-self.k // self.window)
 
     @property
+    def index_bits(self) -> int:
+        """fp32 N:M: bits of each value's index, its input's place in its group of M (as nm-packed
+        stores it: 2 for M = 4, 3 for M = 8)."""
+        assert self.pattern is not None
+        return index_bits(self.pattern.m)
+
+    @property
     def windows_per_word(self) -> int:
-        """fp32 N:M: windows whose 4-bit positions share one 32-bit index word per row."""
-        return 32 // (INDEX_BITS * self.slots)
+        """fp32 N:M: windows whose indices share one 32-bit index word per row."""
+        return 32 // (self.index_bits * self.slots)
 
     @property
     def index_words(self) -> int:
@@ -273,14 +281,12 @@ def _quantized_weights(
 
 
 def _indexable(pattern: NMPattern, int8: bool) -> bool:
-    """Whether the N:M kernels can run the pattern: a window of at most 16 inputs (4-bit positions; int8:
-    one byte shuffle of 16 inputs, so M divides 16) and, fp32, at most 8 kept values per row and window
-    (their positions fill one 32-bit index word)."""
+    """Whether the N:M kernels can run the pattern: int8, M divides 16 (one byte shuffle of a window
+    of 16 inputs); fp32, a window's indices fit one 32-bit index word per row."""
     if int8:
         return INT8_WINDOW % pattern.m == 0
-    if WINDOW % pattern.m == 0:
-        return True
-    return pattern.m <= 2**INDEX_BITS and pattern.n * INDEX_BITS <= 32
+    window = WINDOW if WINDOW % pattern.m == 0 else pattern.m
+    return window // pattern.m * pattern.n * index_bits(pattern.m) <= 32
 
 
 def read_program(model: onnx.ModelProto, kernels: str = "auto", source_bytes: bytes | None = None) -> Program:
@@ -449,13 +455,14 @@ def _kept(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
 
 def pack_nm(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     """values [blocks, windows, slots, 16] float32; index words [blocks, words, 16] uint32: per row, the
-    4-bit positions inside the window of its values, slot after slot and window after window, low bits
-    first, :attr:`Layer.windows_per_word` windows to a word."""
+    :attr:`Layer.index_bits`-bit place in its group of each value's input, slot after slot and window
+    after window, low bits first, :attr:`Layer.windows_per_word` windows to a word."""
+    assert layer.pattern is not None
     values, position = _kept(layer)
     per_word, words, slots = layer.windows_per_word, layer.index_words, layer.slots
     fields = np.zeros((layer.rows_pad, words * per_word, slots), np.uint64)
-    fields[:, : layer.windows] = position
-    shifts = (INDEX_BITS * np.arange(per_word * slots, dtype=np.uint64)).reshape(per_word, slots)
+    fields[:, : layer.windows] = position % layer.pattern.m
+    shifts = (layer.index_bits * np.arange(per_word * slots, dtype=np.uint64)).reshape(per_word, slots)
     code = (fields.reshape(layer.rows_pad, words, per_word, slots) << shifts).sum(axis=(2, 3)).astype(np.uint32)
     blocked_values = values.reshape(-1, BLOCK, layer.windows, slots).transpose(0, 2, 3, 1).copy()
     return blocked_values, code.reshape(-1, BLOCK, words).transpose(0, 2, 1).copy()
@@ -483,7 +490,7 @@ def pack_nm_int8(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
         return array.reshape(shape).transpose(0, 2, 3, 1, 4).copy()
 
     lanes = blocked(position)
-    return blocked(values), (lanes[..., 0::2] | (lanes[..., 1::2] << INDEX_BITS)).astype(np.uint8)
+    return blocked(values), (lanes[..., 0::2] | (lanes[..., 1::2] << INT8_INDEX_BITS)).astype(np.uint8)
 
 
 def int8_epilogue(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
@@ -617,16 +624,37 @@ static void nmrl_dense16(int rows, int k, const float *w, const float *b, const 
 """
 
 NM_KERNEL = r"""
-/* N:M: v [blocks][windows][slots][16], the kept values; ix [blocks][words][16]: per row, the 4-bit
- * positions of its values' inputs inside their window, slot after slot, low bits first, per_word
- * windows to a 32-bit word. The SIMD paths select the inputs from the window held in a register
- * (window == 8): the position is an index word's low nibble, shifted down by 4 after each slot. */
-static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const float *v, const uint32_t *ix,
+/* N:M: v [blocks][windows][slots][16], the kept values (a window's groups of m in order, n each);
+ * ix [blocks][words][16]: per row, the place in its group (bits wide) of each value's input, slot after
+ * slot, low bits first, per_word windows to a 32-bit word. The SIMD paths (window == 8) select inputs
+ * with a permute from a table of the group's m inputs repeated across the register: the permute reads
+ * only an index word's low bits, and the table repeats with period m, so the word needs no masking,
+ * only a shift by bits after each slot. */
+#if defined(NMRL_AVX512)
+static inline __m512 nmrl_table512(const float *g, int m)
+{
+    if (m == 8) {
+        const __m512 t = _mm512_castps256_ps512(_mm256_loadu_ps(g));
+        return _mm512_shuffle_f32x4(t, t, 0x44);
+    }
+    if (m == 4) return _mm512_broadcast_f32x4(_mm_loadu_ps(g));
+    return _mm512_castsi512_ps(_mm512_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)g)));
+}
+#elif defined(NMRL_AVX2)
+static inline __m256 nmrl_table256(const float *g, int m)
+{
+    if (m == 8) return _mm256_loadu_ps(g);
+    if (m == 4) return _mm256_broadcast_ps((const __m128 *)g);
+    return _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)g)));
+}
+#endif
+static void nmrl_nm16(int rows_pad, int windows, int n, int m, int bits, const float *v, const uint32_t *ix,
                       const float *b, const float *x, float *y)
 {
-    const int per_word = 8 / slots, words = (windows + per_word - 1) / per_word;
+    const int window = 8 % m == 0 ? 8 : m, groups = window / m, slots = groups * n;
+    const int per_word = 32 / (bits * slots), words = (windows + per_word - 1) / per_word;
     const size_t per_block = (size_t)windows * (size_t)slots * 16;
-    int r0, w, s, left;
+    int r0, w, g, j, left;
     for (r0 = 0; r0 < rows_pad; r0 += 16) {
         const float *vb = v + (size_t)(r0 / 16) * per_block;
         const uint32_t *ib = ix + (size_t)(r0 / 16) * (size_t)words * 16;
@@ -636,23 +664,37 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
             __m512 a = _mm512_loadu_ps(b + r0), c = _mm512_setzero_ps();
             __m512i code = _mm512_setzero_si512();
             for (w = 0; w < windows; ++w, --left) {
-                /* vpermps reads bits 0-3: a position < 8, so lanes 8-15 (left undefined) are never chosen. */
-                const __m512 xw = _mm512_castps256_ps512(_mm256_loadu_ps(x + 8 * w));
                 if (left == 0) {
                     code = _mm512_loadu_si512((const void *)ib);
                     ib += 16;
                     left = per_word;
                 }
-                for (s = 0; s + 1 < slots; s += 2, vb += 32) {
-                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, xw), a);
+                for (g = 0; n == 1 && g + 1 < groups; g += 2, vb += 32) { /* 1:M: two groups, two sums */
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb),
+                                        _mm512_permutexvar_ps(code, nmrl_table512(x + 8 * w + m * g, m)), a);
+                    code = _mm512_srl_epi32(code, _mm_cvtsi32_si128(bits));
                     c = _mm512_fmadd_ps(_mm512_loadu_ps(vb + 16),
-                                        _mm512_permutexvar_ps(_mm512_srli_epi32(code, 4), xw), c);
-                    code = _mm512_srli_epi32(code, 8);
+                                        _mm512_permutexvar_ps(code, nmrl_table512(x + 8 * w + m * (g + 1), m)), c);
+                    code = _mm512_srl_epi32(code, _mm_cvtsi32_si128(bits));
                 }
-                if (s < slots) {
-                    a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, xw), a);
-                    code = _mm512_srli_epi32(code, 4);
-                    vb += 16;
+                for (; g < groups; ++g) {
+                    const __m512 t = nmrl_table512(x + 8 * w + m * g, m);
+                    for (j = 0; j + 1 < n; j += 2, vb += 32) {
+                        a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, t), a);
+                        code = _mm512_srl_epi32(code, _mm_cvtsi32_si128(bits));
+                        c = _mm512_fmadd_ps(_mm512_loadu_ps(vb + 16), _mm512_permutexvar_ps(code, t), c);
+                        code = _mm512_srl_epi32(code, _mm_cvtsi32_si128(bits));
+                    }
+                    if (j < n) {
+                        a = _mm512_fmadd_ps(_mm512_loadu_ps(vb), _mm512_permutexvar_ps(code, t), a);
+                        code = _mm512_srl_epi32(code, _mm_cvtsi32_si128(bits));
+                        vb += 16;
+                    }
+                }
+                if (slots & 1) { /* the next window's first slot sums into the other accumulator */
+                    const __m512 t = a;
+                    a = c;
+                    c = t;
                 }
             }
             _mm512_storeu_ps(y + r0, _mm512_add_ps(a, c));
@@ -660,34 +702,55 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
         }
 #elif defined(NMRL_AVX2)
         if (window == 8) {
-            /* vpermps reads bits 0-2 of each index: the low nibble's position. */
             __m256 a0 = _mm256_loadu_ps(b + r0), a1 = _mm256_loadu_ps(b + r0 + 8);
             __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
             __m256i k0 = _mm256_setzero_si256(), k1 = k0;
+            const __m128i shift = _mm_cvtsi32_si128(bits);
             for (w = 0; w < windows; ++w, --left) {
-                const __m256 xw = _mm256_loadu_ps(x + 8 * w);
                 if (left == 0) {
                     k0 = _mm256_loadu_si256((const __m256i *)ib);
                     k1 = _mm256_loadu_si256((const __m256i *)(ib + 8));
                     ib += 16;
                     left = per_word;
                 }
-                for (s = 0; s + 1 < slots; s += 2, vb += 32) {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, k0), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, k1), a1);
-                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 16),
-                                         _mm256_permutevar8x32_ps(xw, _mm256_srli_epi32(k0, 4)), c0);
-                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 24),
-                                         _mm256_permutevar8x32_ps(xw, _mm256_srli_epi32(k1, 4)), c1);
-                    k0 = _mm256_srli_epi32(k0, 8);
-                    k1 = _mm256_srli_epi32(k1, 8);
+                for (g = 0; n == 1 && g + 1 < groups; g += 2, vb += 32) { /* 1:M: two groups, two sums */
+                    const __m256 t = nmrl_table256(x + 8 * w + m * g, m), u = nmrl_table256(x + 8 * w + m * g + m, m);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(t, k0), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(t, k1), a1);
+                    k0 = _mm256_srl_epi32(k0, shift);
+                    k1 = _mm256_srl_epi32(k1, shift);
+                    c0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 16), _mm256_permutevar8x32_ps(u, k0), c0);
+                    c1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 24), _mm256_permutevar8x32_ps(u, k1), c1);
+                    k0 = _mm256_srl_epi32(k0, shift);
+                    k1 = _mm256_srl_epi32(k1, shift);
                 }
-                if (s < slots) {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(xw, k0), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(xw, k1), a1);
-                    k0 = _mm256_srli_epi32(k0, 4);
-                    k1 = _mm256_srli_epi32(k1, 4);
-                    vb += 16;
+                for (; g < groups; ++g) {
+                    const __m256 t = nmrl_table256(x + 8 * w + m * g, m);
+                    for (j = 0; j + 1 < n; j += 2, vb += 32) {
+                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(t, k0), a0);
+                        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(t, k1), a1);
+                        k0 = _mm256_srl_epi32(k0, shift);
+                        k1 = _mm256_srl_epi32(k1, shift);
+                        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 16), _mm256_permutevar8x32_ps(t, k0), c0);
+                        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 24), _mm256_permutevar8x32_ps(t, k1), c1);
+                        k0 = _mm256_srl_epi32(k0, shift);
+                        k1 = _mm256_srl_epi32(k1, shift);
+                    }
+                    if (j < n) {
+                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vb), _mm256_permutevar8x32_ps(t, k0), a0);
+                        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vb + 8), _mm256_permutevar8x32_ps(t, k1), a1);
+                        k0 = _mm256_srl_epi32(k0, shift);
+                        k1 = _mm256_srl_epi32(k1, shift);
+                        vb += 16;
+                    }
+                }
+                if (slots & 1) { /* the next window's first slot sums into the other accumulators */
+                    __m256 t = a0;
+                    a0 = c0;
+                    c0 = t;
+                    t = a1;
+                    a1 = c1;
+                    c1 = t;
                 }
             }
             _mm256_storeu_ps(y + r0, _mm256_add_ps(a0, c0));
@@ -696,16 +759,15 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
         }
 #elif defined(NMRL_NEON)
         if (window == 8) {
-            /* tbl selects bytes: position p becomes bytes 4p..4p+3 of the 32-byte window. */
-            const uint32x4_t nibble = vdupq_n_u32(15), spread = vdupq_n_u32(0x04040404u);
+            /* tbl selects bytes: place p becomes bytes 4p..4p+3 of the group's inputs (m <= 4: 16 bytes,
+             * a pair repeated for m = 2; m = 8: the 32-byte window). */
+            const uint32x4_t mask = vdupq_n_u32((uint32_t)(m - 1)), spread = vdupq_n_u32(0x04040404u);
             const uint32x4_t lanes = vdupq_n_u32(0x03020100u);
+            const int32x4_t shift = vdupq_n_s32(-bits);
             float32x4_t a0 = vld1q_f32(b + r0), a1 = vld1q_f32(b + r0 + 4);
             float32x4_t a2 = vld1q_f32(b + r0 + 8), a3 = vld1q_f32(b + r0 + 12);
             uint32x4_t k0 = vdupq_n_u32(0), k1 = k0, k2 = k0, k3 = k0;
             for (w = 0; w < windows; ++w, --left) {
-                uint8x16x2_t tab;
-                tab.val[0] = vreinterpretq_u8_f32(vld1q_f32(x + 8 * w));
-                tab.val[1] = vreinterpretq_u8_f32(vld1q_f32(x + 8 * w + 4));
                 if (left == 0) {
                     k0 = vld1q_u32(ib);
                     k1 = vld1q_u32(ib + 4);
@@ -714,18 +776,30 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
                     ib += 16;
                     left = per_word;
                 }
-                for (s = 0; s < slots; ++s, vb += 16) {
+                for (g = 0; g < groups; ++g) {
+                    const float *xg = x + 8 * w + m * g;
+                    uint8x16x2_t tab;
+                    if (m == 8) {
+                        tab.val[0] = vreinterpretq_u8_f32(vld1q_f32(xg));
+                        tab.val[1] = vreinterpretq_u8_f32(vld1q_f32(xg + 4));
+                    } else {
+                        tab.val[0] = m == 4 ? vreinterpretq_u8_f32(vld1q_f32(xg))
+                                            : vreinterpretq_u8_f32(vcombine_f32(vld1_f32(xg), vld1_f32(xg)));
+                        tab.val[1] = tab.val[0];
+                    }
+                    for (j = 0; j < n; ++j, vb += 16) {
 #define NMRL_SEL(k) \
-    vreinterpretq_f32_u8(vqtbl2q_u8(tab, vreinterpretq_u8_u32(vmlaq_u32(lanes, vandq_u32(k, nibble), spread))))
-                    a0 = vfmaq_f32(a0, vld1q_f32(vb), NMRL_SEL(k0));
-                    a1 = vfmaq_f32(a1, vld1q_f32(vb + 4), NMRL_SEL(k1));
-                    a2 = vfmaq_f32(a2, vld1q_f32(vb + 8), NMRL_SEL(k2));
-                    a3 = vfmaq_f32(a3, vld1q_f32(vb + 12), NMRL_SEL(k3));
+    vreinterpretq_f32_u8(vqtbl2q_u8(tab, vreinterpretq_u8_u32(vmlaq_u32(lanes, vandq_u32(k, mask), spread))))
+                        a0 = vfmaq_f32(a0, vld1q_f32(vb), NMRL_SEL(k0));
+                        a1 = vfmaq_f32(a1, vld1q_f32(vb + 4), NMRL_SEL(k1));
+                        a2 = vfmaq_f32(a2, vld1q_f32(vb + 8), NMRL_SEL(k2));
+                        a3 = vfmaq_f32(a3, vld1q_f32(vb + 12), NMRL_SEL(k3));
 #undef NMRL_SEL
-                    k0 = vshrq_n_u32(k0, 4);
-                    k1 = vshrq_n_u32(k1, 4);
-                    k2 = vshrq_n_u32(k2, 4);
-                    k3 = vshrq_n_u32(k3, 4);
+                        k0 = vshlq_u32(k0, shift);
+                        k1 = vshlq_u32(k1, shift);
+                        k2 = vshlq_u32(k2, shift);
+                        k3 = vshlq_u32(k3, shift);
+                    }
                 }
             }
             vst1q_f32(y + r0, a0);
@@ -736,29 +810,32 @@ static void nmrl_nm16(int rows_pad, int windows, int window, int slots, const fl
         }
 #endif
         {
+            const uint32_t mask = (1u << bits) - 1u;
             float a[16], c[16];
             uint32_t code[16];
             int i;
             for (i = 0; i < 16; ++i) { a[i] = b[r0 + i]; c[i] = 0.0f; code[i] = 0; }
             for (w = 0; w < windows; ++w, --left) {
-                const float *xw = x + (size_t)w * (size_t)window;
                 if (left == 0) {
                     for (i = 0; i < 16; ++i) code[i] = ib[i];
                     ib += 16;
                     left = per_word;
                 }
-                for (s = 0; s + 1 < slots; s += 2, vb += 32)
-                    for (i = 0; i < 16; ++i) {
-                        a[i] += vb[i] * xw[code[i] & 15u];
-                        c[i] += vb[16 + i] * xw[(code[i] >> 4) & 15u];
-                        code[i] >>= 8;
+                for (g = 0; g < groups; ++g) {
+                    const float *xg = x + (size_t)w * (size_t)window + m * g;
+                    for (j = 0; j + 1 < n; j += 2, vb += 32)
+                        for (i = 0; i < 16; ++i) {
+                            a[i] += vb[i] * xg[code[i] & mask];
+                            c[i] += vb[16 + i] * xg[(code[i] >> bits) & mask];
+                            code[i] >>= 2 * bits;
+                        }
+                    if (j < n) {
+                        for (i = 0; i < 16; ++i) {
+                            a[i] += vb[i] * xg[code[i] & mask];
+                            code[i] >>= bits;
+                        }
+                        vb += 16;
                     }
-                if (s < slots) {
-                    for (i = 0; i < 16; ++i) {
-                        a[i] += vb[i] * xw[code[i] & 15u];
-                        code[i] >>= 4;
-                    }
-                    vb += 16;
                 }
             }
             for (i = 0; i < 16; ++i) y[r0 + i] = a[i] + c[i];
@@ -1267,8 +1344,10 @@ def generate_c(
             elif layer.kernel == "dense":
                 act.append(f"    nmrl_dense16({layer.rows}, {layer.k}, L{i}_w, L{i}_b, x, y);")
             else:
+                assert layer.pattern is not None
                 act.append(
-                    f"    nmrl_nm16({layer.rows_pad}, {layer.windows}, {layer.window}, {layer.slots}, "
+                    f"    nmrl_nm16({layer.rows_pad}, {layer.windows}, {layer.pattern.n}, {layer.pattern.m}, "
+                    f"{layer.index_bits}, "
                     f"L{i}_v, L{i}_ix, L{i}_b, x, y);"
                 )
             act.append(f"    for (i = {layer.rows}; i < {scratch}; ++i) y[i] = 0.0f;")
@@ -1345,8 +1424,6 @@ def c_weight_bytes(source: CSource) -> int:
 def nm_packed_bytes(program: Program) -> int:
     """What nm-packed stores for the same layers (values, fp32 or int8, + bit-packed indices; dense
     layers dense)."""
-    from nmrl.export.packed import index_bits
-
     total = 0
     for layer in program.layers:
         if layer.pattern is None or layer.pattern.is_dense:
