@@ -176,3 +176,28 @@ def test_aarch64_build_under_qemu_acts_as_x86(models, tmp_path, flags) -> None:
     obs = random_observations(11, 32, seed=3)
     actions = aarch64_actions(generate_c_file(models["2:4"]), tmp_path, flags, obs)
     np.testing.assert_allclose(actions, ort_actions(models["2:4"], obs), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "1:8"])
+def test_object_stores_nm_packed_bytes_for_an_nm_layer_and_no_padding_for_dense(tmp_path, pattern: str) -> None:
+    """In the compiled object, a 64x64 N:M layer's values and indices take what nm-packed stores
+    (kept values + ceil(log2 M)-bit indices); the dense first layer and 3-row head exactly rows x K."""
+    from nmrl.export.packed import index_bits
+
+    source = generate_c(c_test_policy(pattern, (64, 64), seed=5))
+    c_path, _ = source.write(tmp_path / "actor.c")
+    obj = tmp_path / "actor.o"
+    subprocess.run(["gcc", "-std=c99", "-O2", "-c", str(c_path), "-o", str(obj)], check=True)
+    listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout
+    sizes = {line.split()[3]: int(line.split()[1], 16) for line in listing.splitlines() if len(line.split()) == 4}
+    first, hidden, head = source.program.layers
+    assert (first.kernel, hidden.kernel, head.kernel) == ("dense", "nm", "dense")
+    assert sizes["L0_w"] == 4 * 11 * 64 and sizes["L2_w"] == 4 * 64 * 3
+    n, m = NMPattern.parse(pattern).n, NMPattern.parse(pattern).m
+    kept = 64 * (64 // m) * n
+    assert sizes["L1_v"] == 4 * kept
+    packed_index_bytes = -(-kept * index_bits(m) // 8)
+    if pattern == "1:8":  # 3-bit indices, 10 to a 32-bit word: a row's 8 windows take one word
+        assert sizes["L1_ix"] == 4 * 64 and packed_index_bytes == 3 * 64
+    else:
+        assert sizes["L1_ix"] == packed_index_bytes

@@ -30,15 +30,18 @@ registers, four NEON registers). A layer runs one of two kernels:
   since no sum is reordered) and two sets of them over even/odd k to hide the FMA latency. Rows past
   the last whole block (an action head's 3-8) are stored row by row and run as dot products, so a
   dense layer stores exactly its rows x K weights (int8: K rounded up to 4).
-- ``nm``: N:M values plus, per value, the position of its input inside its window in 4 bits
-  (:data:`INDEX_BITS`). The input is read in windows of 8 floats (8/M groups of M); each of the
-  window's ``8/M * N`` slots holds, for the block's 16 rows, one kept value. Each row's positions
-  follow one another in 32-bit words (a window's slots, then the next window's), so a position is
-  the low nibble of a word held in a register, shifted down by 4 after each slot. AVX-512 and AVX2
-  select the inputs with ``vpermps`` from the window held in a register (it reads the low 4/3 bits
-  of each lane: no masking), NEON with ``tbl``; no per-weight gather. Patterns whose M does not
-  divide 8 use windows of M inputs (at most 16, at most 8 kept) and the portable loop on every CPU;
-  others run dense.
+- ``nm``: N:M values plus, per value, its input's place in its group of M in ``ceil(log2 M)`` bits
+  (2 for M = 4, 3 for M = 8: what nm-packed stores). The input is read in windows of 8 floats (8/M
+  groups of M); each of the window's ``8/M * N`` slots holds, for the block's 16 rows, one kept
+  value. Each row's indices follow one another in 32-bit words (a window's slots, then the next
+  window's), so an index is the low bits of a word held in a register, shifted down after each slot.
+  AVX-512 and AVX2 select the inputs with ``vpermps`` from a table holding the group's M inputs
+  repeated across the register: the permute reads only the low 4/3 bits of each lane and the table
+  repeats with period M, so the bits above the index need no masking; NEON masks and selects with
+  ``tbl``; no per-weight gather. 1:M patterns alternate two sums across groups and windows (one
+  kept value per group would otherwise chain every FMA). Patterns whose M does not divide 8 use
+  windows of M inputs and the portable loop on every CPU (a window's indices must fit one word;
+  others run dense).
 
 A layer is N:M when its weights are (the file's per-layer pattern) and it has at least
 :data:`NM_MIN_K` inputs and :data:`NM_MIN_ROWS` outputs; otherwise dense (the first layer of a MuJoCo
@@ -46,7 +49,7 @@ actor, K = 11-27, and the action head, 3-8 rows: there the windows' slots are mo
 
 int8 layers store their weights in lanes of 4 (one 32-bit lane of ``vpdpbusd``/``sdot``): dense as
 [blocks][K/4][16 rows][4]; N:M as windows of :data:`INT8_WINDOW` = 16 inputs whose kept values, padded
-to whole lanes of 4 with zero weights, are stored with a 4-bit position each (two to a byte; the
+to whole lanes of 4 with zero weights, are stored with a 4-bit position in the window each (two to a byte; the
 kernels widen each byte into two with one shift, or and and). AVX-512 (with VNNI) selects
 each lane's 4 inputs with one ``vpshufb`` of the window and multiplies with ``vpdpbusd`` (u8 inputs
 first, s8 weights second); AVX2 selects the same way and multiplies widened 16-bit values with
