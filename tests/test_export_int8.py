@@ -117,7 +117,9 @@ def ort_actions(model: onnx.ModelProto, states: np.ndarray, fused: bool) -> np.n
 @pytest.mark.xdist_group(TINY_RUN_GROUP)
 def test_the_ort_recipe_quantizes_hidden_outputs_and_runs_integer_gemms(run_dir, tmp_path, capsys) -> None:
     path = tmp_path / "actor.int8.onnx"
-    result = export_run(run_dir, "int8", output=path, episodes=1)
+    # The first layer fixed fp32: measured ("measure", the default), the tiny actor's two candidates run
+    # within the timing noise of a loaded CI machine and either may be kept (test_int8_first_layer.py).
+    result = export_run(run_dir, "int8", output=path, episodes=1, int8_first_layer="fp32")
     model = onnx.load(path)
     # The first layer fp32 on the unquantized observations (its output, after ReLU, quantized) ...
     check = inspect_model(model)
