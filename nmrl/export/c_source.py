@@ -612,16 +612,20 @@ static void nmrl_dense16(int rows, int k, const float *w, const float *b, const 
         for (i = 0; i < 16; ++i) y[r0 + i] = a[i] + c[i];
 #endif
     }
-    /* The rows past the last whole block (an action head's 3-8): a dot product each, in 8 partial
-     * sums (a vector the compiler keeps without -ffast-math). */
+    /* The rows past the last whole block (an action head's 3-8): a dot product each, in 32 partial
+     * sums (vectors the compiler keeps without -ffast-math; 8 made one FMA chain, and a 6-8-row head
+     * ran slower than the padded 16-row block it replaced), added as a tree. */
     w += (size_t)full * (size_t)k;
     for (r = full; r < rows; ++r, w += k) {
-        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, t = 0.0f;
-        int i;
-        for (j = 0; j + 8 <= k; j += 8)
-            for (i = 0; i < 8; ++i) s[i] += w[j + i] * x[j + i];
+        float s[32], t = 0.0f;
+        int i, h;
+        for (i = 0; i < 32; ++i) s[i] = 0.0f;
+        for (j = 0; j + 32 <= k; j += 32)
+            for (i = 0; i < 32; ++i) s[i] += w[j + i] * x[j + i];
         for (; j < k; ++j) t += w[j] * x[j];
-        y[r] = b[r] + (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + t);
+        for (h = 16; h > 0; h /= 2)
+            for (i = 0; i < h; ++i) s[i] += s[i + h];
+        y[r] = b[r] + (s[0] + t);
     }
 }
 """
