@@ -27,15 +27,24 @@ FILES = {
     # name: (pattern, int8 target, first layer)
     "2:4 first-int8": ("2:4", "ort", "int8"),
     "2:4 first-fp32": ("2:4", "ort", "fp32"),
-    "1:8 first-int8": ("1:8", "ort", "int8"),
+    "1:4 first-int8": ("1:4", "ort", "int8"),
+    "1:8 first-int8": ("1:8", "ort", "int8"),  # M = 8: 4-bit positions in the window, lanes half padding
     "2:4 tensorrt": ("2:4", "tensorrt", "int8"),  # signed symmetric activations, fp32 Gemm outputs
     "dense first-int8": ("dense", "ort", "int8"),
 }
+CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
 PATHS = {
     "portable": ("-O2", "-DNMRL_PORTABLE"),
-    "native": ("-O3", "-march=native"),  # AVX-512 VNNI where the CPU has it
-    "avx2": ("-O2", "-mavx2", "-mfma"),  # x86-64 CPUs from 2013 on run it
-    "avx512 without vnni": ("-O2", "-mavx512f", "-mavx512bw", "-mfma"),  # takes the AVX2 int8 path
+    "native": ("-O3", "-march=native"),  # AVX-512 VNNI (and VBMI) where the CPU has it
+    **({"avx2": ("-O2", "-mavx2", "-mfma")} if {"avx2", "fma"} <= CPU_FLAGS else {}),
+    # takes the AVX2 int8 path
+    **({"avx512 without vnni": ("-O2", "-mavx512f", "-mavx512bw", "-mfma")} if "avx512bw" in CPU_FLAGS else {}),
+    # AVX-512 VNNI decoding 2-bit places without vpmultishiftqb (Cascade Lake has VNNI, not VBMI)
+    **(
+        {"avx512 vnni without vbmi": ("-O2", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma")}
+        if "avx512_vnni" in CPU_FLAGS
+        else {}
+    ),
 }
 RANGE = 3.0
 """The actors' action range ([-1, 2])."""
@@ -49,7 +58,11 @@ FUSED_EXACT_SHARE = 0.95
 """... while nearly all actions agree to fp32 rounding (98-99% measured here)."""
 GRAPH_TOLERANCE = 1e-6
 """Against the file's own ops (ONNX Runtime without graph optimizations): only the fp32 sums'
-order differs (the C sums integers exactly), so actions agree to fp32 rounding."""
+order differs (the C sums integers exactly), so actions agree to fp32 rounding ..."""
+GRAPH_EXACT_SHARE = 0.99
+"""... but for an activation whose fp32 sum lands within that rounding of a half step of the next
+quantization, one level apart (1 of 1536 actions on the 1:4 actor, the same before and after the
+2-bit indices: a property of the sums, not of a kernel)."""
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +106,8 @@ def test_int8_c_is_the_same_on_every_path_and_acts_as_onnx_runtime(int8_files, t
     for path_name in PATHS:  # integer sums and one shared float epilogue: bit-identical
         np.testing.assert_array_equal(actions[path_name], actions["portable"], err_msg=path_name)
     got = actions["native"]
-    np.testing.assert_allclose(got, ort_actions(int8_files[name], obs, optimized=False), atol=GRAPH_TOLERANCE)
+    graph = np.abs(got - ort_actions(int8_files[name], obs, optimized=False))
+    assert graph.max() <= FUSED_MAX and (graph <= GRAPH_TOLERANCE).mean() >= GRAPH_EXACT_SHARE, graph.max()
     fused = np.abs(got - ort_actions(int8_files[name], obs))
     assert fused.max() <= FUSED_MAX and (fused <= 1e-5).mean() >= FUSED_EXACT_SHARE, (fused.max(), fused.mean())
 
@@ -111,11 +125,15 @@ def test_int8_header_object_and_weight_bytes(int8_files, tmp_path) -> None:
             subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split()
         )
         assert undefined - {"U"} <= {"tanhf", "memcpy", "memset"}, undefined
-    # int8 values: one byte per weight (dense: no padded rows) or per kept value plus its 4-bit index (N:M).
+    # int8 values: one byte per weight (dense: no padded rows) or per kept value plus its index (N:M;
+    # 2 bits for 2:4, a place in its group of 4, as nm-packed stores it).
     layers = source.program.layers
     assert all(layer.weight.dtype == np.int8 for layer in layers)
+    assert layers[1].kernel == "nm" and layers[1].index_bits == 2
     assert weight_bytes(source.program) == sum(
-        layer.rows * layer.k_pad if layer.kernel == "dense" else 3 * layer.rows_pad * layer.windows * layer.slots // 2
+        layer.rows * layer.k_pad
+        if layer.kernel == "dense"
+        else layer.rows_pad * layer.windows * layer.slots * (8 + layer.index_bits) // 8
         for layer in layers
     )
 
@@ -141,10 +159,12 @@ def test_int8_graph_the_generator_cannot_compute_is_refused_in_one_line(int8_fil
     ids=["neon", "neon-sdot", "portable"],
 )
 def test_int8_aarch64_build_under_qemu_is_the_x86_one(int8_files, tmp_path, flags) -> None:
-    source = generate_c_file(int8_files["2:4 first-int8"])
-    obs = random_observations(11, 64, seed=3)
-    actions = aarch64_actions(source, tmp_path, flags, obs)
-    c_path, _ = source.write(tmp_path / "x86.c")
-    with CPolicy(compile_c([c_path], tmp_path / "x86.so", ("-O2", "-DNMRL_PORTABLE")), 11, 3) as policy:
-        # The same integer sums and float ops: equal up to the two libms' tanhf.
-        np.testing.assert_allclose(actions, policy.act(obs), rtol=0, atol=1e-6)
+    for name in ("2:4 first-int8", "1:8 first-int8"):  # 2-bit places and 4-bit positions
+        source, folder = generate_c_file(int8_files[name]), tmp_path / name.split()[0].replace(":", "of")
+        folder.mkdir()
+        obs = random_observations(11, 64, seed=3)
+        actions = aarch64_actions(source, folder, flags, obs)
+        c_path, _ = source.write(folder / "x86.c")
+        with CPolicy(compile_c([c_path], folder / "x86.so", ("-O2", "-DNMRL_PORTABLE")), 11, 3) as policy:
+            # The same integer sums and float ops: equal up to the two libms' tanhf.
+            np.testing.assert_allclose(actions, policy.act(obs), rtol=0, atol=1e-6, err_msg=name)

@@ -49,8 +49,10 @@ actor, K = 11-27, and the action head, 3-8 rows: there the windows' slots are mo
 
 int8 layers store their weights in lanes of 4 (one 32-bit lane of ``vpdpbusd``/``sdot``): dense as
 [blocks][K/4][16 rows][4]; N:M as windows of :data:`INT8_WINDOW` = 16 inputs whose kept values, padded
-to whole lanes of 4 with zero weights, are stored with a 4-bit position in the window each (two to a byte; the
-kernels widen each byte into two with one shift, or and and). AVX-512 (with VNNI) selects
+to whole lanes of 4 with zero weights, are stored with an index each: for M = 4 its 2-bit place in its
+group (as nm-packed stores it; byte j of each lane holds group j's value, so the input is 4 j + the
+place; one byte per row and lane, widened with AVX-512 VBMI's ``vpmultishiftqb`` or shifts and ORs),
+else its 4-bit position in the window (two to a byte; widened with one shift, or and and). AVX-512 (with VNNI) selects
 each lane's 4 inputs with one ``vpshufb`` of the window and multiplies with ``vpdpbusd`` (u8 inputs
 first, s8 weights second); AVX2 selects the same way and multiplies widened 16-bit values with
 ``vpmaddwd``; NEON selects with ``tbl`` and uses ``sdot`` when ``__ARM_FEATURE_DOTPROD`` (inputs shifted
@@ -92,7 +94,9 @@ INT8_WINDOW = 16
 INT8_LANE = 4
 """int8 values per 32-bit lane: the inputs one ``vpdpbusd``/``sdot`` lane sums."""
 INT8_INDEX_BITS = 4
-"""Bits of each int8 N:M value's index: its input's position in the window of 16 inputs."""
+"""Bits of an int8 N:M value's index when M != 4: its input's position in the window of 16 inputs."""
+INT8_PLACE_BITS = 2
+"""... and when M = 4 (a window's 4 groups, one to each byte of a lane): its place in its group."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,13 @@ class Layer:
 
     @property
     def index_bits(self) -> int:
-        """fp32 N:M: bits of each value's index, its input's place in its group of M (as nm-packed
-        stores it: 2 for M = 4, 3 for M = 8)."""
+        """N:M: bits of each value's index. fp32: its input's place in its group of M (as nm-packed
+        stores it: 2 for M = 4, 3 for M = 8). int8: the place (:data:`INT8_PLACE_BITS`) when M = 4, whose
+        window of 16 holds one group per byte of a lane; else the position in the window
+        (:data:`INT8_INDEX_BITS`)."""
         assert self.pattern is not None
+        if self.int8:
+            return INT8_PLACE_BITS if self.window // self.pattern.m == INT8_LANE else INT8_INDEX_BITS
         return index_bits(self.pattern.m)
 
     @property
@@ -484,15 +492,26 @@ def pack_dense_int8(layer: Layer) -> np.ndarray:
 
 def pack_nm_int8(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     """values [blocks, windows, slots / 4, 16, 4] int8: per window of 16 inputs, lanes of 4 kept values
-    of one row; indices [blocks, windows, slots / 4, 16, 2] uint8: their inputs' 4-bit positions in the
-    window, two to a byte (low nibble first)."""
+    of one row, the first kept value of each group, then the second, ... (so byte j of a lane holds
+    group j's for M = 4); indices [blocks, windows, slots / 4, 16, index_bits / 2] uint8: per lane, the
+    4 values' :attr:`Layer.index_bits`-bit indices, low bits first (M = 4: their places, one byte;
+    else their positions in the window, two nibbles to a byte)."""
+    assert layer.pattern is not None
     values, position = _kept(layer)
+    groups, n = layer.window // layer.pattern.m, layer.pattern.n
+    rank_major = np.arange(groups * n).reshape(groups, n).T.reshape(-1)  # slot of (rank, group), group-major
+    order = np.concatenate([rank_major, np.arange(groups * n, layer.slots)])
+    values, position = values[..., order], position[..., order]
 
     def blocked(array: np.ndarray) -> np.ndarray:
         shape = (-1, BLOCK, layer.windows, layer.slots // INT8_LANE, INT8_LANE)
         return array.reshape(shape).transpose(0, 2, 3, 1, 4).copy()
 
     lanes = blocked(position)
+    if layer.index_bits == INT8_PLACE_BITS:
+        places = lanes % layer.pattern.m
+        index = places[..., 0] | places[..., 1] << 2 | places[..., 2] << 4 | places[..., 3] << 6
+        return blocked(values), index.astype(np.uint8)
     return blocked(values), (lanes[..., 0::2] | (lanes[..., 1::2] << INT8_INDEX_BITS)).astype(np.uint8)
 
 
@@ -1012,11 +1031,12 @@ static void nmrl_dense16_i8(int rows, int groups, const int8_t *w, const int32_t
 
 NM_I8_KERNEL = r"""
 /* int8 N:M: v [blocks][windows][groups][16][4]: the input window is 16 u8 values; each 32-bit lane
- * holds 4 kept weights of one row (padding slots: weight 0); ix [blocks][windows][groups][16][2]: their
- * positions in the window, 4 bits each, two to a byte (low nibble first). The SIMD paths widen each
- * index byte into two (low nibble, high nibble) and select the 4 inputs of each lane with one byte
+ * holds 4 kept weights of one row (padding slots: weight 0); ix [blocks][windows][groups][16][bits / 2]:
+ * their indices, low bits first. bits = 2 (M = 4): byte j of a lane takes group j's value, so its input
+ * is 4 j + the 2-bit place; bits = 4: the input's position in the window. The SIMD paths widen the
+ * indices into one byte each (nmrl_i8_positions*) and select each lane's 4 inputs with one byte
  * shuffle of the window. */
-static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v, const uint8_t *ix,
+static void nmrl_nm16_i8(int rows_pad, int windows, int groups, int bits, const int8_t *v, const uint8_t *ix,
                          const int32_t *rowsum, int32_t offset, const float *scale, const float *b,
                          const uint8_t *u, float *y)
 {
@@ -1024,19 +1044,18 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
     const size_t per_block = (size_t)windows * (size_t)groups * 64;
     for (r0 = 0; r0 < rows_pad; r0 += 16) {
         const int8_t *vb = v + (size_t)(r0 / 16) * per_block;
-        const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block / 2;
+        const uint8_t *ib = ix + (size_t)(r0 / 16) * per_block * (size_t)bits / 8;
         int32_t acc[16];
 #if defined(NMRL_I8_AVX512)
         /* Two windows per step into four independent sums (a, c: the first; d, e: the second). */
         __m512i a = _mm512_setzero_si512(), c = a, d = a, e = a;
-        const __m512i nibbles = _mm512_set1_epi16(0x0F0F);
         const size_t step = (size_t)groups * 64;
 #define NMRL_WINDOW(i) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(u + 16 * (i))))
-#define NMRL_POSITIONS(o) nmrl_i8_positions512(_mm256_loadu_si256((const __m256i *)(ib + (o) / 2)), nibbles)
+#define NMRL_POSITIONS(o) nmrl_i8_positions512(ib + (o) * (size_t)bits / 8, bits)
 #define NMRL_DP(s, x, o) \
     s = _mm512_dpbusd_epi32(s, _mm512_shuffle_epi8(x, NMRL_POSITIONS(o)), _mm512_loadu_si512((const void *)(vb + (o))))
         NMRL_NO_UNROLL /* gcc unrolls a short window loop whole, then spills its registers */
-        for (w = 0; w + 1 < windows; w += 2, vb += 2 * step, ib += step) {
+        for (w = 0; w + 1 < windows; w += 2, vb += 2 * step, ib += 2 * step * (size_t)bits / 8) {
             const __m512i x0 = NMRL_WINDOW(w), x1 = NMRL_WINDOW(w + 1);
             for (g = 0; g + 1 < groups; g += 2) {
                 NMRL_DP(a, x0, 64 * g);
@@ -1059,12 +1078,11 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         _mm512_storeu_si512((void *)acc, _mm512_add_epi32(_mm512_add_epi32(a, c), _mm512_add_epi32(d, e)));
 #elif defined(NMRL_I8_AVX2)
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-        const __m128i nibbles = _mm_set1_epi16(0x0F0F);
         NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const __m128i xw = _mm_loadu_si128((const __m128i *)(u + 16 * w));
-            for (g = 0; g < groups; ++g, vb += 64, ib += 32) {
-#define NMRL_SEL(o) _mm256_cvtepu8_epi16(_mm_shuffle_epi8(xw, nmrl_i8_positions128(ib + (o) / 2, nibbles)))
+            for (g = 0; g < groups; ++g, vb += 64, ib += 8 * bits) {
+#define NMRL_SEL(o) _mm256_cvtepu8_epi16(_mm_shuffle_epi8(xw, nmrl_i8_positions128(ib + (o) * bits / 8, bits)))
 #define NMRL_W(o) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(vb + (o))))
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(NMRL_W(0), NMRL_SEL(0)));
                 a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(NMRL_W(16), NMRL_SEL(16)));
@@ -1080,9 +1098,9 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         NMRL_NO_UNROLL
         for (w = 0; w < windows; ++w) {
             const uint8x16_t xw = vld1q_u8(u + 16 * w);
-            for (g = 0; g < groups; ++g, vb += 64, ib += 32) {
-#define NMRL_SEL(o) vqtbl1q_u8(xw, nmrl_i8_positions_neon(ib + (o)))
-                NMRL_I8_NEON_STEP(NMRL_SEL(0), NMRL_SEL(8), NMRL_SEL(16), NMRL_SEL(24), vb)
+            for (g = 0; g < groups; ++g, vb += 64, ib += 8 * bits) {
+#define NMRL_SEL(q) vqtbl1q_u8(xw, nmrl_i8_positions_neon(ib + 2 * bits * (q), bits))
+                NMRL_I8_NEON_STEP(NMRL_SEL(0), NMRL_SEL(1), NMRL_SEL(2), NMRL_SEL(3), vb)
 #undef NMRL_SEL
             }
         }
@@ -1092,9 +1110,13 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
         for (i = 0; i < 16; ++i) acc[i] = 0;
         for (w = 0; w < windows; ++w) {
             const uint8_t *xw = u + 16 * w;
-            for (g = 0; g < groups; ++g, vb += 64, ib += 32)
+            for (g = 0; g < groups; ++g, vb += 64, ib += 8 * bits)
                 for (i = 0; i < 16; ++i)
-                    for (j = 0; j < 4; ++j) acc[i] += xw[(ib[2 * i + j / 2] >> (4 * (j & 1))) & 15] * vb[4 * i + j];
+                    for (j = 0; j < 4; ++j) {
+                        const int at = bits == 2 ? 4 * j + ((ib[i] >> (2 * j)) & 3)
+                                                 : (ib[2 * i + j / 2] >> (4 * (j & 1))) & 15;
+                        acc[i] += xw[at] * vb[4 * i + j];
+                    }
         }
 #endif
         nmrl_i8_epilogue(16, acc, rowsum + r0, offset, scale + r0, b + r0, y + r0);
@@ -1103,26 +1125,67 @@ static void nmrl_nm16_i8(int rows_pad, int windows, int groups, const int8_t *v,
 """
 
 INT8_HELPERS = r"""
-/* Packed 4-bit positions -> one byte each (low nibble first): the widened byte b | b << 4, masked to
- * 0x0F0F, holds b's low nibble in its first byte and its high nibble in the second. */
+/* Packed indices -> one position byte each, for 16 rows x 4 (AVX-512) or 4 rows x 4 (AVX2, NEON).
+ * bits = 4: the widened byte b | b << 4, masked to 0x0F0F, holds b's low nibble in its first byte and
+ * its high nibble in the second. bits = 2 (one byte b per row): byte j of the row's lane becomes
+ * ((b >> 2 j) & 3) | 4 j (group j's place). VBMI's vpmultishiftqb takes each byte's bits at
+ * 2 j; without it, with b in each 32-bit lane, b | b << 12 | b << 6 | b << 18 has field j at bit 8 j
+ * (an OR: no carries). */
+#define NMRL_I8_PLACES 0x03030303
+#define NMRL_I8_GROUPS 0x0C080400
 #if defined(NMRL_I8_AVX512)
-static inline __m512i nmrl_i8_positions512(__m256i packed, __m512i nibbles)
+static inline __m512i nmrl_i8_positions512(const uint8_t *packed, int bits)
 {
-    const __m512i wide = _mm512_cvtepu8_epi16(packed);
-    return _mm512_and_si512(_mm512_or_si512(wide, _mm512_slli_epi16(wide, 4)), nibbles);
+    if (bits == 2) {
+#if defined(__AVX512VBMI__)
+        const __m512i rows = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)packed)); /* 2 rows a qword */
+        const __m512i fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C0A0806040200LL), rows);
+#else
+        const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)packed));
+        const __m512i pair = _mm512_or_si512(wide, _mm512_slli_epi32(wide, 12));
+        const __m512i fields = _mm512_or_si512(pair, _mm512_slli_epi32(pair, 6));
+#endif
+        /* (fields & places) | groups */
+        return _mm512_ternarylogic_epi32(fields, _mm512_set1_epi32(NMRL_I8_PLACES), _mm512_set1_epi32(NMRL_I8_GROUPS),
+                                         0xEA);
+    } else {
+        const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)packed));
+        return _mm512_and_si512(_mm512_or_si512(wide, _mm512_slli_epi16(wide, 4)), _mm512_set1_epi16(0x0F0F));
+    }
 }
 #elif defined(NMRL_I8_AVX2)
-static inline __m128i nmrl_i8_positions128(const uint8_t *packed, __m128i nibbles)
+static inline __m128i nmrl_i8_positions128(const uint8_t *packed, int bits)
 {
-    const __m128i wide = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)packed));
-    return _mm_and_si128(_mm_or_si128(wide, _mm_slli_epi16(wide, 4)), nibbles);
+    if (bits == 2) {
+        int32_t four;
+        __m128i wide, pair, fields;
+        memcpy(&four, packed, 4);
+        wide = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(four));
+        pair = _mm_or_si128(wide, _mm_slli_epi32(wide, 12));
+        fields = _mm_or_si128(pair, _mm_slli_epi32(pair, 6));
+        return _mm_or_si128(_mm_and_si128(fields, _mm_set1_epi32(NMRL_I8_PLACES)), _mm_set1_epi32(NMRL_I8_GROUPS));
+    } else {
+        const __m128i wide = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)packed));
+        return _mm_and_si128(_mm_or_si128(wide, _mm_slli_epi16(wide, 4)), _mm_set1_epi16(0x0F0F));
+    }
 }
 #elif defined(NMRL_I8_NEON)
-static inline uint8x16_t nmrl_i8_positions_neon(const uint8_t *packed)
+static inline uint8x16_t nmrl_i8_positions_neon(const uint8_t *packed, int bits)
 {
-    const uint8x8_t bytes = vld1_u8(packed);
-    const uint8x8_t low = vand_u8(bytes, vdup_n_u8(15)), high = vshr_n_u8(bytes, 4);
-    return vcombine_u8(vzip1_u8(low, high), vzip2_u8(low, high));
+    if (bits == 2) {
+        static const uint8_t spread[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+        static const int8_t down[16] = {0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6};
+        uint32_t four;
+        uint8x16_t rows;
+        memcpy(&four, packed, 4);
+        rows = vqtbl1q_u8(vreinterpretq_u8_u32(vdupq_n_u32(four)), vld1q_u8(spread));
+        return vorrq_u8(vandq_u8(vshlq_u8(rows, vld1q_s8(down)), vdupq_n_u8(3)),
+                        vreinterpretq_u8_u32(vdupq_n_u32(NMRL_I8_GROUPS)));
+    } else {
+        const uint8x8_t bytes = vld1_u8(packed);
+        const uint8x8_t low = vand_u8(bytes, vdup_n_u8(15)), high = vshr_n_u8(bytes, 4);
+        return vcombine_u8(vzip1_u8(low, high), vzip2_u8(low, high));
+    }
 }
 #endif
 #if defined(NMRL_I8_AVX2)
@@ -1346,7 +1409,8 @@ def generate_c(
                 else:
                     groups = layer.slots // INT8_LANE
                     act.append(
-                        f"    nmrl_nm16_i8({layer.rows_pad}, {layer.windows}, {groups}, L{i}_v, L{i}_ix, {epilogue});"
+                        f"    nmrl_nm16_i8({layer.rows_pad}, {layer.windows}, {groups}, {layer.index_bits}, "
+                        f"L{i}_v, L{i}_ix, {epilogue});"
                     )
             elif layer.kernel == "dense":
                 act.append(f"    nmrl_dense16({layer.rows}, {layer.k}, L{i}_w, L{i}_b, x, y);")
