@@ -510,8 +510,8 @@ def pack_nm_int8(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     lanes = blocked(position)
     if layer.index_bits == INT8_PLACE_BITS:
         places = lanes % layer.pattern.m
-        index = places[..., 0] | places[..., 1] << 2 | places[..., 2] << 4 | places[..., 3] << 6
-        return blocked(values), index.astype(np.uint8)
+        index = sum(places[..., j].astype(np.uint8) << (INT8_PLACE_BITS * j) for j in range(INT8_LANE))
+        return blocked(values), np.asarray(index, np.uint8)
     return blocked(values), (lanes[..., 0::2] | (lanes[..., 1::2] << INT8_INDEX_BITS)).astype(np.uint8)
 
 
