@@ -76,8 +76,9 @@ def test_generated_c_acts_as_onnx_runtime(models, tmp_path, pattern: str, flags)
         np.testing.assert_allclose(policy.act(obs), ort_actions(models[pattern], obs), rtol=0, atol=TOLERANCE)
         np.testing.assert_allclose(policy.act(obs[0]), ort_actions(models[pattern], obs[:1])[0], atol=TOLERANCE)
     kernels = [layer.kernel for layer in generate_c_file(models[pattern]).program.layers]
-    # The first layer (K = 11) and the 3-wide head stay dense; the hidden layer skips its zeros.
-    assert kernels == (["dense"] * 3 if pattern == "dense" else ["dense", "nm", "dense"])
+    # The first layer (K = 11: one or two windows, the last partial) skips its zeros as the hidden layer
+    # does; the 3-wide head stays dense.
+    assert kernels == (["dense"] * 3 if pattern == "dense" else ["nm", "nm", "dense"])
 
 
 def test_header_object_and_other_simd_paths(models, tmp_path) -> None:
@@ -181,7 +182,8 @@ def test_aarch64_build_under_qemu_acts_as_x86(models, tmp_path, flags) -> None:
 @pytest.mark.parametrize("pattern", ["2:4", "1:4", "1:8"])
 def test_object_stores_nm_packed_bytes_for_an_nm_layer_and_no_padding_for_dense(tmp_path, pattern: str) -> None:
     """In the compiled object, a 64x64 N:M layer's values and indices take what nm-packed stores
-    (kept values + ceil(log2 M)-bit indices); the dense first layer and 3-row head exactly rows x K."""
+    (kept values + ceil(log2 M)-bit indices); the 3-row head, and the first layer of the same file run
+    dense, exactly rows x K."""
     from nmrl.export.packed import index_bits
 
     source = generate_c(c_test_policy(pattern, (64, 64), seed=5))
@@ -191,8 +193,13 @@ def test_object_stores_nm_packed_bytes_for_an_nm_layer_and_no_padding_for_dense(
     listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout
     sizes = {line.split()[3]: int(line.split()[1], 16) for line in listing.splitlines() if len(line.split()) == 4}
     first, hidden, head = source.program.layers
-    assert (first.kernel, hidden.kernel, head.kernel) == ("dense", "nm", "dense")
-    assert sizes["L0_w"] == 4 * 11 * 64 and sizes["L2_w"] == 4 * 64 * 3
+    assert (first.kernel, hidden.kernel, head.kernel) == ("nm", "nm", "dense")
+    assert sizes["L0_v"] == 4 * first.rows_pad * first.windows * first.slots and sizes["L2_w"] == 4 * 64 * 3
+    dense = generate_c(c_test_policy(pattern, (64, 64), seed=5), kernels="dense")
+    dense.write(tmp_path / "dense.c")
+    subprocess.run(["gcc", "-std=c99", "-O2", "-c", str(tmp_path / "dense.c"), "-o", str(obj)], check=True)
+    listing = subprocess.run(["nm", "-S", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert f"{4 * 11 * 64:016x} r L0_w" in listing
     n, m = NMPattern.parse(pattern).n, NMPattern.parse(pattern).m
     kept = 64 * (64 // m) * n
     assert sizes["L1_v"] == 4 * kept

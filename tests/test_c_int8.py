@@ -20,15 +20,17 @@ from nmrl.export.quantize import quantize_int8
 from nmrl.sparsity.pattern import NMPattern
 
 HIDDEN = (72, 40)
-"""K = 72 for the N:M layer (4.5 of its 16-input windows: an odd count, the AVX-512 kernel takes two
-at a time), 40 rows (not a multiple of 16); the first layer's K = 11 (not a multiple of the 4-input
-lane)."""
+"""K = 72 for the N:M layer (4.5 of its 16-input windows, 2.25 of the 32-input ones of M = 8: an odd
+count, the AVX-512 kernel takes two at a time), 40 rows (not a multiple of 16); the first layer's
+K = 11 (not a multiple of the 4-input lane)."""
 FILES = {
     # name: (pattern, int8 target, first layer)
     "2:4 first-int8": ("2:4", "ort", "int8"),
     "2:4 first-fp32": ("2:4", "ort", "fp32"),
     "1:4 first-int8": ("1:4", "ort", "int8"),
-    "1:8 first-int8": ("1:8", "ort", "int8"),  # M = 8: 4-bit positions in the window, lanes half padding
+    "1:8 first-int8": ("1:8", "ort", "int8"),  # M = 8: windows of 32, 4-bit positions in their halves
+    "3:8 first-int8": ("3:8", "ort", "int8"),  # ... 3 lanes a window
+    "1:16 first-int8": ("1:16", "ort", "int8"),  # 4-bit positions in a window of 16, lanes 3/4 padding
     "2:4 tensorrt": ("2:4", "tensorrt", "int8"),  # signed symmetric activations, fp32 Gemm outputs
     "dense first-int8": ("dense", "ort", "int8"),
 }
@@ -95,8 +97,8 @@ def test_int8_c_is_the_same_on_every_path_and_acts_as_onnx_runtime(int8_files, t
     c_path, _ = source.write(tmp_path / "actor.c")
     pattern, _, first = FILES[name]
     kinds = [(layer.kernel, layer.int8) for layer in source.program.layers]
-    hidden = "dense" if pattern == "dense" else "nm"
-    assert kinds == [("dense", first == "int8"), (hidden, True), ("dense", True)]
+    nm = "dense" if pattern == "dense" else "nm"
+    assert kinds == [(nm, first == "int8"), (nm, True), ("dense", True)]
     obs = random_observations(11, 512, seed=1)
     actions = {}
     for path_name, flags in PATHS.items():
@@ -126,16 +128,21 @@ def test_int8_header_object_and_weight_bytes(int8_files, tmp_path) -> None:
         )
         assert undefined - {"U"} <= {"tanhf", "memcpy", "memset"}, undefined
     # int8 values: one byte per weight (dense: no padded rows) or per kept value plus its index (N:M;
-    # 2 bits for 2:4, a place in its group of 4, as nm-packed stores it).
-    layers = source.program.layers
-    assert all(layer.weight.dtype == np.int8 for layer in layers)
-    assert layers[1].kernel == "nm" and layers[1].index_bits == 2
-    assert weight_bytes(source.program) == sum(
-        layer.rows * layer.k_pad
-        if layer.kernel == "dense"
-        else layer.rows_pad * layer.windows * layer.slots * (8 + layer.index_bits) // 8
-        for layer in layers
-    )
+    # 2 bits for 2:4, a place in its group of 4, as nm-packed stores it; 4 bits for 1:8, whose windows
+    # of 32 hold one group per byte of a lane, so no lane is padding).
+    for name, (window, bits) in {"2:4 first-int8": (16, 2), "1:8 first-int8": (32, 4)}.items():
+        program = generate_c_file(int8_files[name]).program
+        layers = program.layers
+        assert all(layer.weight.dtype == np.int8 for layer in layers)
+        nm = layers[1]
+        assert nm.kernel == "nm" and (nm.window, nm.index_bits) == (window, bits), name
+        assert nm.pattern is not None and nm.slots == window // nm.pattern.m * nm.pattern.n, name
+        assert weight_bytes(program) == sum(
+            layer.rows * layer.k_pad
+            if layer.kernel == "dense"
+            else layer.rows_pad * layer.windows * layer.slots * (8 + layer.index_bits) // 8
+            for layer in layers
+        ), name
 
 
 def test_int8_graph_the_generator_cannot_compute_is_refused_in_one_line(int8_files) -> None:
@@ -159,7 +166,7 @@ def test_int8_graph_the_generator_cannot_compute_is_refused_in_one_line(int8_fil
     ids=["neon", "neon-sdot", "portable"],
 )
 def test_int8_aarch64_build_under_qemu_is_the_x86_one(int8_files, tmp_path, flags) -> None:
-    for name in ("2:4 first-int8", "1:8 first-int8"):  # 2-bit places and 4-bit positions
+    for name in ("2:4 first-int8", "1:8 first-int8", "1:16 first-int8"):  # 2-bit places, halves of 32, 16
         source, folder = generate_c_file(int8_files[name]), tmp_path / name.split()[0].replace(":", "of")
         folder.mkdir()
         obs = random_observations(11, 64, seed=3)
