@@ -12,12 +12,19 @@ recipe): >= 2.5x at batch 256, width 256, on all three shapes, and >= 1.5x at ba
 The table prints the CPU's int8 instruction set: a CPU without VNNI runs int8 GEMMs on the slower
 AVX2 path.
 
-Run: python benchmarks/int8_latency.py [--calls 400] [--max-seconds 3]
+``--profile`` then shows where the time goes at batch 256, width 256: ONNX Runtime's own profiler
+(one session per file, 1 thread, the same options as the timed sessions) on the fp32 and the ``ort``
+int8 file of each shape, each node's median kernel time in µs, and the sum of the nodes (the profiler
+itself adds a few µs a call, so the sums sit near, not at, the timed medians).
+
+Run: python benchmarks/int8_latency.py [--calls 400] [--max-seconds 3] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +74,49 @@ def int8_instructions() -> str:
     return ", ".join(found) or "none of avx2/avx512/vnni"
 
 
+def node_times(model: bytes, obs_dim: int, batch: int, calls: int) -> list[tuple[str, str, float]]:
+    """(op, node, median kernel µs) of each node of ``model``'s session in execution order, from ONNX
+    Runtime's profiler over ``calls`` runs at ``batch`` after a warm-up."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="nmrl-profile-") as scratch:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "ort")
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: random_observations(obs_dim, batch, 2, scale=1.0)}
+        for _ in range(calls):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    times: dict[tuple[str, str], list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = event["name"].removesuffix("_kernel_time")
+            times.setdefault((event["args"]["op_name"], node), []).append(float(event["dur"]))
+    return [(op, node, float(np.median(values))) for (op, node), values in times.items()]
+
+
+def print_profile(calls: int) -> None:
+    print(f"\nWhere the time goes at batch 256 (ONNX Runtime's profiler, median kernel µs per node, {calls} calls)")
+    for shape, width in CELLS:
+        if width != 256:
+            continue
+        obs, act = SHAPES[shape]
+        files, _ = actors(shape, width)
+        for name in ("fp32", "int8 ort"):
+            nodes = node_times(files[name], obs, 256, calls)
+            cells = " | ".join(f"{op} {node} {us:.1f}" for op, node, us in nodes)
+            print(f"  {shape} {obs}-{width}-{width}-{act} {name:>8}: {cells} | sum {sum(us for *_, us in nodes):.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--max-seconds", type=float, default=3.0)
+    parser.add_argument("--profile", action="store_true", help="then profile each node at batch 256, width 256")
     args = parser.parse_args()
     rows = []
     for shape, width in CELLS:
@@ -96,6 +142,8 @@ def main() -> None:
             f"{actor:>20} {batch:>5} {chosen:>5}{cells}{''.join(f'{r:>20.2f}x' for r in speedups)} "
             f"{verdict:>14} {calls:>6}"
         )
+    if args.profile:
+        print_profile(args.calls)
 
 
 if __name__ == "__main__":
